@@ -1,0 +1,5 @@
+"""The one seam to GPUs: NVML through the pynvml API, or the simulator behind the same API.
+
+Nothing here knows of Kubernetes. Other layers read and change GPUs through `Node`
+(`tessera.hardware.node`) and the frozen values of `tessera.hardware.model`.
+"""

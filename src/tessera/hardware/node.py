@@ -1,0 +1,447 @@
+"""The GPU seam: every NVML call Tessera makes, translated into frozen values and errors.
+
+`Node` reads GPUs, MIG profiles, placements, instances and processes through the pynvml
+API of whatever `Backend` it is given, and performs the few mutations the MIG engine needs.
+NVML errors become `HardwareError` (or `GpuBusyError`, naming the PIDs) that say which GPU
+and which operation failed. Blocking: call it from a worker thread in async code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tessera.errors import GpuBusyError, HardwareError, UnsupportedError
+from tessera.hardware.backend import Backend, open_backend
+from tessera.hardware.compute import compute_instance_profiles
+from tessera.hardware.model import (
+    ComputeInstance,
+    ComputeInstanceProfile,
+    Gpu,
+    GpuInstance,
+    GpuInstanceProfile,
+    GpuMigState,
+    GpuProcess,
+    MigMode,
+    Placement,
+)
+from tessera.hardware.naming import gpu_instance_name
+
+_NO_INSTANCE = 0xFFFFFFFF
+_MIB = 1024 * 1024
+_MAX_PLACEMENTS = 16
+_MAX_INSTANCES = 16
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Node:
+    """The GPUs of this machine, through NVML (real or simulated)."""
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend = backend or open_backend()
+        self.nvml = self.backend.nvml
+        self._profiles: dict[int, tuple[GpuInstanceProfile, ...]] = {}
+        with self._call("initialise NVML"):
+            self.nvml.nvmlInit()
+
+    def close(self) -> None:
+        with self._call("shut down NVML"):
+            self.nvml.nvmlShutdown()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def simulated(self) -> bool:
+        return self.backend.simulated_preset is not None
+
+    # -- error translation ---------------------------------------------------------------
+
+    @contextmanager
+    def _call(self, what: str, gpu: int | None = None) -> Iterator[None]:
+        error_type = self.nvml.NVMLError
+        try:
+            yield
+        except error_type as e:
+            code = getattr(e, "value", None)
+            where = f"GPU {gpu}: " if gpu is not None else ""
+            raise HardwareError(
+                f"{where}cannot {what}: NVML error {code} ({_nvml_reason(code)})", code=code, gpu=gpu
+            ) from e
+
+    def _is(self, error: HardwareError, name: str) -> bool:
+        return error.code == getattr(self.nvml, name)
+
+    def _handle(self, index: int) -> Any:
+        with self._call("get a handle", index):
+            return self.nvml.nvmlDeviceGetHandleByIndex(index)
+
+    # -- GPUs ----------------------------------------------------------------------------
+
+    def driver_version(self) -> str:
+        with self._call("read the driver version"):
+            return _text(self.nvml.nvmlSystemGetDriverVersion())
+
+    def cuda_driver_version(self) -> tuple[int, int]:
+        with self._call("read the CUDA driver version"):
+            version = int(self.nvml.nvmlSystemGetCudaDriverVersion())
+        return version // 1000, (version % 1000) // 10
+
+    def gpu_count(self) -> int:
+        with self._call("count GPUs"):
+            return int(self.nvml.nvmlDeviceGetCount())
+
+    def gpus(self) -> tuple[Gpu, ...]:
+        """Every GPU, in NVML index order (which follows the PCI bus, as mig-parted's does)."""
+        return tuple(self.gpu(i) for i in range(self.gpu_count()))
+
+    def gpu(self, index: int) -> Gpu:
+        h = self._handle(index)
+        with self._call("read device information", index):
+            pci = self.nvml.nvmlDeviceGetPciInfo(h)
+            memory = self.nvml.nvmlDeviceGetMemoryInfo(h)
+            attributes = self.nvml.nvmlDeviceGetAttributes(h)
+            major, minor = self.nvml.nvmlDeviceGetCudaComputeCapability(h)
+            uuid = _text(self.nvml.nvmlDeviceGetUUID(h))
+            name = _text(self.nvml.nvmlDeviceGetName(h))
+        return Gpu(
+            index=index,
+            uuid=uuid,
+            name=name,
+            pci_device_id=int(pci.pciDeviceId),
+            pci_subsystem_id=int(pci.pciSubSystemId),
+            bus_id=_text(pci.busId),
+            memory_mib=int(memory.total) // _MIB,
+            multiprocessors=int(attributes.multiprocessorCount),
+            compute_capability=(int(major), int(minor)),
+            mig_capable=self.mig_mode(index) is not None,
+        )
+
+    def mig_mode(self, index: int) -> MigMode | None:
+        """MIG mode now and pending, or None for a GPU without MIG."""
+        h = self._handle(index)
+        try:
+            with self._call("read the MIG mode", index):
+                current, pending = self.nvml.nvmlDeviceGetMigMode(h)
+        except HardwareError as e:
+            if self._is(e, "NVML_ERROR_NOT_SUPPORTED"):
+                return None
+            raise
+        return MigMode(current=bool(current), pending=bool(pending))
+
+    def processes(self, index: int) -> tuple[GpuProcess, ...]:
+        """Compute processes on a GPU, with the MIG instance each runs in."""
+        h = self._handle(index)
+        with self._call("list processes", index):
+            infos = self.nvml.nvmlDeviceGetComputeRunningProcesses(h)
+        return tuple(
+            GpuProcess(
+                pid=int(p.pid),
+                used_memory_mib=int(p.usedGpuMemory or 0) // _MIB,
+                gpu_instance_id=None if p.gpuInstanceId == _NO_INSTANCE else int(p.gpuInstanceId),
+                compute_instance_id=(
+                    None if p.computeInstanceId == _NO_INSTANCE else int(p.computeInstanceId)
+                ),
+            )
+            for p in infos
+        )
+
+    def topology(self, a: int, b: int) -> int:
+        """NVML_TOPOLOGY_* level of the closest common ancestor of two GPUs."""
+        with self._call(f"read the topology to GPU {b}", a):
+            return int(self.nvml.nvmlDeviceGetTopologyCommonAncestor(self._handle(a),
+                                                                     self._handle(b)))
+
+    def nvlink_count(self, index: int) -> int:
+        """Active NVLinks of a GPU (0 where NVLink is absent)."""
+        h = self._handle(index)
+        active = 0
+        for link in range(int(self.nvml.NVML_NVLINK_MAX_LINKS)):
+            try:
+                with self._call("read NVLink state", index):
+                    active += int(self.nvml.nvmlDeviceGetNvLinkState(h, link) != 0)
+            except HardwareError as e:
+                if self._is(e, "NVML_ERROR_NOT_SUPPORTED") or self._is(
+                    e, "NVML_ERROR_INVALID_ARGUMENT"
+                ):
+                    break
+                raise
+        return active
+
+    # -- MIG profiles --------------------------------------------------------------------
+
+    def gpu_instance_profiles(self, index: int) -> tuple[GpuInstanceProfile, ...]:
+        """GPU-instance profiles of a GPU with their placements (`nvidia-smi mig -lgip/-lgipp`).
+
+        Read once per GPU: profiles are fixed by the product and driver.
+        """
+        if index in self._profiles:
+            return self._profiles[index]
+        h = self._handle(index)
+        total_mib = self.gpu(index).memory_mib
+        found: list[GpuInstanceProfile] = []
+        for enum in range(int(self.nvml.NVML_GPU_INSTANCE_PROFILE_COUNT)):
+            try:
+                with self._call("read GPU-instance profiles", index):
+                    info = self.nvml.nvmlDeviceGetGpuInstanceProfileInfo(h, enum)
+            except HardwareError as e:
+                if self._is(e, "NVML_ERROR_NOT_SUPPORTED") or self._is(
+                    e, "NVML_ERROR_INVALID_ARGUMENT"
+                ):
+                    continue
+                raise
+            found.append(
+                GpuInstanceProfile(
+                    id=int(info.id),
+                    nvml_profile=enum,
+                    name=gpu_instance_name(
+                        enum, int(info.sliceCount), int(info.memorySizeMB), total_mib
+                    ),
+                    slices=int(info.sliceCount),
+                    instance_count=int(info.instanceCount),
+                    memory_mib=int(info.memorySizeMB),
+                    multiprocessors=int(info.multiprocessorCount),
+                    copy_engines=int(info.copyEngineCount),
+                    decoders=int(info.decoderCount),
+                    encoders=int(info.encoderCount),
+                    jpegs=int(info.jpegCount),
+                    ofas=int(info.ofaCount),
+                    placements=self._gi_placements(h, int(info.id), index),
+                )
+            )
+        profiles = tuple(sorted(found, key=lambda p: (p.slices, p.memory_mib, p.nvml_profile)))
+        self._profiles[index] = profiles
+        return profiles
+
+    def _gi_placements(self, h: Any, profile_id: int, index: int) -> tuple[Placement, ...]:
+        array = (self.nvml.c_nvmlGpuInstancePlacement_t * _MAX_PLACEMENTS)()
+        count = ctypes.c_uint(_MAX_PLACEMENTS)
+        with self._call(f"read placements of GPU-instance profile {profile_id}", index):
+            self.nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
+                h, profile_id, array, ctypes.byref(count)
+            )
+        return tuple(Placement(int(array[i].start), int(array[i].size))
+                     for i in range(count.value))
+
+    def compute_instance_profiles(
+        self, gi_profile: GpuInstanceProfile
+    ) -> tuple[ComputeInstanceProfile, ...]:
+        """CI profiles inside a GPU instance of this profile (same rule on every product)."""
+        return compute_instance_profiles(gi_profile.slices, gi_profile.multiprocessors)
+
+    # -- MIG state -----------------------------------------------------------------------
+
+    def mig_state(self, index: int) -> GpuMigState:
+        """Mode, GPU and compute instances (with MIG device UUIDs) and processes of a GPU."""
+        mode = self.mig_mode(index)
+        if mode is None:
+            return GpuMigState(gpu=index, mode=MigMode(False, False),
+                               processes=self.processes(index))
+        if not mode.current:
+            return GpuMigState(gpu=index, mode=mode, processes=self.processes(index))
+        h = self._handle(index)
+        uuids = self._mig_uuids(h, index)
+        instances: list[GpuInstance] = []
+        for profile in self.gpu_instance_profiles(index):
+            for gi in self._gpu_instances(h, profile.id, index):
+                with self._call("read a GPU instance", index):
+                    info = self.nvml.nvmlGpuInstanceGetInfo(gi)
+                gi_id = int(info.id)
+                instances.append(
+                    GpuInstance(
+                        id=gi_id,
+                        profile_id=int(info.profileId),
+                        placement=Placement(int(info.placement.start), int(info.placement.size)),
+                        compute_instances=self._compute_instances(
+                            gi, profile, gi_id, uuids, index
+                        ),
+                    )
+                )
+        return GpuMigState(
+            gpu=index,
+            mode=mode,
+            gpu_instances=tuple(sorted(instances, key=lambda g: g.placement)),
+            processes=self.processes(index),
+        )
+
+    def _gpu_instances(self, h: Any, profile_id: int, index: int) -> list[Any]:
+        array = (self.nvml.c_nvmlGpuInstance_t * _MAX_INSTANCES)()
+        count = ctypes.c_uint(_MAX_INSTANCES)
+        with self._call("list GPU instances", index):
+            self.nvml.nvmlDeviceGetGpuInstances(h, profile_id, array, ctypes.byref(count))
+        return [array[i] for i in range(count.value)]
+
+    def _compute_instances(
+        self,
+        gi: Any,
+        profile: GpuInstanceProfile,
+        gi_id: int,
+        uuids: dict[tuple[int, int], str],
+        index: int,
+    ) -> tuple[ComputeInstance, ...]:
+        found: list[ComputeInstance] = []
+        for ci_profile in self.compute_instance_profiles(profile):
+            array = (self.nvml.c_nvmlComputeInstance_t * _MAX_INSTANCES)()
+            count = ctypes.c_uint(_MAX_INSTANCES)
+            with self._call("list compute instances", index):
+                self.nvml.nvmlGpuInstanceGetComputeInstances(
+                    gi, ci_profile.id, array, ctypes.byref(count)
+                )
+            for i in range(count.value):
+                with self._call("read a compute instance", index):
+                    info = self.nvml.nvmlComputeInstanceGetInfo(array[i])
+                ci_id = int(info.id)
+                found.append(
+                    ComputeInstance(
+                        id=ci_id,
+                        profile_id=int(info.profileId),
+                        placement=Placement(int(info.placement.start), int(info.placement.size)),
+                        uuid=uuids.get((gi_id, ci_id), ""),
+                    )
+                )
+        return tuple(sorted(found, key=lambda c: c.placement))
+
+    def _mig_uuids(self, h: Any, index: int) -> dict[tuple[int, int], str]:
+        uuids: dict[tuple[int, int], str] = {}
+        with self._call("count MIG devices", index):
+            slots = int(self.nvml.nvmlDeviceGetMaxMigDeviceCount(h))
+        for slot in range(slots):
+            try:
+                with self._call("read a MIG device", index):
+                    mig = self.nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            except HardwareError as e:
+                if self._is(e, "NVML_ERROR_NOT_FOUND"):
+                    continue
+                raise
+            with self._call("read a MIG device", index):
+                key = (int(self.nvml.nvmlDeviceGetGpuInstanceId(mig)),
+                       int(self.nvml.nvmlDeviceGetComputeInstanceId(mig)))
+                uuids[key] = _text(self.nvml.nvmlDeviceGetUUID(mig))
+        return uuids
+
+    # -- mutations -----------------------------------------------------------------------
+
+    def set_mig_mode(self, index: int, enabled: bool) -> MigMode:
+        """Ask for MIG on or off; returns the mode after, usually pending until a reset."""
+        if self.mig_mode(index) is None:
+            raise UnsupportedError(f"GPU {index} does not support MIG")
+        value = self.nvml.NVML_DEVICE_MIG_ENABLE if enabled else self.nvml.NVML_DEVICE_MIG_DISABLE
+        with self._call(f"{'enable' if enabled else 'disable'} MIG mode", index):
+            self.nvml.nvmlDeviceSetMigMode(self._handle(index), value)
+        mode = self.mig_mode(index)
+        assert mode is not None
+        return mode
+
+    def reset(self, index: int) -> None:
+        """Reset one GPU (applies a pending MIG mode). Refused while processes use it."""
+        busy = self.processes(index)
+        if busy:
+            raise GpuBusyError(
+                f"GPU {index} cannot be reset: in use by PIDs "
+                f"{', '.join(str(p.pid) for p in busy)}; stop them (or drain the node) first",
+                device=f"GPU {index}", pids=[p.pid for p in busy], gpu=index,
+            )
+        bus_id = self.gpu(index).bus_id
+        try:
+            self.backend.reset_gpu(index, bus_id)
+        except self.nvml.NVMLError as e:  # the simulator's reset answers like NVML
+            raise HardwareError(
+                f"GPU {index}: reset failed: NVML error {e.value} ({_nvml_reason(e.value)})",
+                code=e.value, gpu=index,
+            ) from e
+
+    def create_gpu_instance(self, index: int, profile_id: int, placement: Placement) -> int:
+        """Create a GPU instance at an explicit placement; returns its ID."""
+        wanted = self.nvml.c_nvmlGpuInstancePlacement_t()
+        wanted.start, wanted.size = placement.start, placement.size
+        h = self._handle(index)
+        with self._call(f"create GPU instance (profile {profile_id}) at {placement}", index):
+            gi = self.nvml.nvmlDeviceCreateGpuInstanceWithPlacement(
+                h, profile_id, ctypes.byref(wanted)
+            )
+            return int(self.nvml.nvmlGpuInstanceGetInfo(gi).id)
+
+    def destroy_gpu_instance(self, index: int, gi_id: int) -> None:
+        """Destroy an empty GPU instance; `GpuBusyError` names the PIDs if one holds it."""
+        h = self._handle(index)
+        try:
+            with self._call(f"destroy GPU instance {gi_id}", index):
+                gi = self.nvml.nvmlDeviceGetGpuInstanceById(h, gi_id)
+                self.nvml.nvmlGpuInstanceDestroy(gi)
+        except HardwareError as e:
+            raise self._busy(e, index, gi_id, None) from e
+
+    def create_compute_instance(
+        self, index: int, gi_id: int, profile_id: int, placement: Placement
+    ) -> int:
+        """Create a compute instance inside GPU instance `gi_id`; returns its ID."""
+        wanted = self.nvml.c_nvmlComputeInstancePlacement_t()
+        wanted.start, wanted.size = placement.start, placement.size
+        h = self._handle(index)
+        with self._call(
+            f"create compute instance (profile {profile_id}) at {placement} in GPU instance "
+            f"{gi_id}",
+            index,
+        ):
+            gi = self.nvml.nvmlDeviceGetGpuInstanceById(h, gi_id)
+            ci = self.nvml.nvmlGpuInstanceCreateComputeInstanceWithPlacement(
+                gi, profile_id, ctypes.byref(wanted)
+            )
+            return int(self.nvml.nvmlComputeInstanceGetInfo(ci).id)
+
+    def destroy_compute_instance(self, index: int, gi_id: int, ci_id: int) -> None:
+        h = self._handle(index)
+        try:
+            with self._call(f"destroy compute instance {ci_id} in GPU instance {gi_id}", index):
+                gi = self.nvml.nvmlDeviceGetGpuInstanceById(h, gi_id)
+                ci = self.nvml.nvmlGpuInstanceGetComputeInstanceById(gi, ci_id)
+                self.nvml.nvmlComputeInstanceDestroy(ci)
+        except HardwareError as e:
+            raise self._busy(e, index, gi_id, ci_id) from e
+
+    def _busy(self, error: HardwareError, index: int, gi_id: int, ci_id: int | None) -> (
+        HardwareError
+    ):
+        """An IN_USE failure becomes a `GpuBusyError` that names who holds the instance."""
+        if not self._is(error, "NVML_ERROR_IN_USE"):
+            return error
+        holders = [
+            p.pid for p in self.processes(index)
+            if p.gpu_instance_id == gi_id and (ci_id is None or p.compute_instance_id == ci_id)
+        ]
+        device = f"GPU {index} GPU instance {gi_id}" + (
+            f" compute instance {ci_id}" if ci_id is not None else ""
+        )
+        held = f"PIDs {', '.join(map(str, holders))}" if holders else "its compute instances"
+        return GpuBusyError(f"{device} is in use by {held}", device=device, pids=holders,
+                            gpu=index)
+
+
+
+_REASONS = {
+    1: "NVML not initialised",
+    2: "invalid argument",
+    3: "not supported on this GPU",
+    4: "insufficient permissions: run as root or with the GPU's capabilities",
+    6: "not found",
+    9: "the NVIDIA driver is not loaded",
+    12: "libnvidia-ml.so not found: install the NVIDIA driver or mount its libraries",
+    15: "the GPU has fallen off the bus",
+    16: "the GPU needs a reset",
+    19: "in use",
+    23: "insufficient resources: the placement is taken or the profile's count is reached",
+    29: "invalid state",
+    999: "unknown error",
+}
+
+
+def _nvml_reason(code: int | None) -> str:
+    return _REASONS.get(code if code is not None else -1, "see the NVML documentation")

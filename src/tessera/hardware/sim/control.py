@@ -1,0 +1,112 @@
+"""Poking the simulated node from outside NVML: processes, XID errors, injected failures.
+
+These are the things that happen *to* a real node (a CUDA job starts, a GPU raises an
+XID, a driver call fails); `tessera sim …` and the tests use them to stage situations.
+"""
+
+from __future__ import annotations
+
+from tessera.errors import SimulatorError
+from tessera.hardware.sim.state import SimFailure, SimProcess, SimStore, SimXid, mig_device_uuid
+
+_XID_FELL_OFF_BUS = 79
+
+
+class SimulatorControl:
+    """Changes a simulated node the way the world outside the agent would."""
+
+    def __init__(self, store: SimStore) -> None:
+        self.store = store
+
+    def _resolve(self, device: str) -> tuple[int, int | None, int | None]:
+        """GPU index, GPU-instance ID and compute-instance ID of a device designator: a GPU
+        index (`3`), `GPU:GI:CI` (`3:1:0`), a GPU UUID or a MIG device UUID."""
+        state = self.store.read()
+        parts = device.split(":")
+        if all(p.isdigit() for p in parts) and len(parts) in (1, 3):
+            gpu = int(parts[0])
+            if gpu >= len(state.gpus):
+                raise SimulatorError(f"no GPU {gpu}: this node has {len(state.gpus)} GPUs")
+            if len(parts) == 1:
+                return gpu, None, None
+            gi_id, ci_id = int(parts[1]), int(parts[2])
+            gi = state.gpus[gpu].gpu_instance(gi_id)
+            if gi is None or all(c.id != ci_id for c in gi.compute_instances):
+                raise SimulatorError(f"no MIG device {device}: see `tessera mig show`")
+            return gpu, gi_id, ci_id
+        for g in state.gpus:
+            if g.uuid == device:
+                return g.index, None, None
+            for gi in g.gpu_instances:
+                for ci in gi.compute_instances:
+                    if mig_device_uuid(g.uuid, gi.id, ci.id) == device:
+                        return g.index, gi.id, ci.id
+        raise SimulatorError(
+            f"no device {device!r}: give a GPU index, GPU:GI:CI, a GPU UUID or a MIG UUID"
+        )
+
+    def start_process(self, device: str, *, name: str = "python", memory_mib: int = 1024) -> (
+        SimProcess
+    ):
+        """Start a CUDA process on a GPU or MIG device; returns it with its PID."""
+        gpu, gi_id, ci_id = self._resolve(device)
+        with self.store.transaction() as state:
+            target = state.gpus[gpu]
+            if gi_id is None and target.mig_current:
+                raise SimulatorError(
+                    f"GPU {gpu} is in MIG mode: CUDA processes run on its MIG devices; give "
+                    "GPU:GI:CI or a MIG UUID"
+                )
+            if target.lost:
+                raise SimulatorError(f"GPU {gpu} has fallen off the bus (XID 79)")
+            process = SimProcess(
+                pid=state.next_pid, gpu=gpu, name=name, used_memory_mib=memory_mib,
+                gpu_instance_id=gi_id, compute_instance_id=ci_id,
+            )
+            state.next_pid += 1
+            state.processes.append(process)
+        return process
+
+    def stop_process(self, pid: int) -> None:
+        with self.store.transaction() as state:
+            found = [p for p in state.processes if p.pid == pid]
+            if not found:
+                raise SimulatorError(f"no simulated process with PID {pid}")
+            state.processes.remove(found[0])
+
+    def processes(self) -> list[SimProcess]:
+        return list(self.store.read().processes)
+
+    def raise_xid(self, gpu: int, xid: int, device: str | None = None) -> SimXid:
+        """Record an XID error on a GPU; XID 79 (fell off the bus) makes it unreachable."""
+        gi_id = ci_id = None
+        if device is not None:
+            gpu, gi_id, ci_id = self._resolve(device)
+        with self.store.transaction() as state:
+            if not 0 <= gpu < len(state.gpus):
+                raise SimulatorError(f"no GPU {gpu}: this node has {len(state.gpus)} GPUs")
+            event = SimXid(seq=state.next_xid_seq, gpu=gpu, xid=xid)
+            if gi_id is not None and ci_id is not None:
+                event.gpu_instance_id, event.compute_instance_id = gi_id, ci_id
+            state.next_xid_seq += 1
+            state.xids = [*state.xids[-255:], event]
+            if xid == _XID_FELL_OFF_BUS:
+                state.gpus[gpu].lost = True
+        return event
+
+    def inject_failure(self, *, after: int, code: int, function: str | None = None) -> None:
+        """Make the `after`-th mutating NVML call from now fail with NVML error `code`
+        (only calls to `function`, if given)."""
+        with self.store.transaction() as state:
+            state.failure = SimFailure(after=after, code=code, function=function)
+
+    def clear_failure(self) -> None:
+        with self.store.transaction() as state:
+            state.failure = None
+
+    def mutations(self) -> int:
+        """How many mutating NVML calls have succeeded on this node so far."""
+        return self.store.read().mutations
+
+    def reset(self) -> None:
+        self.store.reset()
