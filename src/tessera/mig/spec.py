@@ -1,0 +1,273 @@
+"""NVIDIA mig-parted's v1 config format, read unchanged and strictly.
+
+A file holds `version: v1` and `mig-configs`, a map from config name to a list of entries
+(`devices`, `mig-enabled`, `mig-devices`, `device-filter`). Parsing yields frozen values;
+anything wrong raises one `MigConfigError` naming the file, config, entry and field. Whether
+a config fits the GPUs of a node is `tessera.mig.layout`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tessera.errors import MigConfigError
+from tessera.mig.profiles import MigProfileName, parse_profile
+
+_FILTER = re.compile(r"^0x([0-9A-Fa-f]{8})(?::0x([0-9A-Fa-f]{8}))?$")
+
+
+# -- the wire format (what the file may say) ---------------------------------------------
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    devices: Literal["all"] | list[int]
+    mig_enabled: bool = Field(alias="mig-enabled")
+    mig_devices: dict[str, int] | None = Field(default=None, alias="mig-devices")
+    device_filter: str | list[str] | None = Field(default=None, alias="device-filter")
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: str
+    mig_configs: dict[str, list[_Entry]] = Field(alias="mig-configs")
+
+
+# -- the values the rest of Tessera sees ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    """A PCI ID filter: `0xDDDDVVVV`, optionally `:0xSSSSssss` for the subsystem."""
+
+    device_id: int
+    subsystem_id: int | None = None
+
+    def matches(self, pci_device_id: int, pci_subsystem_id: int) -> bool:
+        if self.device_id != pci_device_id:
+            return False
+        return self.subsystem_id is None or self.subsystem_id == pci_subsystem_id
+
+    def __str__(self) -> str:
+        text = f"0x{self.device_id:08X}"
+        return text if self.subsystem_id is None else f"{text}:0x{self.subsystem_id:08X}"
+
+
+@dataclass(frozen=True, slots=True)
+class MigConfigEntry:
+    """One entry of a named config: which GPUs, MIG on or off, and which MIG devices."""
+
+    index: int
+    devices: tuple[int, ...] | None  # None: `all`
+    mig_enabled: bool
+    mig_devices: tuple[tuple[MigProfileName, int], ...] = ()
+    device_filter: tuple[DeviceFilter, ...] = ()
+
+    def selects(self, index: int, pci_device_id: int, pci_subsystem_id: int) -> bool:
+        if self.devices is not None and index not in self.devices:
+            return False
+        return not self.device_filter or any(
+            f.matches(pci_device_id, pci_subsystem_id) for f in self.device_filter
+        )
+
+
+@dataclass(frozen=True)
+class MigConfigFile:
+    """A parsed mig-parted v1 file. `source` names it in errors (a path, or `<stdin>`)."""
+
+    source: str
+    configs: Mapping[str, tuple[MigConfigEntry, ...]] = field(default_factory=dict)
+
+    def select(self, name: str | None) -> tuple[str, tuple[MigConfigEntry, ...]]:
+        """The entries of config `name` (optional when the file holds exactly one)."""
+        if name is None:
+            if len(self.configs) == 1:
+                return next(iter(self.configs.items()))
+            raise MigConfigError(
+                f"holds {len(self.configs)} configs; choose one with -c: "
+                f"{', '.join(sorted(self.configs))}",
+                source=self.source,
+            )
+        entries = self.configs.get(name)
+        if entries is None:
+            raise MigConfigError(
+                f"no config named {name!r}; the file has: {', '.join(sorted(self.configs))}",
+                source=self.source,
+            )
+        return name, entries
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def load_file(path: str | Path) -> MigConfigFile:
+    """Read and parse a config file; `-` reads standard input."""
+    import sys
+
+    if str(path) == "-":
+        return parse(sys.stdin.read(), source="<stdin>")
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise MigConfigError(f"cannot read the file: {e.strerror}", source=str(path)) from e
+    return parse(text, source=str(path))
+
+
+def parse(text: str, *, source: str = "<config>") -> MigConfigFile:
+    """Parse YAML or JSON text in mig-parted's v1 format, strictly."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MigConfigError(f"not valid YAML{where}: {problem}", source=source) from e
+    except (ValueError, RecursionError) as e:
+        raise MigConfigError(f"not valid YAML: {e}", source=source) from e
+    return from_data(raw, source=source)
+
+
+def from_data(raw: Any, *, source: str = "<config>") -> MigConfigFile:
+    """Build a config from already-decoded YAML/JSON data."""
+    if not isinstance(raw, dict):
+        raise MigConfigError(
+            "expected a mapping with `version: v1` and `mig-configs`", source=source
+        )
+    version = raw.get("version")
+    if version != "v1":
+        raise MigConfigError(
+            f"unknown version {version!r}: only `version: v1` (mig-parted's format) is supported",
+            source=source,
+        )
+    try:
+        wire = _File.model_validate(raw)
+    except ValidationError as e:
+        raise _validation_error(e, raw, source) from e
+    if not wire.mig_configs:
+        raise MigConfigError("`mig-configs` is empty: define at least one config", source=source)
+    configs: dict[str, tuple[MigConfigEntry, ...]] = {}
+    for name, entries in wire.mig_configs.items():
+        if not entries:
+            raise MigConfigError("has no entries: give at least one", source=source, config=name)
+        configs[name] = tuple(_entry(e, i, name, source) for i, e in enumerate(entries))
+    return MigConfigFile(source=source, configs=configs)
+
+
+def _entry(wire: _Entry, index: int, config: str, source: str) -> MigConfigEntry:
+    def fail(reason: str) -> MigConfigError:
+        return MigConfigError(reason, source=source, config=config, entry=index)
+
+    devices: tuple[int, ...] | None = None
+    if wire.devices != "all":
+        if not wire.devices:
+            raise fail("`devices` is an empty list: give GPU indices or `all`")
+        if any(d < 0 for d in wire.devices):
+            raise fail("`devices`: GPU indices are never negative")
+        if len(set(wire.devices)) != len(wire.devices):
+            raise fail("`devices` lists a GPU twice")
+        devices = tuple(wire.devices)
+
+    filters: list[DeviceFilter] = []
+    raw_filters = [wire.device_filter] if isinstance(wire.device_filter, str) else (
+        wire.device_filter or []
+    )
+    for text in raw_filters:
+        match = _FILTER.match(text)
+        if match is None:
+            raise fail(
+                f"`device-filter` {text!r} is not a PCI ID: expected 0xDDDDVVVV (e.g. 0x20B210DE) "
+                "optionally followed by :0xSSSSssss"
+            )
+        filters.append(
+            DeviceFilter(int(match[1], 16), int(match[2], 16) if match[2] else None)
+        )
+
+    mig_devices: list[tuple[MigProfileName, int]] = []
+    if wire.mig_enabled and wire.mig_devices is None:
+        raise fail("`mig-devices` is required with `mig-enabled: true` ({} means no instances)")
+    if not wire.mig_enabled and wire.mig_devices:
+        raise fail("`mig-devices` must be empty when `mig-enabled` is false")
+    seen: dict[MigProfileName, str] = {}
+    for text, count in (wire.mig_devices or {}).items():
+        try:
+            profile = parse_profile(text)
+        except ValueError as e:
+            raise fail(f"`mig-devices`: {e}") from e
+        if count < 0:
+            raise fail(f"`mig-devices`: count of {text} is {count}; counts are never negative")
+        if profile in seen:
+            raise fail(f"`mig-devices` names {text} twice (also as {seen[profile]})")
+        seen[profile] = text
+        if count:
+            mig_devices.append((profile, count))
+    if wire.mig_devices and not mig_devices:
+        raise fail("`mig-devices`: every count is 0; use {} for MIG on with no instances")
+    return MigConfigEntry(
+        index=index,
+        devices=devices,
+        mig_enabled=wire.mig_enabled,
+        mig_devices=tuple(sorted(mig_devices)),
+        device_filter=tuple(filters),
+    )
+
+
+_ALIASES = {"mig_configs": "mig-configs", "mig_enabled": "mig-enabled",
+            "mig_devices": "mig-devices", "device_filter": "device-filter"}
+
+
+def _validation_error(error: ValidationError, raw: Mapping[str, Any], source: str) -> (
+    MigConfigError
+):
+    """One clear message from pydantic's first complaint, located by config and entry."""
+    first = error.errors()[0]
+    loc = [_ALIASES.get(str(p), p) for p in first["loc"]]
+    # Unions report a branch name in the path (`list[int]`, `str`); drop them.
+    loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in {
+        "str", "int", "bool", "literal['all']", "function-after"}))]
+    config = str(loc[1]) if len(loc) > 1 and loc[0] == "mig-configs" else None
+    entry = loc[2] if len(loc) > 2 and isinstance(loc[2], int) else None
+    rest = loc[3:] if entry is not None else loc[2:] if config is not None else loc
+    field_name = ".".join(str(p) for p in rest)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        reason = f"unexpected field `{field_name}`"
+    elif kind == "missing":
+        reason = f"missing required field `{field_name}`"
+    else:
+        value = json.dumps(first.get("input"), default=str)
+        if len(value) > 60:
+            value = value[:57] + "..."
+        reason = f"`{field_name or 'top level'}` = {value}: {first['msg']}"
+    return MigConfigError(reason, source=source, config=config, entry=entry)
+
+
+def dump(configs: Mapping[str, tuple[MigConfigEntry, ...]], fmt: str = "yaml") -> str:
+    """Write configs back in the v1 format (YAML or JSON), as mig-parted would."""
+    data = {"version": "v1", "mig-configs": {
+        name: [_entry_data(e) for e in entries] for name, entries in configs.items()
+    }}
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def _entry_data(entry: MigConfigEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if entry.device_filter:
+        filters = [str(f) for f in entry.device_filter]
+        out["device-filter"] = filters[0] if len(filters) == 1 else filters
+    out["devices"] = "all" if entry.devices is None else list(entry.devices)
+    out["mig-enabled"] = entry.mig_enabled
+    if entry.mig_enabled:
+        out["mig-devices"] = {str(p): n for p, n in entry.mig_devices}
+    return out
