@@ -29,6 +29,7 @@ class Backend:
     reset_gpu: Callable[[int, str], None]
     simulated_preset: str | None = None
     sim_state_file: Path | None = None
+    control: Any = None  # the simulator's SimulatorControl, for `tessera sim` and tests
 
 
 def _nvidia_smi_reset(index: int, bus_id: str) -> None:
@@ -60,15 +61,18 @@ def real_backend() -> Backend:
 
 def simulated_backend(preset_name: str, state_file: Path | None) -> Backend:
     """A simulated node; `state_file=None` keeps its state in memory only."""
+    from tessera.hardware.sim.control import SimulatorControl
     from tessera.hardware.sim.nvml import SimulatedNvml
     from tessera.hardware.sim.state import SimStore
 
-    nvml = SimulatedNvml(SimStore(preset_name, state_file))
+    store = SimStore(preset_name, state_file)
+    nvml = SimulatedNvml(store)
     return Backend(
         nvml=nvml,
         reset_gpu=lambda index, _bus_id: nvml.reset_gpu(index),
         simulated_preset=preset_name,
         sim_state_file=state_file,
+        control=SimulatorControl(store),
     )
 
 

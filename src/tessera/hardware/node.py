@@ -74,11 +74,12 @@ class Node:
             code = getattr(e, "value", None)
             where = f"GPU {gpu}: " if gpu is not None else ""
             raise HardwareError(
-                f"{where}cannot {what}: NVML error {code} ({_nvml_reason(code)})", code=code, gpu=gpu
+                f"{where}cannot {what}: NVML error {code} ({_nvml_reason(code)})",
+                code=code, gpu=gpu,
             ) from e
 
     def _is(self, error: HardwareError, name: str) -> bool:
-        return error.code == getattr(self.nvml, name)
+        return bool(error.code == getattr(self.nvml, name))
 
     def _handle(self, index: int) -> Any:
         with self._call("get a handle", index):

@@ -59,11 +59,16 @@ def _holders(state: GpuMigState, step: Step) -> tuple[str, list[int]] | None:
 
 def check_not_busy(plan: Plan, observed: Mapping[int, GpuMigState]) -> None:
     """Refuse a plan that would destroy or reset something processes are using."""
-    busy = [found for step in plan.steps if (found := _holders(observed[step.gpu], step))]
+    holders: dict[str, list[int]] = {}
+    for step in plan.steps:
+        found = _holders(observed[step.gpu], step)
+        if found is not None:
+            holders.setdefault(found[0], found[1])
+    busy = list(holders.items())
     if busy:
         detail = "; ".join(f"{device} is used by PIDs {', '.join(map(str, pids))}"
                            for device, pids in busy)
-        first_device, first_pids = busy[0]
+        first_device = busy[0][0]
         raise GpuBusyError(
             f"refusing to apply {plan.config!r}: {detail}. Stop those processes (or drain the "
             "node), or pass --force to try anyway",

@@ -18,6 +18,9 @@ from tessera.mig.planner import Plan, plan
 from tessera.mig.spec import MigConfigFile
 from tessera.mig.steps import Step
 
+__all__ = ["ApplyReport", "GpuMigState", "Observation", "Plan", "apply_config", "assert_config",
+           "gpu_facts", "observe", "plan_config"]
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -7,7 +7,7 @@ XID, a driver call fails); `tessera sim …` and the tests use them to stage sit
 from __future__ import annotations
 
 from tessera.errors import SimulatorError
-from tessera.hardware.sim.state import SimFailure, SimProcess, SimStore, SimXid, mig_device_uuid
+from tessera.hardware.sim.state import SimFailure, SimProcess, SimStore, SimXid
 
 _XID_FELL_OFF_BUS = 79
 
@@ -39,7 +39,7 @@ class SimulatorControl:
                 return g.index, None, None
             for gi in g.gpu_instances:
                 for ci in gi.compute_instances:
-                    if mig_device_uuid(g.uuid, gi.id, ci.id) == device:
+                    if ci.uuid == device:
                         return g.index, gi.id, ci.id
         raise SimulatorError(
             f"no device {device!r}: give a GPU index, GPU:GI:CI, a GPU UUID or a MIG UUID"

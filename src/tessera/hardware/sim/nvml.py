@@ -209,7 +209,7 @@ class SimulatedNvml:
                 return self.nvmlDeviceGetHandleByIndex(gpu.index)
             for gi in gpu.gpu_instances:
                 for ci in gi.compute_instances:
-                    if mig_device_uuid(gpu.uuid, gi.id, ci.id) == wanted:
+                    if ci.uuid == wanted:
                         return _pointer(
                             _encode(_KIND_MIG, gpu.index, gi.id, ci.id), pynvml.c_nvmlDevice_t
                         )
@@ -237,7 +237,7 @@ class SimulatedNvml:
     def nvmlDeviceGetUUID(self, handle: Any) -> bytes:
         _, gpu, gi_id, ci_id = self._device(handle, allow_mig=True)
         if gi_id != _NONE:
-            return mig_device_uuid(gpu.uuid, gi_id, ci_id).encode()
+            return self._mig_instances(gpu, gi_id, ci_id)[1].uuid.encode()
         return gpu.uuid.encode()
 
     def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
@@ -656,9 +656,11 @@ class SimulatedNvml:
         if any(start < c.start + c.size and c.start < start + size for c in gi.compute_instances):
             raise _error(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)
         used = {c.id for c in gi.compute_instances}
+        ci_id = min(i for i in range(len(used) + 1) if i not in used)
+        state.instances_created += 1
         ci = SimComputeInstance(
-            id=min(i for i in range(len(used) + 1) if i not in used),
-            profile_id=profile_id, start=start, size=size,
+            id=ci_id, profile_id=profile_id, start=start, size=size,
+            uuid=mig_device_uuid(gpu.uuid, gi_id, ci_id, state.instances_created),
         )
         gi.compute_instances.append(ci)
         gi.compute_instances.sort(key=lambda c: c.id)

@@ -34,6 +34,7 @@ class SimComputeInstance(_Model):
     profile_id: int
     start: int
     size: int
+    uuid: str
 
 
 class SimGpuInstance(_Model):
@@ -93,6 +94,7 @@ class SimState(_Model):
     next_xid_seq: int = 1
     failure: SimFailure | None = None
     mutations: int = 0
+    instances_created: int = 0
 
 
 def fresh_state(preset_name: str) -> SimState:
@@ -112,9 +114,10 @@ def fresh_state(preset_name: str) -> SimState:
     )
 
 
-def mig_device_uuid(gpu_uuid: str, gi_id: int, ci_id: int) -> str:
-    """A MIG device UUID, stable for as long as that GPU/compute instance pair exists."""
-    return f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{gpu_uuid}/{gi_id}/{ci_id}')}"
+def mig_device_uuid(gpu_uuid: str, gi_id: int, ci_id: int, serial: int) -> str:
+    """A MIG device UUID: fixed while the instance exists; a recreated instance (a new
+    `serial`) is a new device with a new UUID, as on real nodes."""
+    return f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{gpu_uuid}/{gi_id}/{ci_id}/{serial}')}"
 
 
 def default_state_file(preset_name: str) -> Path:
