@@ -42,6 +42,9 @@ _KIND_DEVICE, _KIND_GI, _KIND_CI, _KIND_MIG, _KIND_EVENTSET = 1, 2, 3, 4, 5
 _NONE = 0xFFF
 _XID_FELL_OFF_BUS = 79
 _MIB = 1024 * 1024
+# pynvml functions that never call into libnvidia-ml: they work unchanged over the simulator.
+_PURE_PYTHON = frozenset({"nvmlExceptionClass", "nvmlStructToFriendlyObject",
+                          "nvmlFriendlyObjectToStruct"})
 
 
 def _error(code: int) -> pynvml.NVMLError:
@@ -72,6 +75,21 @@ def _deref(ref: Any) -> Any:
     return ref
 
 
+def _fill_placements(placements_ref: Any, count_ref: Any, found: list[tuple[int, int]]) -> int:
+    """Answer a placements query the C way: a NULL array asks for the count; a short array is
+    INSUFFICIENT_SIZE with the count needed; otherwise fill it and set the count."""
+    count = _deref(count_ref)
+    if placements_ref is not None and count.value < len(found):
+        count.value = len(found)
+        raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
+    if placements_ref is not None:
+        placements = _deref(placements_ref)
+        for i, (start, size) in enumerate(found):
+            placements[i].start, placements[i].size = start, size
+    count.value = len(found)
+    return int(pynvml.NVML_SUCCESS)
+
+
 def gpu_instance_id(memory_slices: int, start: int, size: int) -> int:
     """The driver's GPU-instance ID for a placement: placements are numbered as the nodes
     of a binary tree over the memory slices (whole GPU 0, halves 1-2, quarters 3-6,
@@ -94,7 +112,8 @@ class SimulatedNvml:
         # Constants, struct types and error classes are pynvml's own; any NVML function this
         # simulator does not implement fails as a missing symbol would in the real library.
         found = getattr(pynvml, name)
-        if name.startswith("nvml") and callable(found):
+        if (name.startswith("nvml") and callable(found) and not isinstance(found, type)
+                and name not in _PURE_PYTHON):
 
             def missing(*args: Any, **kwargs: Any) -> Any:
                 raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
@@ -423,18 +442,7 @@ class SimulatedNvml:
     ) -> int:
         _, gpu, _, _ = self._device(device)
         data = self._gi_profile(gpu, id=profileId)
-        count = _deref(countRef)
-        if placementsRef is None:
-            count.value = len(data.starts)
-            return int(pynvml.NVML_SUCCESS)
-        if count.value < len(data.starts):
-            count.value = len(data.starts)
-            raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
-        placements = _deref(placementsRef)
-        for i, start in enumerate(data.starts):
-            placements[i].start, placements[i].size = start, data.size
-        count.value = len(data.starts)
-        return int(pynvml.NVML_SUCCESS)
+        return _fill_placements(placementsRef, countRef, [(s, data.size) for s in data.starts])
 
     def _free_starts(self, gpu: SimGpu, data: GpuInstanceProfileData) -> list[int]:
         taken = [(g.start, g.start + g.size) for g in gpu.gpu_instances]
@@ -588,18 +596,8 @@ class SimulatedNvml:
         found = self._ci_profiles(gpu, gi).get(profileId)
         if found is None:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        count = _deref(countRef)
-        if placementsRef is None:
-            count.value = len(found.placements)
-            return int(pynvml.NVML_SUCCESS)
-        if count.value < len(found.placements):
-            count.value = len(found.placements)
-            raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
-        placements = _deref(placementsRef)
-        for i, p in enumerate(found.placements):
-            placements[i].start, placements[i].size = p.start, p.size
-        count.value = len(found.placements)
-        return int(pynvml.NVML_SUCCESS)
+        return _fill_placements(placementsRef, countRef,
+                                [(p.start, p.size) for p in found.placements])
 
     def nvmlGpuInstanceGetComputeInstanceRemainingCapacity(
         self, gpuInstance: Any, profileId: int
