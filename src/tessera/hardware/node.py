@@ -46,6 +46,7 @@ class Node:
         self.backend = backend or open_backend()
         self.nvml = self.backend.nvml
         self._profiles: dict[int, tuple[GpuInstanceProfile, ...]] = {}
+        self._bus_ids: dict[int, str] = {}  # a lost GPU can no longer tell its bus ID
         with self._call("initialise NVML"):
             self.nvml.nvmlInit()
 
@@ -113,6 +114,7 @@ class Node:
             major, minor = self.nvml.nvmlDeviceGetCudaComputeCapability(h)
             uuid = _text(self.nvml.nvmlDeviceGetUUID(h))
             name = _text(self.nvml.nvmlDeviceGetName(h))
+        self._bus_ids[index] = _text(pci.busId)
         return Gpu(
             index=index,
             uuid=uuid,
@@ -342,15 +344,21 @@ class Node:
         return mode
 
     def reset(self, index: int) -> None:
-        """Reset one GPU (applies a pending MIG mode). Refused while processes use it."""
-        busy = self.processes(index)
+        """Reset one GPU (applies a pending MIG mode; recovers a GPU that fell off the bus).
+        Refused while processes use it."""
+        try:
+            busy = self.processes(index)
+        except HardwareError as e:
+            if not self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                raise
+            busy = ()  # nothing runs on a GPU that has fallen off the bus
         if busy:
             raise GpuBusyError(
                 f"GPU {index} cannot be reset: in use by PIDs "
                 f"{', '.join(str(p.pid) for p in busy)}; stop them (or drain the node) first",
                 device=f"GPU {index}", pids=[p.pid for p in busy], gpu=index,
             )
-        bus_id = self.gpu(index).bus_id
+        bus_id = self._bus_ids.get(index) or self.gpu(index).bus_id
         try:
             self.backend.reset_gpu(index, bus_id)
         except self.nvml.NVMLError as e:  # the simulator's reset answers like NVML

@@ -43,7 +43,7 @@ class MigProfileName:
 
 def parse_profile(text: str) -> MigProfileName:
     """Parse a profile string, or raise ValueError saying what is wrong with it."""
-    match = _PROFILE.match(text)
+    match = _PROFILE.fullmatch(text)
     if match is None:
         raise ValueError(
             f"{text!r} is not a MIG profile: expected <g>g.<gb>gb or <c>c.<g>g.<gb>gb, "
@@ -60,7 +60,7 @@ def parse_profile(text: str) -> MigProfileName:
         if match["sign"] == "-" and len(names) != 1:
             raise ValueError(f"{text!r}: a negative attribute names exactly one attribute")
         for name in names:
-            if not _ATTRIBUTE.match(name) or name.endswith("."):
+            if not _ATTRIBUTE.fullmatch(name) or name.endswith("."):
                 raise ValueError(
                     f"{text!r}: attribute {name!r} must be letters, digits and dots, start "
                     "with a letter and not end with a dot"

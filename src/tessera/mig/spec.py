@@ -182,7 +182,7 @@ def _entry(wire: _Entry, index: int, config: str, source: str) -> MigConfigEntry
         wire.device_filter or []
     )
     for text in raw_filters:
-        match = _FILTER.match(text)
+        match = _FILTER.fullmatch(text)
         if match is None:
             raise fail(
                 f"`device-filter` {text!r} is not a PCI ID: expected 0xDDDDVVVV (e.g. 0x20B210DE) "
@@ -243,6 +243,9 @@ def _validation_error(error: ValidationError, raw: Mapping[str, Any], source: st
         reason = f"unexpected field `{field_name}`"
     elif kind == "missing":
         reason = f"missing required field `{field_name}`"
+    elif "device-filter" in rest and isinstance(first.get("input"), int):
+        reason = (f"`{field_name}` = 0x{first['input']:08X} is a number: quote PCI IDs, e.g. "
+                  "device-filter: \"0x20B010DE\"")
     else:
         value = json.dumps(first.get("input"), default=str)
         if len(value) > 60:

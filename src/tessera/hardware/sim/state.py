@@ -135,25 +135,25 @@ class SimStore:
         self.preset_name = preset_name
         self.path = path
         self._state: SimState | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._raw: bytes | None = None
 
     # -- reading -------------------------------------------------------------------------
 
     def read(self) -> SimState:
-        """The current state; re-read from disk only when the file changed."""
+        """The current state; parsed again only when the file's bytes changed (timestamps
+        are too coarse on some filesystems to notice two quick writes of one size)."""
         if self.path is None:
             if self._state is None:
                 self._state = fresh_state(self.preset_name)
             return self._state
         try:
-            st = self.path.stat()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
-            if self._state is None or self._stamp is not None:
-                self._state, self._stamp = fresh_state(self.preset_name), None
+            if self._state is None or self._raw is not None:
+                self._state, self._raw = fresh_state(self.preset_name), None
             return self._state
-        stamp = (st.st_mtime_ns, st.st_size)
-        if self._state is None or stamp != self._stamp:
-            self._state, self._stamp = self._parse(self.path.read_text()), stamp
+        if self._state is None or raw != self._raw:
+            self._state, self._raw = self._parse(raw.decode(errors="replace")), raw
         return self._state
 
     def _parse(self, text: str) -> SimState:
@@ -189,16 +189,16 @@ class SimStore:
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._stamp = None  # force a re-read under the lock
+            self._raw = None  # force a re-read under the lock
             state = self.read().model_copy(deep=True)
             yield state
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             tmp.write_text(state.model_dump_json(indent=1))
             os.replace(tmp, self.path)
-            self._state, self._stamp = None, None
+            self._state, self._raw = None, None
 
     def reset(self) -> None:
         """Forget everything: the node as just booted with this preset."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-        self._state, self._stamp = None, None
+        self._state, self._raw = None, None
