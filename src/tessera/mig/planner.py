@@ -11,11 +11,18 @@ destroyed, instances destroyed, instances created).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tessera.hardware.model import ComputeInstanceProfile, GpuInstance, GpuMigState, Placement
+from tessera.hardware.model import (
+    ComputeInstance,
+    ComputeInstanceProfile,
+    GpuInstance,
+    GpuMigState,
+    Placement,
+)
 from tessera.mig.layout import DeviceKind, GpuFacts, GpuTarget, NodeTarget, kind_of
 from tessera.mig.packing import (
     GpuCatalog,
@@ -146,7 +153,8 @@ def plan_gpu(catalog: GpuCatalog, state: GpuMigState, target: GpuTarget) -> _Gpu
         return _steps_for(catalog, index, steps, leaf, state)
 
     steps = [] if mode.pending else [SetMigMode(index, enabled=True)]
-    if observed_kinds(catalog, state) == demand:
+    if observed_kinds(catalog, state) == demand and all(
+            gi.compute_instances for gi in state.gpu_instances):  # no stray empty GI
         return _GpuPlan(tuple(steps), _instances(state), 0, 0)
     leaf = _search(catalog, state, demand)
     return _steps_for(catalog, index, steps, leaf, state)
@@ -158,7 +166,11 @@ def _busy(state: GpuMigState, gi: GpuInstance, ci_id: int | None = None) -> bool
 
 def _search(catalog: GpuCatalog, state: GpuMigState, demand: Counter[DeviceKind]) -> _Leaf:
     """Branch and bound over which existing GPU instances to keep."""
-    wanted_profiles = {k.gi_profile_id for k in demand}
+    # Each kept GPU instance must hold at least one wanted device, which caps how many of
+    # one profile are worth keeping.
+    useful = Counter[int]()
+    for kind, count in demand.items():
+        useful[kind.gi_profile_id] += count
     candidates = sorted(
         state.gpu_instances,
         key=lambda gi: (not _busy(state, gi), -len(gi.compute_instances), gi.placement),
@@ -170,7 +182,8 @@ def _search(catalog: GpuCatalog, state: GpuMigState, demand: Counter[DeviceKind]
                 sum(1 + len(gi.compute_instances) for gi in destroyed))
 
     def visit(k: int, kept: list[GpuInstance], destroyed: list[GpuInstance]) -> None:
-        if best and bound(destroyed) > best[0].cost[:2]:
+        # Keeping is tried first, so a later leaf that destroys as much cannot be better.
+        if best and bound(destroyed) >= best[0].cost[:2]:
             return
         if k == len(candidates):
             leaf = _evaluate(catalog, state, kept, demand)
@@ -178,7 +191,7 @@ def _search(catalog: GpuCatalog, state: GpuMigState, demand: Counter[DeviceKind]
                 best[:] = [leaf]
             return
         gi = candidates[k]
-        if gi.profile_id in wanted_profiles:
+        if sum(g.profile_id == gi.profile_id for g in kept) < useful[gi.profile_id]:
             visit(k + 1, [*kept, gi], destroyed)
         visit(k + 1, kept, [*destroyed, gi])
 
@@ -187,56 +200,88 @@ def _search(catalog: GpuCatalog, state: GpuMigState, demand: Counter[DeviceKind]
     return best[0]
 
 
+_MAX_CI_CHOICES = 4096  # beyond this, keep every wanted compute instance (greedy)
+
+
+def _ci_choices(
+    catalog: GpuCatalog, state: GpuMigState, kept: list[GpuInstance],
+    demand: Counter[DeviceKind],
+) -> list[tuple[tuple[ComputeInstance, ...], ...]]:
+    """Which compute instances each kept GPU instance keeps, best candidates first."""
+    per_gi: list[list[tuple[ComputeInstance, ...]]] = []
+    for gi in kept:
+        profile = catalog.gi_profile(gi.profile_id)
+        wanted = [ci for ci in gi.compute_instances if demand[kind_of(
+            catalog, profile, catalog.ci_profile(gi.profile_id, ci.profile_id))] > 0]
+        per_gi.append([subset for r in range(len(wanted), -1, -1)
+                       for subset in itertools.combinations(wanted, r)])
+    total = 1
+    for options in per_gi:
+        total *= len(options)
+    if total > _MAX_CI_CHOICES:
+        return [tuple(options[0] for options in per_gi)]
+
+    def lost(choice: tuple[tuple[ComputeInstance, ...], ...]) -> tuple[int, int]:
+        busy = gone = 0
+        for gi, keep in zip(kept, choice, strict=True):
+            for ci in gi.compute_instances:
+                if ci not in keep:
+                    gone += 1
+                    busy += _busy(state, gi, ci.id)
+        return busy, gone
+
+    return sorted(itertools.product(*per_gi), key=lost)
+
+
 def _evaluate(
     catalog: GpuCatalog, state: GpuMigState, kept: list[GpuInstance],
     demand: Counter[DeviceKind],
 ) -> _Leaf | None:
-    """Cost and shape of keeping exactly `kept`, or None if the rest does not fit."""
+    """Cheapest way to keep exactly the GPU instances `kept`, or None if nothing fits."""
+    for choice in _ci_choices(catalog, state, kept, demand):
+        leaf = _evaluate_choice(catalog, state, kept, choice, demand)
+        if leaf is not None:
+            return leaf  # choices come cheapest first
+    return None
+
+
+def _evaluate_choice(
+    catalog: GpuCatalog, state: GpuMigState, kept: list[GpuInstance],
+    choice: tuple[tuple[ComputeInstance, ...], ...], demand: Counter[DeviceKind],
+) -> _Leaf | None:
     remaining = demand.copy()
     destroy_cis: list[tuple[GpuInstance, int]] = []
-    fill: list[tuple[GpuInstance, ComputeInstanceProfile, Placement]] = []
     busy_destroyed = destroyed = 0
     occupied: dict[int, list[Placement]] = {}
-    for gi in kept:
+    for gi, keep in zip(kept, choice, strict=True):
         profile = catalog.gi_profile(gi.profile_id)
         occupied[gi.id] = []
-        for ci in sorted(gi.compute_instances, key=lambda c: not _busy(state, gi, c.id)):
-            kind = kind_of(catalog, profile, catalog.ci_profile(gi.profile_id, ci.profile_id))
-            if remaining[kind] > 0:
+        for ci in gi.compute_instances:
+            if ci in keep:
+                kind = kind_of(catalog, profile, catalog.ci_profile(gi.profile_id,
+                                                                    ci.profile_id))
                 remaining[kind] -= 1
                 occupied[gi.id].append(ci.placement)
             else:
                 destroy_cis.append((gi, ci.id))
                 destroyed += 1
                 busy_destroyed += _busy(state, gi, ci.id)
-    # Fill free compute slices of kept GPU instances before making new ones.
-    for gi in kept:
-        profile = catalog.gi_profile(gi.profile_id)
-        for kind in sorted(remaining, key=lambda k: -catalog.ci_profile(
-                k.gi_profile_id, k.ci_profile_id).slices):
-            if kind.gi_profile_id != gi.profile_id:
-                continue
-            ci_profile = catalog.ci_profile(kind.gi_profile_id, kind.ci_profile_id)
-            while remaining[kind] > 0:
-                spot = place_compute_instances(profile.slices, [ci_profile], occupied[gi.id])
-                if spot is None:
-                    break
-                occupied[gi.id].append(spot[0])
-                fill.append((gi, ci_profile, spot[0]))
-                remaining[kind] -= 1
-        if not occupied[gi.id]:
-            return None  # an empty GPU instance is not part of any layout: destroy it instead
+    if any(n < 0 for n in remaining.values()):
+        return None
+    fill: list[tuple[GpuInstance, ComputeInstanceProfile, Placement]] = []
     new_groups: list[tuple[int, list[ComputeInstanceProfile]]] = []
-    by_gi: dict[int, list[ComputeInstanceProfile]] = {}
-    for kind, count in sorted(remaining.items()):
-        if count > 0:
-            by_gi.setdefault(kind.gi_profile_id, []).extend(
-                [catalog.ci_profile(kind.gi_profile_id, kind.ci_profile_id)] * count)
-    for gi_id, items in by_gi.items():
-        bins = pack_into_gpu_instances(catalog.gi_profile(gi_id).slices, items)
-        if bins is None:
+    for gi_id in sorted({gi.profile_id for gi in kept} | {k.gi_profile_id for k in remaining
+                                                         if remaining[k] > 0}):
+        items = sorted(
+            (catalog.ci_profile(k.gi_profile_id, k.ci_profile_id)
+             for k, n in remaining.items() if k.gi_profile_id == gi_id for _ in range(n)),
+            key=lambda c: (-c.slices, c.id))
+        homes = [gi for gi in kept if gi.profile_id == gi_id]
+        placed = _fill_profile(catalog.gi_profile(gi_id).slices, homes, occupied, items)
+        if placed is None:
             return None
-        new_groups += [(gi_id, b) for b in bins]
+        fill += placed[0]
+        new_groups += [(gi_id, b) for b in placed[1]]
     placements = place_gpu_instances(
         catalog,
         [catalog.gi_profile(g) for g, _ in new_groups],
@@ -256,6 +301,58 @@ def _evaluate(
             busy_destroyed += _busy(state, gi)
     created = len(fill) + sum(1 + len(cis) for _, _, cis in new)
     return _Leaf((busy_destroyed, destroyed, created), kept, destroy_cis, fill, new)
+
+
+def _fill_profile(
+    gi_slices: int,
+    homes: list[GpuInstance],
+    occupied: dict[int, list[Placement]],
+    items: list[ComputeInstanceProfile],
+) -> tuple[list[tuple[GpuInstance, ComputeInstanceProfile, Placement]],
+           list[list[ComputeInstanceProfile]]] | None:
+    """Place compute instances into kept GPU instances of one profile and the rest into as
+    few new GPU instances as possible; every kept GPU instance must end up non-empty."""
+    taken = {gi.id: list(occupied[gi.id]) for gi in homes}
+    best: list[tuple[int, list[tuple[GpuInstance, ComputeInstanceProfile, Placement]],
+                     list[list[ComputeInstanceProfile]]]] = []
+    chosen: list[tuple[GpuInstance, ComputeInstanceProfile, Placement]] = []
+    leftover: list[ComputeInstanceProfile] = []
+
+    def finish() -> None:
+        if any(not taken[gi.id] for gi in homes):
+            return
+        bins = pack_into_gpu_instances(gi_slices, leftover) if leftover else []
+        if bins is not None and (not best or len(bins) < best[0][0]):
+            best[:] = [(len(bins), list(chosen), [list(b) for b in bins])]
+
+    def assign(i: int, floor: tuple[int, int]) -> None:
+        if best and best[0][0] == 0:
+            return
+        if i == len(items):
+            finish()
+            return
+        item = items[i]
+        same = i > 0 and items[i - 1] == item
+        for h, gi in enumerate(homes):
+            for placement in item.placements:
+                spot = (h, placement.start)
+                if same and spot < floor:
+                    continue  # identical items: try each set of spots once
+                if any(placement.overlaps(t) for t in taken[gi.id]):
+                    continue
+                taken[gi.id].append(placement)
+                chosen.append((gi, item, placement))
+                assign(i + 1, spot)
+                chosen.pop()
+                taken[gi.id].pop()
+        leftover.append(item)
+        assign(i + 1, (len(homes), 0))
+        leftover.pop()
+
+    assign(0, (-1, -1))
+    if not best:
+        return None
+    return best[0][1], best[0][2]
 
 
 def _ci_name(catalog: GpuCatalog, gi_profile_id: int, ci_profile_id: int) -> str:
