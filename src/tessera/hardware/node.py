@@ -442,7 +442,8 @@ _REASONS = {
     4: "insufficient permissions: run as root or with the GPU's capabilities",
     6: "not found",
     9: "the NVIDIA driver is not loaded",
-    12: "libnvidia-ml.so not found: install the NVIDIA driver or mount its libraries",
+    12: "libnvidia-ml.so not found: install the NVIDIA driver or mount its libraries, or "
+        "try Tessera on a simulated node with --simulate PRESET",
     15: "the GPU has fallen off the bus",
     16: "the GPU needs a reset",
     19: "in use",
