@@ -8,7 +8,7 @@ from rich.text import Text
 from tessera.hardware.model import GpuMigState
 from tessera.mig.layout import GpuFacts
 from tessera.mig.packing import GpuCatalog
-from tessera.mig.planner import Plan, observed_kinds
+from tessera.mig.planner import observed_kinds
 
 _CELL = 11
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
@@ -140,6 +140,3 @@ def profiles_data(facts: GpuFacts) -> dict[str, object]:
         ],
     }
 
-
-def plan_text(plan: Plan) -> str:
-    return str(plan)

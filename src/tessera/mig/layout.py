@@ -90,8 +90,7 @@ def fits(catalog: GpuCatalog, devices: Mapping[DeviceKind, int]) -> bool:
 
 
 def new_gpu_instances(
-    catalog: GpuCatalog, devices: Mapping[DeviceKind, int], kept: Sequence[tuple[
-        GpuInstanceProfile, object]] = ()
+    catalog: GpuCatalog, devices: Mapping[DeviceKind, int]
 ) -> list[tuple[GpuInstanceProfile, list[ComputeInstanceProfile]]] | None:
     """Group MIG devices into GPU instances (each with the CIs it holds), or None."""
     by_gi: dict[int, list[ComputeInstanceProfile]] = {}
