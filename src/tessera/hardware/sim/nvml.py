@@ -40,7 +40,6 @@ from tessera.hardware.sim.state import (
 
 _KIND_DEVICE, _KIND_GI, _KIND_CI, _KIND_MIG, _KIND_EVENTSET = 1, 2, 3, 4, 5
 _NONE = 0xFFF
-_XID_FELL_OFF_BUS = 79
 _MIB = 1024 * 1024
 # pynvml functions that never call into libnvidia-ml: they work unchanged over the simulator.
 _PURE_PYTHON = frozenset({"nvmlExceptionClass", "nvmlStructToFriendlyObject",
