@@ -7,7 +7,8 @@ exit codes, the agent's state machine) decide by class, never by parsing message
     TesseraError
     ├── PermanentError            retrying the same input cannot help
     │   ├── ConfigError           bad config file, entry, label or flag value
-    │   │   └── MigConfigError    a mig-parted v1 config that cannot apply to this node
+    │   │   ├── MigConfigError    a mig-parted v1 config that cannot apply to this node
+    │   │   └── PluginConfigError a device plugin config v1 that is invalid or cannot apply
     │   ├── UnsupportedError      the hardware cannot do what was asked (MIG on a non-MIG GPU)
     │   └── SimulatorError        a bad simulator preset, state file or sim command
     └── TemporaryError            may succeed later (back off, retry)
@@ -68,6 +69,34 @@ class MigConfigError(ConfigError):
             where.append(f"entry {entry}")
         if gpu is not None:
             where.append(f"GPU {gpu}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class PluginConfigError(ConfigError):
+    """A device plugin config (NVIDIA's v1 format) that is invalid or cannot apply to this node.
+
+    The message says which file, which named config and which field, then the reason.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        source: str | None = None,
+        config: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.source = source
+        self.config = config
+        self.field = field
+        where = []
+        if source is not None:
+            where.append(source)
+        if config is not None:
+            where.append(f"config {config!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
 
 

@@ -1,0 +1,1 @@
+"""The kubelet device plugin: resources (pure), gRPC servers, registration, health."""
