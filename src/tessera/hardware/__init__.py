@@ -1,5 +1,6 @@
 """The one seam to GPUs: NVML through the pynvml API, or the simulator behind the same API.
 
 Nothing here knows of Kubernetes. Other layers read and change GPUs through `Node`
-(`tessera.hardware.node`) and the frozen values of `tessera.hardware.model`.
+(`tessera.hardware.node`) and the frozen values of `tessera.hardware.model`, and receive XID
+errors through `tessera.hardware.events`.
 """

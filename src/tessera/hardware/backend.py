@@ -2,7 +2,9 @@
 
 This is the one place that knows whether the node is simulated. Everything above calls the
 same pynvml functions on `Backend.nvml` and asks `Backend.reset_gpu` for a GPU reset
-(`nvidia-smi --gpu-reset` on a real node; NVML has no reset call).
+(`nvidia-smi --gpu-reset` on a real node; NVML has no reset call). MPS is run through the
+argv in `Backend.mps_daemon` / `Backend.mps_client`: NVIDIA's control daemon on a real node,
+a stand-in speaking the same command language on a simulated one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +23,29 @@ from tessera.errors import HardwareError, SimulatorError
 ENV_SIMULATE = "TESSERA_SIMULATE"
 ENV_SIM_STATE = "TESSERA_SIM_STATE"
 
+# In the foreground (-f) so that whoever starts the daemon can supervise it as its child.
+REAL_MPS_DAEMON = ("nvidia-cuda-mps-control", "-f")
+# With no option, the control program is the client: it reads commands on stdin.
+REAL_MPS_CLIENT = ("nvidia-cuda-mps-control",)
+
 
 @dataclass(frozen=True)
 class Backend:
-    """What answers NVML calls, how a GPU is reset, and (when simulated) the simulator."""
+    """What answers NVML calls, how a GPU is reset, how MPS is run, and (when simulated) the
+    simulator.
+
+    `mps_daemon` starts an MPS control daemon in the foreground and `mps_client` sends it
+    commands read from stdin; both take `CUDA_MPS_PIPE_DIRECTORY` / `CUDA_MPS_LOG_DIRECTORY`
+    from the environment, as NVIDIA's `nvidia-cuda-mps-control` does.
+    """
 
     nvml: Any
     reset_gpu: Callable[[int, str], None]
     simulated_preset: str | None = None
     sim_state_file: Path | None = None
     control: Any = None  # the simulator's SimulatorControl, for `tessera sim` and tests
+    mps_daemon: tuple[str, ...] = REAL_MPS_DAEMON
+    mps_client: tuple[str, ...] = REAL_MPS_CLIENT
 
 
 def _nvidia_smi_reset(index: int, bus_id: str) -> None:
@@ -56,7 +72,8 @@ def _nvidia_smi_reset(index: int, bus_id: str) -> None:
 def real_backend() -> Backend:
     import pynvml
 
-    return Backend(nvml=pynvml, reset_gpu=_nvidia_smi_reset)
+    return Backend(nvml=pynvml, reset_gpu=_nvidia_smi_reset, mps_daemon=REAL_MPS_DAEMON,
+                   mps_client=REAL_MPS_CLIENT)
 
 
 def simulated_backend(preset_name: str, state_file: Path | None) -> Backend:
@@ -73,6 +90,8 @@ def simulated_backend(preset_name: str, state_file: Path | None) -> Backend:
         simulated_preset=preset_name,
         sim_state_file=state_file,
         control=SimulatorControl(store),
+        mps_daemon=(sys.executable, "-m", "tessera.hardware.sim.mps", "daemon"),
+        mps_client=(sys.executable, "-m", "tessera.hardware.sim.mps", "client"),
     )
 
 

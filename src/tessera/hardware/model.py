@@ -123,11 +123,47 @@ class Gpu:
     multiprocessors: int
     compute_capability: tuple[int, int]
     mig_capable: bool
+    numa_node: int | None = None  # None where the platform has no NUMA affinity to report
 
     @property
     def product(self) -> str:
         """The product name as GPU feature discovery labels it (`NVIDIA-A100-SXM4-80GB`)."""
         return self.name.replace(" ", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    """One usable MIG device (a compute instance inside its GPU instance), as CUDA sees it.
+
+    `slot` is the index NVML enumerates it under (`nvmlDeviceGetMigDeviceHandleByIndex`), which
+    NVIDIA's device plugin uses to name MIG devices by index (`index_id`). `profile` is the
+    mig-parted name of the device: the GPU-instance profile (`3g.40gb`) when the compute
+    instance spans the whole GPU instance, else `<c>c.<gi profile>` (`1c.3g.40gb`). Engine
+    counts are those the device shares with the other compute instances of its GPU instance.
+    """
+
+    gpu: int
+    slot: int
+    uuid: str
+    gpu_instance_id: int
+    compute_instance_id: int
+    gi_profile_id: int
+    profile: str
+    memory_mib: int
+    multiprocessors: int
+    gi_slices: int
+    ci_slices: int
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpegs: int
+    ofas: int
+
+    @property
+    def index_id(self) -> str:
+        """`<gpu>:<slot>`, the device plugin's name for this device with `deviceIDStrategy:
+        index`."""
+        return f"{self.gpu}:{self.slot}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from tessera.errors import GpuBusyError, HardwareError, UnsupportedError
@@ -24,19 +25,48 @@ from tessera.hardware.model import (
     GpuInstanceProfile,
     GpuMigState,
     GpuProcess,
+    MigDevice,
     MigMode,
     Placement,
 )
-from tessera.hardware.naming import gpu_instance_name
+from tessera.hardware.naming import compute_instance_name, gpu_instance_name
 
 _NO_INSTANCE = 0xFFFFFFFF
 _MIB = 1024 * 1024
 _MAX_PLACEMENTS = 16
 _MAX_INSTANCES = 16
+# Where the kernel tells a PCI device's NUMA node when NVML cannot (older drivers, some VMs).
+SYSFS_PCI_DEVICES = Path("/sys/bus/pci/devices")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+@contextmanager
+def nvml_call(nvml: Any, what: str, gpu: int | None = None) -> Iterator[None]:
+    """Turn an NVML error raised inside into a `HardwareError` naming the GPU and operation."""
+    try:
+        yield
+    except nvml.NVMLError as e:
+        code = getattr(e, "value", None)
+        where = f"GPU {gpu}: " if gpu is not None else ""
+        raise HardwareError(
+            f"{where}cannot {what}: NVML error {code} ({_nvml_reason(code)})",
+            code=code, gpu=gpu,
+        ) from e
+
+
+def sysfs_numa_node(bus_id: str) -> int | None:
+    """The NUMA node the kernel reports for a PCI bus ID (NVML's `00000000:07:00.0` form);
+    None where it reports none (-1) or the device is not there."""
+    domain, _, rest = bus_id.partition(":")
+    try:
+        name = f"{int(domain, 16):04x}:{rest.lower()}"
+        value = int((SYSFS_PCI_DEVICES / name / "numa_node").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return value if value >= 0 else None
 
 
 class Node:
@@ -66,18 +96,8 @@ class Node:
 
     # -- error translation ---------------------------------------------------------------
 
-    @contextmanager
-    def _call(self, what: str, gpu: int | None = None) -> Iterator[None]:
-        error_type = self.nvml.NVMLError
-        try:
-            yield
-        except error_type as e:
-            code = getattr(e, "value", None)
-            where = f"GPU {gpu}: " if gpu is not None else ""
-            raise HardwareError(
-                f"{where}cannot {what}: NVML error {code} ({_nvml_reason(code)})",
-                code=code, gpu=gpu,
-            ) from e
+    def _call(self, what: str, gpu: int | None = None) -> AbstractContextManager[None]:
+        return nvml_call(self.nvml, what, gpu)
 
     def _is(self, error: HardwareError, name: str) -> bool:
         return bool(error.code == getattr(self.nvml, name))
@@ -126,7 +146,35 @@ class Node:
             multiprocessors=int(attributes.multiprocessorCount),
             compute_capability=(int(major), int(minor)),
             mig_capable=self.mig_mode(index) is not None,
+            numa_node=self._numa_node(h, index, _text(pci.busId)),
         )
+
+    def _numa_node(self, h: Any, index: int, bus_id: str) -> int | None:
+        # nvmlDeviceGetNumaNodeId is a recent NVML call: where the pynvml package or the driver
+        # lacks it, the kernel knows the same thing from the PCI device.
+        read = getattr(self.nvml, "nvmlDeviceGetNumaNodeId", None)
+        if read is not None:
+            try:
+                with self._call("read the NUMA node", index):
+                    node = int(read(h))
+                return node if node >= 0 else None
+            except HardwareError as e:
+                if not (self._is(e, "NVML_ERROR_NOT_SUPPORTED")
+                        or self._is(e, "NVML_ERROR_FUNCTION_NOT_FOUND")):
+                    raise
+        return sysfs_numa_node(bus_id)
+
+    def probe(self, index: int) -> str | None:
+        """A cheap health check: None while the GPU answers NVML (handle, UUID, memory), else
+        one line naming the GPU and the NVML error. Never raises `HardwareError`."""
+        try:
+            h = self._handle(index)
+            with self._call("answer a health probe", index):
+                self.nvml.nvmlDeviceGetUUID(h)
+                self.nvml.nvmlDeviceGetMemoryInfo(h)
+        except HardwareError as e:
+            return str(e)
+        return None
 
     def mig_mode(self, index: int) -> MigMode | None:
         """MIG mode now and pending, or None for a GPU without MIG."""
@@ -163,21 +211,34 @@ class Node:
             return int(self.nvml.nvmlDeviceGetTopologyCommonAncestor(self._handle(a),
                                                                      self._handle(b)))
 
-    def nvlink_count(self, index: int) -> int:
-        """Active NVLinks of a GPU (0 where NVLink is absent)."""
+    def _active_links(self, index: int) -> Iterator[tuple[Any, int]]:
         h = self._handle(index)
-        active = 0
         for link in range(int(self.nvml.NVML_NVLINK_MAX_LINKS)):
             try:
                 with self._call("read NVLink state", index):
-                    active += int(self.nvml.nvmlDeviceGetNvLinkState(h, link) != 0)
+                    active = self.nvml.nvmlDeviceGetNvLinkState(h, link) != 0
             except HardwareError as e:
                 if self._is(e, "NVML_ERROR_NOT_SUPPORTED") or self._is(
                     e, "NVML_ERROR_INVALID_ARGUMENT"
                 ):
-                    break
+                    return
                 raise
-        return active
+            if active:
+                yield h, link
+
+    def nvlink_count(self, index: int) -> int:
+        """Active NVLinks of a GPU (0 where NVLink is absent)."""
+        return sum(1 for _ in self._active_links(index))
+
+    def nvlink_peers(self, index: int) -> dict[str, int]:
+        """Active NVLinks of a GPU by the PCI bus ID at their far end (a peer GPU, or an
+        NVSwitch on switched systems)."""
+        peers: dict[str, int] = {}
+        for h, link in self._active_links(index):
+            with self._call("read an NVLink's remote end", index):
+                bus_id = _text(self.nvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId)
+            peers[bus_id] = peers.get(bus_id, 0) + 1
+        return peers
 
     # -- MIG profiles --------------------------------------------------------------------
 
@@ -312,23 +373,82 @@ class Node:
                 )
         return tuple(sorted(found, key=lambda c: c.placement))
 
-    def _mig_uuids(self, h: Any, index: int) -> dict[tuple[int, int], str]:
-        uuids: dict[tuple[int, int], str] = {}
+    def _mig_handles(self, h: Any, index: int) -> list[tuple[int, Any]]:
+        """(slot, handle) of every MIG device of a GPU in MIG mode; empty slots are skipped."""
         with self._call("count MIG devices", index):
             slots = int(self.nvml.nvmlDeviceGetMaxMigDeviceCount(h))
+        found: list[tuple[int, Any]] = []
         for slot in range(slots):
             try:
                 with self._call("read a MIG device", index):
-                    mig = self.nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+                    found.append((slot, self.nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)))
             except HardwareError as e:
-                if self._is(e, "NVML_ERROR_NOT_FOUND"):
-                    continue
-                raise
+                if not self._is(e, "NVML_ERROR_NOT_FOUND"):
+                    raise
+        return found
+
+    def _mig_uuids(self, h: Any, index: int) -> dict[tuple[int, int], str]:
+        uuids: dict[tuple[int, int], str] = {}
+        for _, mig in self._mig_handles(h, index):
             with self._call("read a MIG device", index):
                 key = (int(self.nvml.nvmlDeviceGetGpuInstanceId(mig)),
                        int(self.nvml.nvmlDeviceGetComputeInstanceId(mig)))
                 uuids[key] = _text(self.nvml.nvmlDeviceGetUUID(mig))
         return uuids
+
+    def mig_devices(self, index: int) -> tuple[MigDevice, ...]:
+        """The usable MIG devices of a GPU, by slot; empty when MIG is off or unsupported.
+
+        Read from the MIG device handles CUDA itself enumerates, so what is advertised is
+        what a container given these UUIDs will see.
+        """
+        mode = self.mig_mode(index)
+        if mode is None or not mode.current:
+            return ()
+        h = self._handle(index)
+        profiles = {p.id: p for p in self.gpu_instance_profiles(index)}
+        gi_profile_ids: dict[int, int] = {}
+        found: list[MigDevice] = []
+        for slot, mig in self._mig_handles(h, index):
+            with self._call(f"read MIG device {index}:{slot}", index):
+                gi_id = int(self.nvml.nvmlDeviceGetGpuInstanceId(mig))
+                ci_id = int(self.nvml.nvmlDeviceGetComputeInstanceId(mig))
+                uuid = _text(self.nvml.nvmlDeviceGetUUID(mig))
+                attrs = self.nvml.nvmlDeviceGetAttributes(mig)
+            if gi_id not in gi_profile_ids:
+                # A MIG handle does not tell its GI profile; its GPU instance does.
+                with self._call(f"read GPU instance {gi_id}", index):
+                    gi = self.nvml.nvmlDeviceGetGpuInstanceById(h, gi_id)
+                    gi_profile_ids[gi_id] = int(self.nvml.nvmlGpuInstanceGetInfo(gi).profileId)
+            profile = profiles.get(gi_profile_ids[gi_id])
+            if profile is None:
+                raise HardwareError(
+                    f"GPU {index}: MIG device {index}:{slot} is in GPU instance {gi_id} of "
+                    f"profile {gi_profile_ids[gi_id]}, which the GPU does not list",
+                    gpu=index,
+                )
+            ci_slices = int(attrs.computeInstanceSliceCount)
+            found.append(
+                MigDevice(
+                    gpu=index,
+                    slot=slot,
+                    uuid=uuid,
+                    gpu_instance_id=gi_id,
+                    compute_instance_id=ci_id,
+                    gi_profile_id=profile.id,
+                    profile=compute_instance_name(ci_slices, profile.slices, profile.name),
+                    memory_mib=int(attrs.memorySizeMB),
+                    multiprocessors=int(attrs.multiprocessorCount),
+                    gi_slices=int(attrs.gpuInstanceSliceCount),
+                    ci_slices=ci_slices,
+                    copy_engines=int(attrs.sharedCopyEngineCount),
+                    decoders=int(attrs.sharedDecoderCount),
+                    encoders=int(attrs.sharedEncoderCount),
+                    jpegs=int(attrs.sharedJpegCount),
+                    ofas=int(attrs.sharedOfaCount),
+                )
+            )
+        return tuple(sorted(found, key=lambda d: d.slot))
 
     # -- mutations -----------------------------------------------------------------------
 

@@ -87,6 +87,18 @@ class PresetData(_Strict):
     numa_nodes: tuple[tuple[int, ...], ...] = ()
     nvlink: NvLinkData = NvLinkData()
 
+    @model_validator(mode="after")
+    def _numa_nodes_partition_the_gpus(self) -> PresetData:
+        listed = sorted(i for group in self.numa_nodes for i in group)
+        if self.numa_nodes and listed != list(range(len(self.gpus))):
+            raise ValueError("numa_nodes must list every GPU exactly once")
+        return self
+
+    def numa_node(self, index: int) -> int:
+        """The NUMA node of a GPU: the position of its `numa_nodes` group (0 on a machine
+        that lists none, i.e. one socket)."""
+        return next((n for n, group in enumerate(self.numa_nodes) if index in group), 0)
+
     def bus_id(self, index: int) -> str:
         if index < len(self.bus_ids):
             return self.bus_ids[index]

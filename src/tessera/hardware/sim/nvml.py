@@ -41,6 +41,10 @@ from tessera.hardware.sim.state import (
 _KIND_DEVICE, _KIND_GI, _KIND_CI, _KIND_MIG, _KIND_EVENTSET = 1, 2, 3, 4, 5
 _NONE = 0xFFF
 _MIB = 1024 * 1024
+# How often an event wait looks for XIDs raised by other processes. Re-reading an unchanged
+# state file costs ~12 us even for a full 8-GPU node with 256 XIDs kept (it compares bytes and
+# parses only on change), so polling at 100 Hz is cheap and an XID is seen within ~10 ms.
+_EVENT_POLL_S = 0.01
 # pynvml functions that never call into libnvidia-ml: they work unchanged over the simulator.
 _PURE_PYTHON = frozenset({"nvmlExceptionClass", "nvmlStructToFriendlyObject",
                           "nvmlFriendlyObjectToStruct"})
@@ -305,7 +309,9 @@ class SimulatedNvml:
         gi, ci = self._mig_instances(gpu, gi_id, ci_id)
         profile = product.gpu_instance_profile(id=gi.profile_id)
         assert profile is not None
-        attrs.multiprocessorCount = profile.sms * ci.size // profile.slices
+        # The CI's share of SMs by the same rule its profile info reports (not a pro-rata
+        # share: a 4c.7g on H100 has 4 x 18 SMs, not 132 * 4/7).
+        attrs.multiprocessorCount = self._ci_profiles(gpu, gi)[ci.profile_id].multiprocessors
         attrs.sharedCopyEngineCount = profile.ce
         attrs.sharedDecoderCount = profile.dec
         attrs.sharedEncoderCount = profile.enc
@@ -315,6 +321,10 @@ class SimulatedNvml:
         attrs.computeInstanceSliceCount = ci.size
         attrs.memorySizeMB = profile.memory_mib
         return attrs
+
+    def nvmlDeviceGetNumaNodeId(self, handle: Any) -> int:
+        _, gpu, _, _ = self._device(handle)
+        return self._machine.numa_node(gpu.index)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
         state, gpu, gi_id, ci_id = self._device(handle, allow_mig=True)
@@ -797,7 +807,7 @@ class SimulatedNvml:
                     return self._event_data(xid)
             if time.monotonic() >= deadline:
                 raise _error(pynvml.NVML_ERROR_TIMEOUT)
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(_EVENT_POLL_S, max(0.0, deadline - time.monotonic())))
 
     nvmlEventSetWait = nvmlEventSetWait_v2
 
