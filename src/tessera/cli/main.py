@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tessera import __version__
-from tessera.cli import mig, sim
+from tessera.cli import mig, plugin, sim
 from tessera.cli.common import Settings
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(mig.app, name="mig")
 app.add_typer(sim.app, name="sim")
+app.command("plugin")(plugin.plugin)
 
 
 def _version(value: bool) -> None:

@@ -124,6 +124,7 @@ class Gpu:
     compute_capability: tuple[int, int]
     mig_capable: bool
     numa_node: int | None = None  # None where the platform has no NUMA affinity to report
+    minor_number: int | None = None  # /dev/nvidia<minor>; None where the driver cannot say
 
     @property
     def product(self) -> str:

@@ -147,7 +147,18 @@ class Node:
             compute_capability=(int(major), int(minor)),
             mig_capable=self.mig_mode(index) is not None,
             numa_node=self._numa_node(h, index, _text(pci.busId)),
+            minor_number=self._minor_number(h, index),
         )
+
+    def _minor_number(self, h: Any, index: int) -> int | None:
+        """The N of /dev/nvidiaN (usually, but not always, the NVML index)."""
+        try:
+            with self._call("read the device minor number", index):
+                return int(self.nvml.nvmlDeviceGetMinorNumber(h))
+        except HardwareError as e:
+            if self._is(e, "NVML_ERROR_NOT_SUPPORTED"):
+                return None
+            raise
 
     def _numa_node(self, h: Any, index: int, bus_id: str) -> int | None:
         # nvmlDeviceGetNumaNodeId is a recent NVML call: where the pynvml package or the driver

@@ -322,6 +322,10 @@ class SimulatedNvml:
         attrs.memorySizeMB = profile.memory_mib
         return attrs
 
+    def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
+        _, gpu, _, _ = self._device(handle)
+        return gpu.index
+
     def nvmlDeviceGetNumaNodeId(self, handle: Any) -> int:
         _, gpu, _, _ = self._device(handle)
         return self._machine.numa_node(gpu.index)

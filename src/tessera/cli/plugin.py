@@ -1,0 +1,117 @@
+"""`tessera plugin`: run the kubelet device plugin on its own (the agent embeds the same one)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import typer
+
+from tessera.cli.common import reported, settings
+from tessera.errors import TesseraError
+from tessera.hardware.backend import open_backend
+from tessera.hardware.node import Node
+from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
+from tessera.plugin.manager import DevicePlugin, PluginSettings
+
+log = logging.getLogger("tessera.plugin")
+
+
+def plugin(
+    ctx: typer.Context,
+    socket_dir: Path = typer.Option(
+        DEVICE_PLUGIN_PATH, "--socket-dir", envvar="TESSERA_SOCKET_DIR",
+        help="The kubelet's device-plugins directory; one socket per resource is served here.",
+    ),
+    kubelet_socket: str | None = typer.Option(
+        None, "--kubelet-socket", envvar="KUBELET_SOCKET",
+        help="The kubelet's registration socket (default: kubelet.sock in --socket-dir; "
+             "empty: serve without registering).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", envvar="CONFIG_FILE",
+        help="Device plugin config (NVIDIA's v1 format): a file, or a directory of named "
+             "configs such as a mounted ConfigMap.",
+    ),
+    config_name: str | None = typer.Option(
+        None, "--config-name", envvar="TESSERA_PLUGIN_CONFIG_NAME",
+        help="Which named config to use (what the label nvidia.com/device-plugin.config says).",
+    ),
+    default_config: str | None = typer.Option(
+        None, "--default-config", envvar="DEFAULT_CONFIG",
+        help="The named config used when no name is given.",
+    ),
+    mig_strategy: str | None = typer.Option(
+        None, "--mig-strategy", help="none, single or mixed (overrides MIG_STRATEGY and the "
+                                     "config file)."),
+    device_list_strategy: str | None = typer.Option(
+        None, "--device-list-strategy",
+        help="envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated)."),
+    device_id_strategy: str | None = typer.Option(None, "--device-id-strategy",
+                                                  help="uuid or index."),
+    fail_on_init_error: bool | None = typer.Option(
+        None, "--fail-on-init-error/--no-fail-on-init-error",
+        help="Exit when devices or config cannot be read at start (default), or wait."),
+    refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS",
+                                  help="How often to re-read the MIG layout."),
+) -> None:
+    """Serve every GPU, MIG device and shared replica to the kubelet until stopped.
+
+    SIGHUP re-reads the config; SIGTERM or SIGINT stops cleanly.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    common = settings(ctx)
+    overrides = {
+        key: value for key, value in {
+            "mig_strategy": mig_strategy,
+            "device_list_strategy": device_list_strategy,
+            "device_id_strategy": device_id_strategy,
+            "fail_on_init_error": fail_on_init_error,
+        }.items() if value is not None
+    }
+    wiring = PluginSettings(
+        socket_dir=socket_dir,
+        kubelet_socket=(Path(kubelet_socket) if kubelet_socket
+                        else socket_dir / KUBELET_SOCKET_NAME),
+        register=kubelet_socket != "",
+        config_path=config,
+        config_name=config_name,
+        default_config=default_config,
+        overrides=overrides,
+        env=dict(os.environ),
+        refresh_seconds=refresh,
+    )
+
+    def open_node() -> Node:
+        return Node(open_backend(common.simulate, common.sim_state))
+
+    with reported():
+        asyncio.run(_serve(DevicePlugin(open_node, wiring)))
+
+
+async def _serve(plugin: DevicePlugin) -> None:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: loop.create_task(plugin.select_config(plugin.status()
+                                                                          .config_name)))
+    try:
+        await plugin.start()
+    except TesseraError as e:
+        if plugin.config.flags.fail_on_init_error:
+            await plugin.stop()
+            raise
+        # NVIDIA's legacy mode: stay up (so a DaemonSet on a non-GPU node is not crash-looping)
+        log.error("cannot start, waiting until stopped (failOnInitError is false): %s", e)
+        await stopped.wait()
+        await plugin.stop()
+        return
+    log.info("serving %s in %s", ", ".join(plugin.servers) or "nothing",
+             plugin.settings.socket_dir)
+    await stopped.wait()
+    await plugin.stop()

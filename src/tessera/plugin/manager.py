@@ -1,0 +1,488 @@
+"""The device plugin as one asyncio component: servers per resource, kept in step with the node.
+
+`DevicePlugin` reads devices through the GPU seam in a worker thread, plans resources,
+starts one `ResourceServer` per resource and registers it with the kubelet, and then keeps
+everything current without restarting anything:
+
+- MIG layout changes: the inventory is re-read every `refresh_seconds` (and on demand);
+  resources that appear get a server, those that vanish lose theirs, the rest update their
+  ListAndWatch stream.
+- Config changes: the config file or directory is re-read when its content changes, or when
+  another named config is selected; a bad config is reported and the last good one stays.
+- Health: XIDs mark devices unhealthy at once; quiet devices are probed and recover.
+- Kubelet restarts: a new `kubelet.sock` means fresh sockets and a new registration.
+- Runtime exclusion: devices taken out of service (GPU disable/drain, MIG changes in
+  progress) stop being advertised; everything else keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tessera.errors import HardwareError, PluginConfigError, TemporaryError
+from tessera.hardware.events import XidEvent
+from tessera.hardware.node import Node
+from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
+from tessera.plugin.config import ConfigSet, PluginConfig, default_config, load_set, with_overrides
+from tessera.plugin.health import HealthBook, XidListener
+from tessera.plugin.inventory import GpuView, Inventory, read_inventory, read_topology
+from tessera.plugin.mps import MpsSupervisor
+from tessera.plugin.registration import KubeletIdentity, kubelet_identity, register
+from tessera.plugin.resources import ResourcePlan, plan_resources
+from tessera.plugin.server import Listing, ResourceServer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """How the plugin is wired to the node: paths, config and timings."""
+
+    socket_dir: Path = DEVICE_PLUGIN_PATH
+    kubelet_socket: Path | None = None  # default: <socket_dir>/kubelet.sock
+    config_path: Path | None = None  # a file or a directory of named configs
+    config_name: str | None = None
+    default_config: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    register: bool = True
+    refresh_seconds: float = 2.0
+    watch_seconds: float = 0.1
+    config_poll_seconds: float = 2.0
+
+    @property
+    def kubelet_path(self) -> Path:
+        return self.kubelet_socket or self.socket_dir / KUBELET_SOCKET_NAME
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """What the plugin advertises and why, for logs, `tessera status` and the agent."""
+
+    config_name: str | None
+    config_error: str | None
+    plan_error: str | None
+    resources: Mapping[str, tuple[int, int]]  # name -> (devices, unhealthy devices)
+    unhealthy: Mapping[str, str]
+    excluded: Mapping[str, str]
+    registered: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _fingerprint(path: Path | None) -> str:
+    """Digest of a config file or directory's content (a ConfigMap update swaps symlinks,
+    so modification times alone are not enough)."""
+    if path is None:
+        return ""
+    digest = hashlib.sha256()
+    files = [path] if not path.is_dir() else sorted(
+        p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+    for p in files:
+        digest.update(p.name.encode())
+        with contextlib.suppress(OSError):
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+class DevicePlugin:
+    """Every resource server of the node, kept current (see the module docstring)."""
+
+    def __init__(self, open_node: Callable[[], Node], settings: PluginSettings,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._open_node = open_node
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-nvml")
+        self._node: Node | None = None
+        self._config_set: ConfigSet | None = None
+        self._config_name: str | None = settings.config_name
+        self.config: PluginConfig = default_config()
+        self.config_error: str | None = None
+        self.plan_error: str | None = None
+        self._fingerprint = ""
+        self.inventory = Inventory()
+        self.plan = ResourcePlan()
+        self.health = HealthBook(self.config.health)
+        self._excluded: dict[str, str] = {}  # GPU/MIG UUID or GPU index -> reason
+        self._lost: dict[str, str] = {}
+        self.servers: dict[str, ResourceServer] = {}
+        self._registered: dict[str, KubeletIdentity] = {}
+        self._retry: dict[str, tuple[KubeletIdentity, float, int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._xids: XidListener | None = None
+        self._mps: MpsSupervisor | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Read config and devices, serve and register every resource, start watching.
+
+        Raises `PluginConfigError` for a config that cannot apply and `HardwareError` when
+        NVML cannot start — the caller decides (NVIDIA's `failOnInitError`).
+        """
+        self.settings.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._load_config(initial=True)
+        self._node = await self._blocking(self._open_node)
+        inventory = await self._blocking(read_inventory, self._node)
+        self.inventory = inventory
+        self.plan = self._plan(inventory, self.config)
+        self._mps = MpsSupervisor(self._node.backend, self._on_mps_change)
+        await self._sync()
+        loop = asyncio.get_running_loop()
+
+        def deliver(event: XidEvent) -> None:
+            loop.call_soon_threadsafe(self._on_xid, event)
+
+        def report(message: str) -> None:
+            loop.call_soon_threadsafe(log.warning, "%s", message)
+
+        self._xids = XidListener(self._open_node, deliver, report)
+        if not self.config.health.disabled or self.config.health.enabled_xids:
+            self._xids.start()
+        for loop_fn in (self._refresh_loop, self._kubelet_loop, self._config_loop,
+                        self._recovery_loop):
+            self._tasks.append(asyncio.create_task(loop_fn(), name=loop_fn.__name__))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._xids is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._xids.stop)
+        if self._mps is not None:
+            await self._mps.stop()
+        for server in list(self.servers.values()):
+            await server.stop(0)
+        self.servers.clear()
+        self._registered.clear()
+        if self._node is not None:
+            with contextlib.suppress(HardwareError):
+                await self._blocking(self._node.close)
+        self._executor.shutdown(wait=False)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever what is advertised changes (for the agent)."""
+        self._listeners.append(listener)
+
+    # -- steering ------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Re-read the devices now (after a MIG change) and update what is advertised."""
+        assert self._node is not None
+        inventory = await self._blocking(read_inventory, self._node, False)
+        async with self._lock:
+            self._adopt(inventory)
+            await self._replan()
+
+    async def select_config(self, name: str | None) -> None:
+        """Use another named config (the node label `nvidia.com/device-plugin.config`)."""
+        self._config_name = name
+        self._fingerprint = ""  # force a reload even if the files did not change
+        await self.reload_config()
+
+    async def reload_config(self) -> None:
+        async with self._lock:
+            if self._load_config(initial=False):
+                await self._replan()
+
+    async def exclude(self, device: str, reason: str) -> None:
+        """Stop advertising a GPU (UUID or index; takes its MIG devices) or MIG device."""
+        async with self._lock:
+            self._excluded[device] = reason
+            await self._replan()
+
+    async def include(self, device: str) -> None:
+        async with self._lock:
+            if self._excluded.pop(device, None) is not None:
+                await self._replan()
+
+    def status(self) -> PluginStatus:
+        unhealthy = self._unhealthy()
+        return PluginStatus(
+            config_name=self._config_name,
+            config_error=self.config_error,
+            plan_error=self.plan_error,
+            resources={
+                name: (len(r.devices),
+                       sum(1 for d in r.devices if d.physical.id in unhealthy))
+                for name, r in self.plan.resources.items()
+            },
+            unhealthy=unhealthy,
+            excluded=dict(self._excluded),
+            registered=tuple(sorted(self._registered)),
+            warnings=self.plan.warnings,
+        )
+
+    # -- config --------------------------------------------------------------------------
+
+    def _load_config(self, *, initial: bool) -> bool:
+        """(Re)load the config; True if the effective config changed. A bad config raises at
+        start and is reported (keeping the last good one) afterwards."""
+        path = self.settings.config_path
+        fingerprint = _fingerprint(path)
+        if not initial and fingerprint == self._fingerprint:
+            return False
+        try:
+            if path is None:
+                name, config = None, default_config()
+            else:
+                self._config_set = load_set(path, default=self.settings.default_config)
+                name, config = self._config_set.select(self._config_name)
+            config = with_overrides(config, self.settings.env, **self.settings.overrides)
+        except PluginConfigError as e:
+            if initial:
+                raise
+            if str(e) != self.config_error:
+                log.error("config not applied, still serving the last good one: %s", e)
+            self.config_error = str(e)
+            self._fingerprint = fingerprint
+            return False
+        self._fingerprint = fingerprint
+        self.config_error = None
+        changed = initial or config != self.config
+        if changed:
+            for warning in config.warnings:
+                log.warning("config %s: %s", name or "(default)", warning)
+            log.info("running with config %s: %s", name or "(default)", config.to_json())
+        self.config = config
+        self.health.health = config.health
+        return changed
+
+    async def _config_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.config_poll_seconds)
+            await self.reload_config()
+
+    # -- devices and plan ----------------------------------------------------------------
+
+    def _plan(self, inventory: Inventory, config: PluginConfig) -> ResourcePlan:
+        plan = plan_resources(inventory, config, excluded=self._excluded_ids(inventory))
+        for warning in plan.warnings:
+            if warning not in self.plan.warnings:
+                log.warning("%s", warning)
+        return plan
+
+    def _excluded_ids(self, inventory: Inventory) -> set[str]:
+        ids = set(self._excluded)
+        for view in inventory.gpus:
+            if str(view.gpu.index) in self._excluded:
+                ids.add(view.gpu.uuid)
+        return ids
+
+    def _adopt(self, inventory: Inventory) -> None:
+        """Take a fresh read, keeping lost GPUs listed (as unhealthy) so the kubelet sees
+        capacity that is broken rather than capacity that vanished."""
+        previous = {v.gpu.index: v for v in self.inventory.gpus}
+        kept: list[GpuView] = list(inventory.gpus)
+        now = self._clock()
+        for index, reason in inventory.lost.items():
+            old = previous.get(index)
+            if old is not None:
+                kept.append(old)
+                ids = [old.gpu.uuid, *(m.uuid for m in old.mig_devices)]
+                self.health.mark(ids, f"GPU {index} does not answer: {reason}", now)
+        kept.sort(key=lambda v: v.gpu.index)
+        self.inventory = Inventory(tuple(kept), self.inventory.topology, inventory.lost)
+        present = {v.gpu.uuid for v in kept} | {m.uuid for v in kept for m in v.mig_devices}
+        self.health.forget_missing(present)
+
+    async def _replan(self) -> None:
+        try:
+            plan = self._plan(self.inventory, self.config)
+        except PluginConfigError as e:
+            if str(e) != self.plan_error:
+                log.error("cannot advertise under config %s, keeping the last resources: %s",
+                          self._config_name or "(default)", e)
+            self.plan_error = str(e)
+            await self._publish()
+            return
+        self.plan_error = None
+        self.plan = plan
+        await self._sync()
+
+    async def _refresh_loop(self) -> None:
+        assert self._node is not None
+        if not self.inventory.topology.nvlinks and not self.inventory.topology.levels:
+            with contextlib.suppress(HardwareError):
+                gpus = tuple(v.gpu for v in self.inventory.gpus)
+                topology = await self._blocking(read_topology, self._node, gpus)
+                self.inventory = Inventory(self.inventory.gpus, topology, self.inventory.lost)
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                inventory = await self._blocking(read_inventory, self._node, False)
+            except HardwareError as e:
+                log.warning("cannot re-read devices: %s", e)
+                continue
+            if inventory.gpus != self.inventory.gpus or inventory.lost != self.inventory.lost:
+                async with self._lock:
+                    self._adopt(inventory)
+                    await self._replan()
+
+    # -- health --------------------------------------------------------------------------
+
+    def _unhealthy(self) -> dict[str, str]:
+        unhealthy = self.health.unhealthy()
+        if self._mps is not None:
+            for name, reason in self._mps.down().items():
+                resource = self.plan.resources.get(name)
+                for d in resource.devices if resource else ():
+                    if d.replica is not None:
+                        unhealthy.setdefault(d.physical.id, reason)
+        if self.plan_error is not None:
+            present = {v.gpu.uuid for v in self.inventory.gpus} | {
+                m.uuid for v in self.inventory.gpus for m in v.mig_devices}
+            for resource in self.plan.resources.values():
+                for device in resource.physical_devices():
+                    if device.id not in present:
+                        unhealthy.setdefault(device.id, "no longer on the node")
+        return unhealthy
+
+    def _on_xid(self, event: XidEvent) -> None:
+        hit = self.health.record_xid(event, self.inventory, self._clock())
+        if hit:
+            log.warning("XID %d on GPU %d: marking %s unhealthy", event.xid, event.gpu,
+                        ", ".join(hit))
+            self._publish_now()
+        else:
+            log.info("XID %d on GPU %d ignored (application error)", event.xid, event.gpu)
+
+    def _on_mps_change(self) -> None:
+        self._publish_now()
+
+    async def _recovery_loop(self) -> None:
+        assert self._node is not None
+        while True:
+            await asyncio.sleep(max(0.05, min(1.0, self.config.health.recovery_seconds / 4)))
+            due = self.health.due_for_probe(self._clock())
+            if not due:
+                continue
+            recovered = []
+            for device in due:
+                gpu = self._gpu_of(device)
+                reason = (await self._blocking(self._node.probe, gpu) if gpu is not None
+                          else "device is gone")
+                if reason is None:
+                    recovered.append(device)
+                else:
+                    self.health.mark([device], reason, self._clock())
+            if self.health.clear(recovered):
+                log.info("recovered after a quiet period and a good probe: %s",
+                         ", ".join(recovered))
+                self._publish_now()
+
+    def _gpu_of(self, device: str) -> int | None:
+        for view in self.inventory.gpus:
+            if device == view.gpu.uuid or any(m.uuid == device for m in view.mig_devices):
+                return view.gpu.index
+        return None
+
+    # -- servers -------------------------------------------------------------------------
+
+    def _listing(self, name: str) -> Listing:
+        return Listing(
+            resource=self.plan.resources[name], config=self.config,
+            topology=self.inventory.topology, unhealthy=self._unhealthy(),
+            minor_numbers={v.gpu.index: v.gpu.minor_number for v in self.inventory.gpus
+                           if v.gpu.minor_number is not None},
+        )
+
+    def _publish_now(self) -> None:
+        for name, server in self.servers.items():
+            if name in self.plan.resources and server.servicer.publish(self._listing(name)):
+                self._log_listing(name)
+        for listener in self._listeners:
+            listener()
+
+    async def _publish(self) -> None:
+        self._publish_now()
+
+    def _log_listing(self, name: str) -> None:
+        listing = self._listing(name)
+        sick = sum(1 for d in listing.resource.devices if d.physical.id in listing.unhealthy)
+        log.info("advertising %s: %d devices (%d unhealthy)", name,
+                 len(listing.resource.devices), sick)
+
+    async def _sync(self) -> None:
+        """Start servers for new resources, stop those for vanished ones, update the rest."""
+        wanted = set(self.plan.resources)
+        for name in sorted(set(self.servers) - wanted):
+            log.info("no longer advertising %s", name)
+            await self.servers.pop(name).stop()
+            self._registered.pop(name, None)
+        for name in sorted(wanted - set(self.servers)):
+            server = ResourceServer(self.settings.socket_dir, self._listing(name),
+                                    exists=os.path.exists)
+            await server.start()
+            self.servers[name] = server
+            self._log_listing(name)
+            await self._register(name)
+        if self._mps is not None:
+            await self._mps.sync(self.plan, self.config)
+        self._publish_now()
+
+    async def _register(self, name: str) -> None:
+        if not self.settings.register:
+            return
+        identity = kubelet_identity(self.settings.kubelet_path)
+        if identity is None:
+            return  # the kubelet loop registers once the kubelet is there
+        server = self.servers[name]
+        failed = self._retry.get(name)
+        if failed is not None and failed[0] == identity and self._clock() < failed[1]:
+            return  # backing off from this kubelet; a new kubelet is tried at once
+        try:
+            await register(self.settings.kubelet_path, server.path.name, name)
+        except TemporaryError as e:
+            attempts = failed[2] + 1 if failed is not None and failed[0] == identity else 1
+            self._retry[name] = (identity, self._clock() + min(30.0, 0.25 * 2**attempts),
+                                 attempts)
+            log.warning("%s (attempt %d)", e, attempts)
+            return
+        self._retry.pop(name, None)
+        self._registered[name] = identity
+        log.info("registered %s with the kubelet on %s", name, server.path.name)
+
+    async def _kubelet_loop(self) -> None:
+        """Re-serve and re-register when the kubelet restarts (or our socket vanished)."""
+        while True:
+            await asyncio.sleep(self.settings.watch_seconds)
+            identity = kubelet_identity(self.settings.kubelet_path)
+            if identity is None or not self.settings.register:
+                continue
+            async with self._lock:
+                for name, server in list(self.servers.items()):
+                    if self._registered.get(name) == identity and server.socket_alive:
+                        continue
+                    if not server.socket_alive:
+                        log.info("socket of %s is gone (kubelet restart?): serving anew", name)
+                        await server.restart()
+                    await self._register(name)
+
+
+async def run_until(plugin: DevicePlugin, stopped: Awaitable[object]) -> None:
+    """Start the plugin, run until `stopped` completes, then stop it cleanly."""
+    await plugin.start()
+    try:
+        await stopped
+    finally:
+        await plugin.stop()
