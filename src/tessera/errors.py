@@ -24,6 +24,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _located(reason: str, source: str | None, **where: object) -> str:
+    """`file, config 'x', entry 2, GPU 1: reason`: where first, then what is wrong."""
+    parts = [source] if source is not None else []
+    for label, value in where.items():
+        if value is not None:
+            parts.append(f"{label} {value!r}" if isinstance(value, str) else f"{label} {value}")
+    return f"{', '.join(parts)}: {reason}" if parts else reason
+
+
 class TesseraError(Exception):
     """Base of every error Tessera raises on purpose."""
 
@@ -60,16 +69,7 @@ class MigConfigError(ConfigError):
         self.config = config
         self.entry = entry
         self.gpu = gpu
-        where = []
-        if source is not None:
-            where.append(source)
-        if config is not None:
-            where.append(f"config {config!r}")
-        if entry is not None:
-            where.append(f"entry {entry}")
-        if gpu is not None:
-            where.append(f"GPU {gpu}")
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+        super().__init__(_located(reason, source, config=config, entry=entry, GPU=gpu))
 
 
 class PluginConfigError(ConfigError):
@@ -90,14 +90,7 @@ class PluginConfigError(ConfigError):
         self.source = source
         self.config = config
         self.field = field
-        where = []
-        if source is not None:
-            where.append(source)
-        if config is not None:
-            where.append(f"config {config!r}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+        super().__init__(_located(reason, source, config=config, field=field))
 
 
 class UnsupportedError(PermanentError):
