@@ -434,6 +434,7 @@ async def test_kubelet_restart_brings_fresh_sockets_and_registrations(tmp_path: 
         before = len(r.kubelet.registrations)
         await r.kubelet.restart()
         await r.kubelet.wait_for(lambda k: len(k.registrations) == before + 3
+                                 and len(k.endpoints) == 3
                                  and all(len(e.devices) for e in k.endpoints.values()),
                                  what="re-registration")
         expected = expected_mig(r.node)

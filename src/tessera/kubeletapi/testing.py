@@ -102,7 +102,6 @@ class TestKubelet(rpc.RegistrationServicer):
         if request.version != "v1beta1":
             await context.abort(grpc.StatusCode.UNKNOWN,
                                 f"unsupported version {request.version!r}")
-        self.registrations.append(request)
         old = self.endpoints.pop(request.resource_name, None)
         if old is not None:
             await self._drop(old)
@@ -112,6 +111,8 @@ class TestKubelet(rpc.RegistrationServicer):
         endpoint = Endpoint(request.resource_name, request.endpoint, options, channel, stub)
         endpoint.stream_task = asyncio.create_task(self._watch(endpoint))
         self.endpoints[request.resource_name] = endpoint
+        # Recorded last, so a waiter that sees the registration also sees its endpoint.
+        self.registrations.append(request)
         return pb.Empty()
 
     async def _watch(self, endpoint: Endpoint) -> None:
