@@ -1,0 +1,58 @@
+"""How GPU feature discovery spells label values: sanitised names and architecture families.
+
+Also the one check every value passes before it reaches the API server: a Kubernetes label
+value is at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends, and one bad
+value makes the server reject the whole node patch, not just that label.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_VALUE_LENGTH = 63
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9\-_. ]")
+_VALID_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_UNTRIMMED_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
+def sanitise(text: str) -> str:
+    """GFD's `sanitise`: drop characters outside `[A-Za-z0-9-_. ]`, then join the words with
+    `-` (`NVIDIA A100-SXM4-80GB` -> `NVIDIA-A100-SXM4-80GB`)."""
+    return "-".join(_NOT_ALLOWED.sub("", text).split())
+
+
+def is_valid_value(value: str) -> bool:
+    """Would the API server accept this as a label value?"""
+    return len(value) <= MAX_VALUE_LENGTH and _VALID_VALUE.fullmatch(value) is not None
+
+
+def fit_value(value: str) -> str:
+    """`value` made into a valid label value: sanitised, cut to 63 characters, and trimmed
+    of what may not start or end a value. Unchanged when it is already valid."""
+    if is_valid_value(value):
+        return value
+    cut = sanitise(value)[:MAX_VALUE_LENGTH]
+    return _UNTRIMMED_ENDS.sub("", cut)
+
+
+def arch_family(compute_capability: tuple[int, int]) -> str:
+    """`gpu.family` from the CUDA compute capability, per GFD's table (device-plugin.md §6.2)."""
+    major, minor = compute_capability
+    if major == 7:
+        return "volta" if minor < 5 else "turing"
+    if major == 8:
+        return "ampere" if minor < 9 else "ada-lovelace"
+    return _FAMILIES.get(major, "undefined")
+
+
+_FAMILIES = {
+    1: "tesla",
+    2: "fermi",
+    3: "kepler",
+    5: "maxwell",
+    6: "pascal",
+    9: "hopper",
+    10: "blackwell",
+    12: "blackwell",
+    13: "rubin",
+}
