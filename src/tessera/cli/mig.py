@@ -42,10 +42,7 @@ ConfigNameOption = typer.Option(
 
 
 def _config(node: Node, path: Path | None) -> MigConfigFile:
-    if path is not None:
-        return spec.load_file(path)
-    return MigConfigFile(source="<generated for this node>",
-                         configs=generate(engine.gpu_facts(node)))
+    return engine.load_configs(node, path)
 
 
 @app.command("apply")

@@ -95,6 +95,13 @@ def inject_failure(
         control.inject_failure(after=after, code=code, function=function)
 
 
+@app.command("reboot")
+def reboot(ctx: typer.Context) -> None:
+    """Reboot the simulated host: processes end, pending MIG modes apply, instances go."""
+    _control(ctx).reboot()
+    stdout.print(f"simulated node rebooted ({settings(ctx).simulate})")
+
+
 @app.command("reset")
 def reset(ctx: typer.Context) -> None:
     """Forget the simulated node's state: MIG off, no instances, no processes."""

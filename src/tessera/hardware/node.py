@@ -251,6 +251,24 @@ class Node:
             peers[bus_id] = peers.get(bus_id, 0) + 1
         return peers
 
+    def _pci_info(self, index: int) -> Any:
+        # The drain calls take a PCI address, not a handle: a drained GPU has none.
+        with self._call("read PCI information", index):
+            return self.nvml.nvmlDeviceGetPciInfo(self._handle(index))
+
+    def set_drained(self, index: int, drained: bool) -> None:
+        """Put a GPU in NVML's drain state (no new work; ready for removal) or take it out.
+        Refused while processes run on it."""
+        pci = self._pci_info(index)
+        state = self.nvml.NVML_FEATURE_ENABLED if drained else self.nvml.NVML_FEATURE_DISABLED
+        with self._call("change the drain state", index):
+            self.nvml.nvmlDeviceModifyDrainState(pci, state)
+
+    def drained(self, index: int) -> bool:
+        pci = self._pci_info(index)
+        with self._call("read the drain state", index):
+            return bool(self.nvml.nvmlDeviceQueryDrainState(pci) == self.nvml.NVML_FEATURE_ENABLED)
+
     # -- MIG profiles --------------------------------------------------------------------
 
     def gpu_instance_profiles(self, index: int) -> tuple[GpuInstanceProfile, ...]:

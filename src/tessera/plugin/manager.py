@@ -114,7 +114,8 @@ class DevicePlugin:
         self.inventory = Inventory()
         self.plan = ResourcePlan()
         self.health = HealthBook(self.config.health)
-        self._excluded: dict[str, str] = {}  # GPU/MIG UUID or GPU index -> reason
+        # (owner, GPU/MIG UUID or GPU index) -> reason
+        self._excluded: dict[tuple[str, str], str] = {}
         self._lost: dict[str, str] = {}
         self.servers: dict[str, ResourceServer] = {}
         self._registered: dict[str, KubeletIdentity] = {}
@@ -204,15 +205,28 @@ class DevicePlugin:
             if self._load_config(initial=False):
                 await self._replan()
 
-    async def exclude(self, device: str, reason: str) -> None:
+    async def exclude(self, device: str, reason: str, *, owner: str = "runtime") -> None:
         """Stop advertising a GPU (UUID or index; takes its MIG devices) or MIG device."""
-        async with self._lock:
-            self._excluded[device] = reason
-            await self._replan()
+        await self.set_excluded({device: reason}, owner=owner)
 
-    async def include(self, device: str) -> None:
+    async def include(self, device: str, *, owner: str = "runtime") -> None:
+        await self.set_excluded({device: None}, owner=owner)
+
+    async def set_excluded(self, changes: Mapping[str, str | None], *,
+                           owner: str = "runtime") -> None:
+        """Exclude (reason) or include again (None) several devices with one update.
+
+        Each `owner` (a drain, a MIG change) keeps its own set, so one lifting its exclusion
+        never brings back a device another still holds out of service.
+        """
         async with self._lock:
-            if self._excluded.pop(device, None) is not None:
+            before = dict(self._excluded)
+            for device, reason in changes.items():
+                if reason is None:
+                    self._excluded.pop((owner, device), None)
+                else:
+                    self._excluded[owner, device] = reason
+            if self._excluded != before:
                 await self._replan()
 
     def status(self) -> PluginStatus:
@@ -227,7 +241,7 @@ class DevicePlugin:
                 for name, r in self.plan.resources.items()
             },
             unhealthy=unhealthy,
-            excluded=dict(self._excluded),
+            excluded={device: reason for (_, device), reason in self._excluded.items()},
             registered=tuple(sorted(self._registered)),
             warnings=self.plan.warnings,
         )
@@ -282,9 +296,9 @@ class DevicePlugin:
         return plan
 
     def _excluded_ids(self, inventory: Inventory) -> set[str]:
-        ids = set(self._excluded)
+        ids = {device for _, device in self._excluded}
         for view in inventory.gpus:
-            if str(view.gpu.index) in self._excluded:
+            if str(view.gpu.index) in ids:
                 ids.add(view.gpu.uuid)
         return ids
 
@@ -427,7 +441,7 @@ class DevicePlugin:
         wanted = set(self.plan.resources)
         for name in sorted(set(self.servers) - wanted):
             log.info("no longer advertising %s", name)
-            await self.servers.pop(name).stop()
+            await self.servers.pop(name).stop(withdraw=True)
             self._registered.pop(name, None)
         for name in sorted(wanted - set(self.servers)):
             server = ResourceServer(self.settings.socket_dir, self._listing(name),

@@ -69,6 +69,7 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         self._exists = exists
         self._changed = asyncio.Event()
         self._closed = False
+        self._withdrawn = False
 
     @property
     def listing(self) -> Listing:
@@ -82,7 +83,11 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
             self._wake()
         return changed
 
-    def close(self) -> None:
+    def close(self, *, withdraw: bool = False) -> None:
+        """End the streams; `withdraw` first tells the kubelet the devices are gone (a
+        resource that vanished), while a plain close (restart, upgrade) lets the kubelet
+        keep them through its grace period until the plugin is back."""
+        self._withdrawn = withdraw
         self._closed = True
         self._wake()
 
@@ -102,12 +107,16 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         context: grpc.aio.ServicerContext[pb.Empty, pb.ListAndWatchResponse],
     ) -> AsyncIterator[pb.ListAndWatchResponse]:
         sent: list[pb.Device] | None = None
-        while not self._closed:
+        while True:
             changed = self._changed
-            devices = self._listing.devices()
+            if self._closed and not self._withdrawn:
+                return
+            devices = [] if self._closed else self._listing.devices()
             if devices != sent:
                 yield pb.ListAndWatchResponse(devices=devices)
                 sent = devices
+            if self._closed:
+                return
             await changed.wait()
 
     async def GetPreferredAllocation(  # noqa: N802
@@ -173,10 +182,10 @@ class ResourceServer:
         await server.start()
         self._server = server
 
-    async def stop(self, grace: float = 0.5) -> None:
+    async def stop(self, grace: float = 0.5, *, withdraw: bool = False) -> None:
         server, self._server = self._server, None
         if server is not None:
-            self.servicer.close()
+            self.servicer.close(withdraw=withdraw)
             await server.stop(grace)
         self.path.unlink(missing_ok=True)
 

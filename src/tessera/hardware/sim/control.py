@@ -1,4 +1,4 @@
-"""Poking the simulated node from outside NVML: processes, XID errors, injected failures.
+"""Poking the simulated node from outside NVML: processes, load, XID errors, injected failures.
 
 These are the things that happen *to* a real node (a CUDA job starts, a GPU raises an
 XID, a driver call fails); `tessera sim …` and the tests use them to stage situations.
@@ -6,8 +6,11 @@ XID, a driver call fails); `tessera sim …` and the tests use them to stage sit
 
 from __future__ import annotations
 
+import time
+
 from tessera.errors import SimulatorError
 from tessera.hardware.sim.state import SimFailure, SimProcess, SimStore, SimXid
+from tessera.hardware.sim.telemetry import bank_energy
 
 _XID_FELL_OFF_BUS = 79
 
@@ -72,10 +75,26 @@ class SimulatorControl:
             found = [p for p in state.processes if p.pid == pid]
             if not found:
                 raise SimulatorError(f"no simulated process with PID {pid}")
+            bank_energy(state, found[0].gpu, time.time())  # its load stops counting now
             state.processes.remove(found[0])
 
     def processes(self) -> list[SimProcess]:
         return list(self.store.read().processes)
+
+    def set_load(self, pid: int, sm: int, *, memory: int = 0, tensor: int = 0) -> SimProcess:
+        """Make a simulated process keep its device `sm` % busy, its memory interface `memory` %
+        and its tensor pipes `tensor` %: utilisation, power, temperature, clocks and the
+        profiling metrics of the simulated node follow (see `tessera.hardware.sim.telemetry`)."""
+        for name, value in (("sm", sm), ("memory", memory), ("tensor", tensor)):
+            if not 0 <= value <= 100:
+                raise SimulatorError(f"{name} load {value} is not a percentage: give 0 to 100")
+        with self.store.transaction() as state:
+            found = next((p for p in state.processes if p.pid == pid), None)
+            if found is None:
+                raise SimulatorError(f"no simulated process with PID {pid}")
+            bank_energy(state, found.gpu, time.time())  # the old power applied until now
+            found.sm_load, found.memory_load, found.tensor_load = sm, memory, tensor
+        return found
 
     def raise_xid(self, gpu: int, xid: int, device: str | None = None) -> SimXid:
         """Record an XID error on a GPU; XID 79 (fell off the bus) makes it unreachable."""
@@ -107,6 +126,17 @@ class SimulatorControl:
     def mutations(self) -> int:
         """How many mutating NVML calls have succeeded on this node so far."""
         return self.store.read().mutations
+
+    def reboot(self) -> None:
+        """What a host reboot does to GPUs: processes end, pending MIG modes take effect,
+        MIG instances and drain states are gone, lost GPUs are back."""
+        with self.store.transaction() as state:
+            state.processes.clear()
+            for gpu in state.gpus:
+                gpu.mig_current = gpu.mig_pending
+                gpu.gpu_instances.clear()
+                gpu.lost = False
+                gpu.drained = False
 
     def reset(self) -> None:
         self.store.reset()

@@ -37,6 +37,7 @@ from tessera.hardware.sim.state import (
     SimXid,
     mig_device_uuid,
 )
+from tessera.hardware.sim.telemetry import TelemetryMixin
 
 _KIND_DEVICE, _KIND_GI, _KIND_CI, _KIND_MIG, _KIND_EVENTSET = 1, 2, 3, 4, 5
 _NONE = 0xFFF
@@ -100,7 +101,7 @@ def gpu_instance_id(memory_slices: int, start: int, size: int) -> int:
     return memory_slices // size - 1 + start // size
 
 
-class SimulatedNvml:
+class SimulatedNvml(TelemetryMixin):
     """Drop-in for the `pynvml` module over a simulated node (see the module docstring)."""
 
     def __init__(self, store: SimStore) -> None:
@@ -277,6 +278,8 @@ class SimulatedNvml:
     nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        if version:  # the v2 struct (with `reserved`) is the telemetry mixin's
+            return self._memory_info_v2(handle)
         state, gpu, gi_id, ci_id = self._device(handle, allow_mig=True)
         if gi_id != _NONE:
             gi, _ = self._mig_instances(gpu, gi_id, ci_id)
@@ -388,6 +391,27 @@ class SimulatedNvml:
             info.pciDeviceId = 0x1AF110DE
             return info
         return self.nvmlDeviceGetPciInfo(self.nvmlDeviceGetHandleByIndex(state.gpus[peer].index))
+
+    # -- drain state -------------------------------------------------------------------------
+
+    def _gpu_at(self, state: SimState, pci: Any) -> SimGpu:
+        bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
+        found = next((g for g in state.gpus if g.bus_id.lower() == bus_id.lower()), None)
+        if found is None:
+            raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+        return found
+
+    def nvmlDeviceQueryDrainState(self, pciInfo: Any) -> int:
+        gpu = self._gpu_at(self._state(), pciInfo)
+        return int(pynvml.NVML_FEATURE_ENABLED if gpu.drained else pynvml.NVML_FEATURE_DISABLED)
+
+    def nvmlDeviceModifyDrainState(self, pciInfo: Any, newState: int) -> None:
+        with self._mutate("nvmlDeviceModifyDrainState") as state:
+            gpu = self._gpu_at(state, pciInfo)
+            if newState == pynvml.NVML_FEATURE_ENABLED and any(
+                    p.gpu == gpu.index for p in state.processes):
+                raise _error(pynvml.NVML_ERROR_IN_USE)
+            gpu.drained = newState == pynvml.NVML_FEATURE_ENABLED
 
     # -- MIG mode --------------------------------------------------------------------------
 

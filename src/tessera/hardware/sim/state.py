@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +54,12 @@ class SimGpu(_Model):
     mig_current: bool = False
     mig_pending: bool = False
     lost: bool = False
+    drained: bool = False  # NVML's drain state: the driver keeps new work off the GPU
     gpu_instances: list[SimGpuInstance] = Field(default_factory=list)
+    # Energy drawn up to `energy_at` (unix time; None: since the node booted). Power changes only
+    # when loads do, so banking at each load change keeps the energy counter exact and monotonic.
+    energy_mj: float = 0.0
+    energy_at: float | None = None
 
     def gpu_instance(self, gi_id: int) -> SimGpuInstance | None:
         return next((g for g in self.gpu_instances if g.id == gi_id), None)
@@ -66,6 +72,11 @@ class SimProcess(_Model):
     used_memory_mib: int
     gpu_instance_id: int | None = None
     compute_instance_id: int | None = None
+    # How busy the process keeps the device it runs on (GPU or MIG device), in percent: its SMs,
+    # its memory interface and its tensor pipes. Set with `SimulatorControl.set_load`.
+    sm_load: int = 0
+    memory_load: int = 0
+    tensor_load: int = 0
 
 
 class SimXid(_Model):
@@ -95,6 +106,7 @@ class SimState(_Model):
     failure: SimFailure | None = None
     mutations: int = 0
     instances_created: int = 0
+    booted_at: float = Field(default_factory=time.time)  # unix time; energy counts from here
 
 
 def fresh_state(preset_name: str) -> SimState:
