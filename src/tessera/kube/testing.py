@@ -1,0 +1,556 @@
+"""A fake kube-apiserver over real HTTP, for tests and benchmarks of the Kubernetes seam.
+
+It speaks kube-apiserver's JSON for what the agent uses, so `NodeClient` runs through the
+real lightkube client and httpx2 stack, not patched functions:
+
+- `GET /api/v1/nodes/{name}`; list `GET /api/v1/nodes?fieldSelector=…&labelSelector=…`
+  (a List with `metadata.resourceVersion`); `PATCH` with `application/merge-patch+json`,
+  `application/strategic-merge-patch+json` (maps merge, as they do for labels and
+  annotations; lists are replaced) and `application/apply-patch+yaml` (JSON body; needs
+  `fieldManager`, merged like the others); a `metadata.resourceVersion` in a patch or a
+  `PUT` that is stale is a 409 Conflict; no-op writes do not bump the resourceVersion.
+- watch (`?watch=true`) on any of the lists: a chunked stream of `{"type", "object"}`
+  lines from the given `resourceVersion` (none or "0": the current objects as ADDED first),
+  an `ERROR` event with a 410 Status when that version is older than the history kept,
+  periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`.
+- `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`.
+- A bearer token is required when the server has one, as `kubeconfig()` writes it.
+
+Test controls change objects as kubectl or the kubelet would (bumping the resourceVersion
+and notifying watches), and inject faults: `fail_next`, `down`/`up`, `delay`,
+`expire_watches`. Every request is logged in `requests` for assertions on what went over
+the wire. Use as `with FakeApiServer() as api:`; it serves from a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from tessera.kube.fakestore import (
+    RESOURCES,
+    Change,
+    Obj,
+    Selector,
+    StatusError,
+    Store,
+    merge_patch,
+    now,
+    select,
+    set_map,
+)
+
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+PATCH_TYPES = (MERGE, STRATEGIC, APPLY)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it, and the status it answered."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    content_type: str | None
+    status: int
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class _Watch:
+    resource: str
+    namespace: str | None
+    selector: Selector
+    since: int | None  # None: start with the current objects
+    bookmarks: bool
+    timeout: float | None
+
+
+@dataclass
+class _Fault:
+    status: int
+    retry_after: float | None
+    method: str | None
+
+
+class FakeApiServer:
+    """See the module docstring."""
+
+    def __init__(self, *, token: str | None = "tessera-test-token",
+                 bookmark_interval: float = 1.0, history_limit: int = 10_000) -> None:
+        self.token = token
+        self.bookmark_interval = bookmark_interval
+        self.store = Store(history_limit=history_limit)
+        self.port = 0
+        self._log: list[RecordedRequest] = []
+        self._faults: list[_Fault] = []
+        self._delay = 0.0
+        self._guard = threading.Lock()
+        self._http: _Http | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> FakeApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.up()
+
+    def stop(self) -> None:
+        self.down()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """Listen again (on the same port after `down()`)."""
+        if self._http is not None:
+            return
+        http = _Http(("127.0.0.1", self.port), _Handler)
+        http.api = self
+        self.port = http.server_address[1]
+        self._http = http
+        # A short poll interval, so that down() (which waits for the loop) is quick.
+        threading.Thread(target=http.serve_forever, args=(0.05,),
+                         name=f"fake-apiserver:{self.port}", daemon=True).start()
+
+    def down(self) -> None:
+        """Crash: close the listening socket and every open connection (watches included);
+        connecting is refused until `up()`."""
+        http, self._http = self._http, None
+        if http is None:
+            return
+        http.stopping = True
+        http.shutdown()
+        http.server_close()
+        http.drop_connections()
+        with self.store.changed:
+            self.store.changed.notify_all()  # so streaming watches notice at once
+
+    # -- faults --------------------------------------------------------------------------
+
+    def fail_next(self, n: int = 1, status: int = 503, retry_after: float | None = None, *,
+                  method: str | None = None) -> None:
+        """Answer the next `n` requests (of `method`, if given) with `status` and a Status
+        body, and a Retry-After header when `retry_after` is given."""
+        with self._guard:
+            self._faults.extend(_Fault(status, retry_after, method) for _ in range(n))
+
+    def delay(self, seconds: float) -> None:
+        """Answer every request `seconds` late (0 to stop)."""
+        self._delay = seconds
+
+    def expire_watches(self) -> None:
+        """Compact the history: open watches get a 410 ERROR and a resume must re-list."""
+        self.store.compact()
+
+    # -- objects -------------------------------------------------------------------------
+
+    def add_node(self, name: str, *, labels: Mapping[str, str] | None = None,
+                 annotations: Mapping[str, str] | None = None) -> Obj:
+        return self.store.create("nodes", "", {
+            "metadata": {"name": name, "labels": dict(labels or {}),
+                         "annotations": dict(annotations or {})},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                                       "lastHeartbeatTime": now()}]},
+        })
+
+    def set_labels(self, name: str, labels: Mapping[str, str | None]) -> Obj:
+        """Set (None: remove) labels, as `kubectl label` does."""
+        return self.store.update("nodes", "", name, lambda n: set_map(n, "labels", labels))
+
+    def set_annotations(self, name: str, annotations: Mapping[str, str | None]) -> Obj:
+        return self.store.update("nodes", "", name,
+                                 lambda n: set_map(n, "annotations", annotations))
+
+    def heartbeat(self, name: str) -> Obj:
+        """A status-only update, as the kubelet's: a new resourceVersion, same metadata."""
+        def beat(node: Obj) -> Obj:
+            # Microseconds, so that two heartbeats in one second still change the object.
+            stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            node["status"]["conditions"][0]["lastHeartbeatTime"] = stamp
+            return node
+        return self.store.update("nodes", "", name, beat)
+
+    def delete_node(self, name: str) -> Obj:
+        return self.store.delete("nodes", "", name)
+
+    def node(self, name: str) -> Obj:
+        return self.store.get("nodes", "", name)
+
+    def add_pod(self, name: str, *, node: str, namespace: str = "default",
+                phase: str = "Running", labels: Mapping[str, str] | None = None,
+                annotations: Mapping[str, str] | None = None, uid: str | None = None) -> Obj:
+        meta: Obj = {"name": name, "labels": dict(labels or {}),
+                     "annotations": dict(annotations or {})}
+        if uid:
+            meta["uid"] = uid
+        return self.store.create("pods", namespace, {
+            "metadata": meta,
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox"}]},
+            "status": {"phase": phase},
+        })
+
+    def remove_pod(self, name: str, namespace: str = "default") -> Obj:
+        return self.store.delete("pods", namespace, name)
+
+    def events(self, namespace: str | None = None) -> list[Obj]:
+        items, _ = self.store.query("events", namespace, lambda _: True)
+        return items
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._guard:
+            return list(self._log)
+
+    def kubeconfig(self, path: Path) -> Path:
+        """Write a kubeconfig for this server (plain http, the bearer token) to `path`."""
+        user: Obj = {"token": self.token} if self.token else {"username": "x", "password": "x"}
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "tessera", "user": user}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tessera"}}],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        return path
+
+    # -- used by the handler -------------------------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._guard:
+            self._log.append(request)
+
+    def _fault_for(self, method: str) -> _Fault | None:
+        with self._guard:
+            for i, fault in enumerate(self._faults):
+                if fault.method is None or fault.method == method:
+                    return self._faults.pop(i)
+        return None
+
+
+class _Http(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    api: FakeApiServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.stopping = False
+        self.connections: set[socket.socket] = set()
+        self.guard = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.guard:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.guard:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self.guard:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked watches, as the real server
+    server: _Http
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the request log is `FakeApiServer.requests`
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    # -- one request ---------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        api = self.server.api
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        content_type = self.headers.get("Content-Type")
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body: Any = None
+        status = 0  # 0: the connection went away before an answer (down(), client left)
+        recorded = False
+
+        def record() -> None:
+            # Before the answer is written: a client that has its answer finds it logged.
+            nonlocal recorded
+            recorded = True
+            api._record(RecordedRequest(self.command, url.path, query, content_type, status,
+                                        body))
+        try:
+            if api._delay:
+                time.sleep(api._delay)
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError as e:
+                    raise StatusError(400, "BadRequest", f"body is not JSON: {e}") from e
+            if api.token and self.headers.get("Authorization") != f"Bearer {api.token}":
+                raise StatusError(401, "Unauthorized", "Unauthorized")
+            fault = api._fault_for(self.command)
+            if fault is not None:
+                status = fault.status
+                record()
+                self._fail(fault)
+            elif query.get("watch") in ("true", "1"):
+                watch = self._watch_of(url.path, query)
+                status = 200
+                record()
+                self._stream(watch)
+            else:
+                answer = self._route(self.command, url.path, query, content_type, body)
+                status = 201 if self.command == "POST" else 200
+                record()
+                self._send(status, answer)
+        except StatusError as e:
+            status = e.code
+            record()
+            with contextlib.suppress(OSError):
+                self._send(e.code, e.status())
+        except OSError:
+            self.close_connection = True
+            if not recorded:
+                record()
+
+    def _route(self, method: str, path: str, query: dict[str, str], content_type: str | None,
+               body: Any) -> Obj:
+        store = self.server.api.store
+        if path == "/version":
+            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tessera-fake",
+                    "platform": "linux/amd64"}
+        namespace, resource, name = _parse(path)
+        kind, namespaced = RESOURCES[resource]
+        if name is None:
+            if method == "GET":
+                selector = select(query.get("fieldSelector"), query.get("labelSelector"))
+                items, version = store.query(resource, namespace, selector)
+                for item in items:  # list items carry no kind, as kube-apiserver's
+                    item.pop("kind", None)
+                    item.pop("apiVersion", None)
+                return {"kind": f"{kind}List", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": str(version)}, "items": items}
+            if method == "POST" and namespaced == (namespace is not None):
+                obj = _object(body, kind)
+                if obj.get("metadata", {}).get("namespace", namespace) != namespace:
+                    raise StatusError(400, "BadRequest", "the namespace of the provided object "
+                                     "does not match the namespace sent on the request")
+                return store.create(resource, namespace or "", obj)
+            raise _not_allowed(method, path)
+        ns = namespace or ""
+        if method == "GET":
+            return store.get(resource, ns, name)
+        if method == "DELETE":
+            return store.delete(resource, ns, name)
+        if method == "PUT":
+            obj = _object(body, kind)
+            expect = obj.get("metadata", {}).get("resourceVersion")
+            if not expect:
+                raise StatusError(422, "Invalid", f"{kind} {name!r} is invalid: "
+                                 "metadata.resourceVersion: must be specified for an update")
+            return store.update(resource, ns, name, lambda _: obj, expect=expect)
+        if method == "PATCH":
+            if content_type not in PATCH_TYPES:
+                raise StatusError(415, "UnsupportedMediaType",
+                                 f"the body of the request was in an unknown format - accepted "
+                                 f"media types include: {', '.join(PATCH_TYPES)}")
+            if content_type == APPLY and not query.get("fieldManager"):
+                raise StatusError(400, "BadRequest", "PatchOptions.meta.k8s.io is invalid: "
+                                 "fieldManager: Required value: is required for apply patch")
+            patch = _object(body, kind)
+            expect = patch.get("metadata", {}).get("resourceVersion")
+            # Strategic merge and apply differ from a merge patch only on lists and field
+            # ownership; for the metadata maps the agent writes, all three merge.
+            return store.update(resource, ns, name, lambda old: _merged(old, patch),
+                                expect=expect)
+        raise _not_allowed(method, path)
+
+    def _watch_of(self, path: str, query: dict[str, str]) -> _Watch:
+        """What a watch request asks for; StatusError (before any answer) if it is wrong."""
+        namespace, resource, name = _parse(path)
+        if name is not None:
+            raise _not_allowed("WATCH", path)
+        asked = query.get("resourceVersion", "")
+        if asked not in ("", "0") and not asked.isdigit():
+            raise StatusError(400, "BadRequest", f"invalid resourceVersion {asked!r}")
+        timeout = query.get("timeoutSeconds")
+        return _Watch(
+            resource=resource, namespace=namespace,
+            selector=select(query.get("fieldSelector"), query.get("labelSelector")),
+            since=int(asked) if asked not in ("", "0") else None,
+            bookmarks=query.get("allowWatchBookmarks") == "true",
+            timeout=float(timeout) if timeout else None)
+
+    def _stream(self, watch: _Watch) -> None:
+        api = self.server.api
+        store = api.store
+        started = time.monotonic()
+        deadline = started + watch.timeout if watch.timeout else None
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if watch.since is None:
+            # No resourceVersion: the current objects first, as synthetic ADDED events.
+            items, cursor = store.query(watch.resource, watch.namespace, watch.selector)
+            self._events({"type": "ADDED", "object": item} for item in items)
+        else:
+            cursor = watch.since
+        next_bookmark = started + api.bookmark_interval
+        while not self.server.stopping:
+            with store.changed:
+                while (store.version == cursor and store.compacted <= cursor
+                       and not self.server.stopping):
+                    now_ = time.monotonic()
+                    # Wake for a bookmark or the deadline, and each second to notice down().
+                    wake = min(t for t in (deadline, next_bookmark if watch.bookmarks else None,
+                                           now_ + 1.0) if t is not None)
+                    if now_ >= wake:
+                        break
+                    store.changed.wait(wake - now_)
+                if self.server.stopping:
+                    break
+                try:
+                    changes, cursor = store.since(cursor, watch.resource, watch.namespace,
+                                                  watch.selector)
+                except StatusError as e:
+                    self._events([{"type": "ERROR", "object": e.status()}])
+                    break
+            self._events(_event(c) for c in changes)
+            now_ = time.monotonic()
+            if watch.bookmarks and now_ >= next_bookmark:
+                kind, _ = RESOURCES[watch.resource]
+                self._events([{"type": "BOOKMARK", "object": {
+                    "kind": kind, "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(cursor)}}}])
+                next_bookmark = now_ + api.bookmark_interval
+            if deadline is not None and now_ >= deadline:
+                break
+        if self.server.stopping:
+            self.close_connection = True
+        else:
+            self.wfile.write(b"0\r\n\r\n")  # the end of a chunked body: a clean close
+            self.wfile.flush()
+
+    # -- writing answers -----------------------------------------------------------------
+
+    def _events(self, events: Any) -> None:
+        for event in events:
+            line = json.dumps(event).encode() + b"\n"
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        self.wfile.flush()
+
+    def _send(self, status: int, body: Obj, headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        # Exactly "application/json": lightkube turns only that into an ApiError.
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _fail(self, fault: _Fault) -> None:
+        reason, message = _FAULTS.get(fault.status, ("InternalError", "an error on the server"))
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        self._send(fault.status, StatusError(fault.status, reason, message).status(), headers)
+
+
+_FAULTS = {
+    409: ("Conflict", "Operation cannot be fulfilled: the object has been modified; please "
+          "apply your changes to the latest version and try again"),
+    429: ("TooManyRequests", "the server has received too many requests and has asked us to "
+          "try again later"),
+    500: ("InternalError", "an error on the server (\"injected\") has prevented the request "
+          "from succeeding"),
+    503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+    504: ("Timeout", "the server was unable to return a response in the time allotted"),
+}
+
+
+def _parse(path: str) -> tuple[str | None, str, str | None]:
+    """(namespace, resource, name) of an /api/v1 path; 404 for anything else."""
+    parts = path.strip("/").split("/")
+    if parts[:2] != ["api", "v1"]:
+        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
+                         f"({path})")
+    rest = parts[2:]
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest or rest[0] not in RESOURCES or len(rest) > 2:
+        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
+                         f"({path})")
+    _, namespaced = RESOURCES[rest[0]]
+    if namespace is not None and not namespaced:
+        raise StatusError(404, "NotFound", f"{rest[0]} are not namespaced ({path})")
+    if namespace is None and namespaced and len(rest) == 2:
+        raise StatusError(404, "NotFound", f"{rest[0]} are namespaced ({path})")
+    return namespace, rest[0], rest[1] if len(rest) == 2 else None
+
+
+def _object(body: Any, kind: str) -> Obj:
+    if not isinstance(body, dict):
+        raise StatusError(400, "BadRequest", f"expected a {kind} object as the body")
+    return copy.deepcopy(body)
+
+
+def _merged(old: Obj, patch: Obj) -> Obj:
+    patch = copy.deepcopy(patch)
+    patch.get("metadata", {}).pop("resourceVersion", None)  # a precondition, not a value
+    merged = merge_patch(old, patch)
+    assert isinstance(merged, dict)
+    return merged
+
+
+def _event(change: Change) -> Obj:
+    return {"type": change.type, "object": change.object}
+
+
+def _not_allowed(method: str, path: str) -> StatusError:
+    return StatusError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
