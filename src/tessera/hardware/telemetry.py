@@ -238,7 +238,7 @@ class TelemetryReader:
         lost: dict[int, str] = {}
         for index in range(count):
             try:
-                samples.append(self._read_gpu(index))
+                samples.append(self._read_gpu_settled(index))
             except HardwareError as e:
                 xid = self._last_xid.get(index)
                 lost[index] = f"{e} (last XID {xid})" if xid is not None else str(e)
@@ -289,6 +289,16 @@ class TelemetryReader:
         if known is None or known.uuid != uuid:
             known = self._gpus[index] = self.node.gpu(index)
         return known
+
+    def _read_gpu_settled(self, index: int) -> GpuSample:
+        """One GPU; read again if its MIG layout changed under the read (an instance gone
+        between listing and reading it is NOT_FOUND), so a reconfiguration is not a failure."""
+        try:
+            return self._read_gpu(index)
+        except HardwareError as e:
+            if e.code != self.nvml.NVML_ERROR_NOT_FOUND:
+                raise
+            return self._read_gpu(index)
 
     def _read_gpu(self, index: int) -> GpuSample:
         h = self._call("get a handle", index, "nvmlDeviceGetHandleByIndex", index)
@@ -446,8 +456,12 @@ class TelemetryReader:
     ):
         if self._gpm is None or not self._supports_gpm(index, gpu, handle):
             return _EMPTY
-        result = self._optional(self._gpm.read, index, handle, gi_id)
-        return result if result is not None else _EMPTY
+        try:
+            return self._gpm.read(index, handle, gi_id)
+        except HardwareError:
+            # Best effort: a GPM sample that fails (an instance destroyed a moment ago, the
+            # counters taken by a profiler) must not cost the GPU its other values.
+            return _EMPTY
 
     def _supports_gpm(self, index: int, gpu: Gpu, handle: Any) -> bool:
         if gpu.uuid not in self._gpm_supported:

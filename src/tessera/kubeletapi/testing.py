@@ -6,14 +6,19 @@ plugin's socket back, calls GetDevicePluginOptions and streams ListAndWatch as t
 device manager does, and offers Allocate / GetPreferredAllocation the way the kubelet calls
 them (one container request per call). `restart()` behaves like a new kubelet: it wipes the
 directory and serves a new `kubelet.sock`.
+
+`FakePodResources` is the kubelet's PodResources v1 service on a unix socket, listing whatever
+pods a test sets, for exporters that label devices with the pods holding them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +26,8 @@ import grpc
 
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as pb
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2_grpc as rpc
+from tessera.kubeletapi.podresources.v1 import api_pb2 as podpb
+from tessera.kubeletapi.podresources.v1 import api_pb2_grpc as podrpc
 
 
 @dataclass
@@ -186,3 +193,78 @@ class TestKubelet(rpc.RegistrationServicer):
                 allocation_size=size)])
         response = await endpoint.stub.GetPreferredAllocation(request, timeout=5)
         return list(response.container_responses[0].deviceIDs)
+
+
+class FakePodResources(podrpc.PodResourcesListerServicer):
+    """The kubelet's PodResources v1 service on `socket`, answering `List` with the pods a test
+    sets (`set_pods`, thread-safe). Use as `with FakePodResources(path) as kubelet:`.
+
+    `refuse` makes every call fail with UNAVAILABLE (a kubelet restarting); `calls` counts
+    List calls.
+    """
+
+    __test__ = False
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self.calls = 0
+        self.refuse = False
+        self._pods: list[podpb.PodResources] = []
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+
+    def __enter__(self) -> FakePodResources:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        podrpc.add_PodResourcesListerServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+        server.add_insecure_port(f"unix://{self.socket}")
+        server.start()
+        self._server = server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0).wait()
+            self._server = None
+
+    @staticmethod
+    def pod(namespace: str, name: str,
+            containers: Mapping[str, Mapping[str, Sequence[str]]]) -> podpb.PodResources:
+        """A pod: container name -> resource name -> device IDs."""
+        return podpb.PodResources(
+            namespace=namespace, name=name,
+            containers=[
+                podpb.ContainerResources(name=container, devices=[
+                    podpb.ContainerDevices(resource_name=resource, device_ids=list(ids))
+                    for resource, ids in resources.items()
+                ])
+                for container, resources in containers.items()
+            ],
+        )
+
+    def set_pods(self, pods: Sequence[podpb.PodResources]) -> None:
+        with self._lock:
+            self._pods = list(pods)
+
+    def pods(self) -> list[podpb.PodResources]:
+        with self._lock:
+            return list(self._pods)
+
+    def List(  # noqa: N802 - the kubelet's RPC name
+        self, request: podpb.ListPodResourcesRequest, context: grpc.ServicerContext
+    ) -> podpb.ListPodResourcesResponse:
+        self.calls += 1
+        if self.refuse:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet is restarting")
+        return podpb.ListPodResourcesResponse(pod_resources=self.pods())
+
+    def GetAllocatableResources(  # noqa: N802 - the kubelet's RPC name
+        self, request: podpb.AllocatableResourcesRequest, context: grpc.ServicerContext
+    ) -> podpb.AllocatableResourcesResponse:
+        return podpb.AllocatableResourcesResponse()

@@ -16,10 +16,10 @@ simulated state and the time, from one small model:
   GDDR products report no memory temperature. SM clocks idle at 210 MHz and run at the
   product's maximum while any process runs.
 - No simulated work uses the video engines, PCIe retries or NVLink: their counters stay 0.
-- As on real GPUs, utilisation rates (GPU, memory, encoder, decoder, per process) are not
-  reported for a GPU in MIG mode; GPM (the profiling metrics) exists on Hopper and later
-  only, per GPU and per GPU instance. Of GPM's metrics the model gives graphics, SM, tensor,
-  DRAM and PCIe activity; the rest answer NOT_SUPPORTED rather than a made-up number.
+- As NVML does (nvidia-smi shows N/A), no utilisation (GPU, memory, encoder, decoder, per
+  process) is reported for a GPU in MIG mode; GPM (the profiling metrics) exists on Hopper
+  and later only, per GPU and per GPU instance. Of GPM's metrics the model gives graphics,
+  SM, tensor, DRAM and PCIe activity; the rest answer NOT_SUPPORTED, not a made-up number.
 """
 
 from __future__ import annotations
