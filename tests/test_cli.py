@@ -163,8 +163,10 @@ def test_generated_balanced_config_applies_on_every_preset(preset: str) -> None:
 
 
 def test_readme_main_command_runs_as_a_user_would(tmp_path: Path) -> None:
-    """The README's first command, after its install step: a partitioned node, shown."""
-    env = {**os.environ, "TESSERA_SIM_STATE": str(tmp_path / "readme.json")}
+    """The README's first command, after its install step: the agent partitions, advertises
+    and labels a simulated node, and shows it."""
+    env = {**os.environ, "TESSERA_SIM_STATE": str(tmp_path / "readme.json"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     first = next(line for line in readme.splitlines() if "tessera --simulate" in line)
     command = first[first.index("tessera --simulate"):].rstrip("`").strip()
@@ -172,6 +174,8 @@ def test_readme_main_command_runs_as_a_user_would(tmp_path: Path) -> None:
     done = subprocess.run(command, shell=True, env={**env, "PATH": f"{bin_dir}:{env['PATH']}"},
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert "applied" in done.stdout
+    assert "all-balanced: success" in done.stdout
+    assert "nvidia.com/gpu" in done.stdout
+    assert "gpu.product=NVIDIA-A100-SXM4-80GB" in done.stdout
     assert "3g.40gb" in done.stdout
     assert "MIG-" in done.stdout

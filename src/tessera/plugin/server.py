@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from tessera.errors import ConfigError
 from tessera.kubeletapi.constants import HEALTHY, UNHEALTHY
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as pb
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2_grpc as rpc
@@ -25,6 +27,7 @@ from tessera.plugin.preferred import preferred
 from tessera.plugin.resources import Resource
 
 log = logging.getLogger(__name__)
+_MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,10 @@ class ResourceServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        if len(os.fsencode(self.path)) > _MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"socket path {self.path} is {len(os.fsencode(self.path))} bytes; unix "
+                f"sockets allow {_MAX_SOCKET_PATH}: choose a shorter --socket-dir")
         self.path.unlink(missing_ok=True)
         server = grpc.aio.server()
         rpc.add_DevicePluginServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]

@@ -1,0 +1,342 @@
+"""The node agent: one asyncio process doing the whole GPU job of a node.
+
+It composes the device plugin (serving the kubelet), the MIG manager (the
+`nvidia.com/mig.config` label), the feature labeler (GFD's `nvidia.com/*` labels), GPU
+disable/drain (the `tessera.dev/gpu.disable` annotation) and the per-node plugin config
+(the `nvidia.com/device-plugin.config` label). One loop reacts to the node's labels and
+annotations — from the API server, or from a local file when standalone — and to changes
+of what the plugin advertises. Because everything shares one process, a MIG change pauses
+only the devices it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tessera.agent.drain import (
+    DRAINED,
+    DRAINING,
+    DisabledGpu,
+    parse_disable,
+    resolve,
+    state_annotation,
+)
+from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, PLUGIN_CONFIG
+from tessera.agent.mig_manager import MigManager, MigSettings
+from tessera.agent.nodeapi import NodeApi
+from tessera.agent.pods import describe_pids
+from tessera.agent.sharing import sharing_facts
+from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
+from tessera.hardware.node import Node
+from tessera.kube import NodeView
+from tessera.labels import feature_labels, label_changes, read_facts
+from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.plugin.manager import DevicePlugin, PluginSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent does on this node (flags and env, see `tessera agent --help`)."""
+
+    plugin: PluginSettings
+    mig: MigSettings = field(default_factory=MigSettings)
+    mig_manager: bool = True
+    feature_labels: bool = True
+    nvml_drain: bool = False
+    status_file: Path | None = None
+    tick_seconds: float = 1.0
+    exporter: ExporterSettings | None = None  # None: no metrics endpoint
+
+
+class Agent:
+    """See the module docstring. `start()`, then `run()` until stopped, then `stop()`."""
+
+    def __init__(self, open_node: Callable[[], Node], api: NodeApi,
+                 settings: AgentSettings) -> None:
+        self.settings = settings
+        self.api = api
+        self._open_node = open_node
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
+        self._node: Node | None = None
+        self.plugin = DevicePlugin(open_node, settings.plugin)
+        self.mig = MigManager(open_node, api, settings.mig, pause=self._pause,
+                              resume=self._resume, on_change=self._poke)
+        self.view: NodeView | None = None
+        self.labels: dict[str, str] = {}
+        self.disabled: dict[str, DisabledGpu] = {}
+        self.drain_problems: list[str] = []
+        self.errors: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._plugin_config: str | None = settings.plugin.config_name
+        self.exporter: Exporter | None = None
+        self.started_at = time.monotonic()
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the node, then start serving: the plugin first, so devices are advertised
+        even while the API server is away; then the loops."""
+        self._node = await self._blocking(self._open_node)
+        try:
+            self.view = await self.api.get()
+        except TemporaryError as e:
+            log.warning("API server not answering yet, serving devices meanwhile: %s", e)
+        if self.view is not None:
+            self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
+        self.plugin = DevicePlugin(self._open_node, _with_config_name(self.settings.plugin,
+                                                                      self._plugin_config))
+        await self.plugin.start()
+        self.plugin.subscribe(self._poke)
+        if self.settings.exporter is not None:
+            self.exporter = Exporter(self._open_node, self.settings.exporter,
+                                     state=self.tessera_state)
+            await asyncio.get_running_loop().run_in_executor(None, self.exporter.start)
+        self._tasks.append(asyncio.create_task(self._watch(), name="node watch"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.exporter is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
+        await self.plugin.stop()
+        await self.mig.close()
+        if self._node is not None:
+            with contextlib.suppress(TesseraError):
+                await self._blocking(self._node.close)
+        self._executor.shutdown(wait=False)
+        await self.api.close()
+
+    async def run(self, stopped: asyncio.Event | None = None) -> None:
+        """Reconcile on every node change and plugin change, and every tick, until `stopped`."""
+        stopped = stopped or asyncio.Event()
+        while not stopped.is_set():
+            try:
+                await self.reconcile()
+            except TesseraError as e:
+                # Whatever one pass hit (a GPU that stopped answering, an API refusal), the
+                # agent keeps serving devices and tries again on the next change or tick.
+                log.error("reconcile failed, retrying: %s", e)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                waiter = asyncio.ensure_future(self._wake.wait())
+                halt = asyncio.ensure_future(stopped.wait())
+                try:
+                    await asyncio.wait({waiter, halt}, timeout=self.settings.tick_seconds,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    halt.cancel()
+
+    async def converge(self) -> None:
+        """What `--once` runs: a pass that applies the MIG config, then a pass that labels
+        and reports from the layout and resources it produced. A temporary failure is left
+        in the state for the next run rather than waited for."""
+        await self.reconcile()
+        await self.reconcile()
+
+    async def _watch(self) -> None:
+        async for view in self.api.watch():
+            self.view = view
+            self._wake.set()
+
+    # -- one pass --------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """One pass over everything the node's metadata asks for."""
+        view = self.view
+        if view is None:
+            with contextlib.suppress(TemporaryError):
+                self.view = view = await self.api.get()
+        if view is not None:
+            await self._select_plugin_config(view)
+            if self.settings.mig_manager and self.mig.wants(view):
+                await self.mig.reconcile(view)
+                await self.plugin.refresh()
+            await self._drain(view)
+        await self.mig.sync_metadata()
+        if self.settings.feature_labels:
+            await self._feature_labels()
+        self._write_status()
+
+    async def _select_plugin_config(self, view: NodeView) -> None:
+        wanted = view.labels.get(PLUGIN_CONFIG, self.settings.plugin.config_name)
+        if wanted != self._plugin_config:
+            log.info("device plugin config %s (label %s)", wanted or "(default)", PLUGIN_CONFIG)
+            self._plugin_config = wanted
+            await self.plugin.select_config(wanted)
+
+    async def _pause(self, devices: dict[str, str] | Any) -> None:
+        await self.plugin.set_excluded(devices, owner="mig")
+
+    async def _resume(self, devices: dict[str, str] | Any) -> None:
+        await self.plugin.set_excluded(dict.fromkeys(devices), owner="mig")
+
+    # -- disable / drain -------------------------------------------------------------------
+
+    async def _drain(self, view: NodeView) -> None:
+        assert self._node is not None
+        try:
+            refs = parse_disable(view.annotations.get(GPU_DISABLE), GPU_DISABLE)
+        except ConfigError as e:
+            self.errors["drain"] = str(e)
+            return
+        self.errors.pop("drain", None)
+        gpus = tuple(v.gpu for v in self.plugin.inventory.gpus)
+        wanted, problems = resolve(refs, gpus)
+        changes: dict[str, str | None] = {u: None for u in self.disabled if u not in wanted}
+        changes.update({u: f"disabled: {reason}" for u, (_, reason) in wanted.items()})
+        await self.plugin.set_excluded(changes, owner="drain")
+        for uuid in [u for u in self.disabled if u not in wanted]:
+            gone = self.disabled.pop(uuid)
+            if self.settings.nvml_drain and gone.state == DRAINED:
+                await self._set_nvml_drain(gone.index, False)
+            await self.api.event("GpuEnabled", f"GPU {gone.index} ({uuid}) back in service")
+        pods = None
+        for uuid, (gpu, reason) in wanted.items():
+            before = self.disabled.get(uuid)
+            try:
+                pids = [p.pid for p in await self._blocking(self._node.processes, gpu.index)]
+            except HardwareError:
+                pids = []  # a GPU that does not answer runs nothing we could wait for
+            if pids and pods is None:
+                with contextlib.suppress(TesseraError):
+                    pods = await self.api.pods()
+            users = describe_pids(pids, pods or []) or ", ".join(f"PID {p}" for p in pids)
+            now = DisabledGpu(gpu.index, uuid, reason, DRAINED if not pids else DRAINING, users)
+            self.disabled[uuid] = now
+            if before is None:
+                await self.api.event(
+                    "GpuDisabled", f"GPU {gpu.index} ({uuid}) taken out of service: {reason}"
+                    + (f"; still in use by {users}" if users else ""), type="Warning")
+            if now.state == DRAINED and (before is None or before.state != DRAINED):
+                if self.settings.nvml_drain:
+                    await self._set_nvml_drain(gpu.index, True)
+                await self.api.event("GpuDrained", f"GPU {gpu.index} ({uuid}) is drained: "
+                                                   "nothing runs on it")
+        self.drain_problems = problems
+        current = view.annotations.get(GPU_STATE)
+        wanted_state = state_annotation(list(self.disabled.values()), problems)
+        if wanted_state != current:
+            try:
+                await self.api.patch(annotations={GPU_STATE: wanted_state})
+            except TesseraError as e:
+                log.warning("GPU drain state not recorded yet: %s", e)
+
+    async def _set_nvml_drain(self, index: int, drained: bool) -> None:
+        assert self._node is not None
+        try:
+            await self._blocking(self._node.set_drained, index, drained)
+        except HardwareError as e:
+            log.warning("GPU %d: NVML drain state not changed: %s", index, e)
+
+    # -- feature labels --------------------------------------------------------------------
+
+    async def _feature_labels(self) -> None:
+        assert self._node is not None
+        try:
+            facts = await self._blocking(read_facts, self._node)
+        except HardwareError as e:
+            log.warning("cannot read GPUs for feature labels: %s", e)
+            return
+        strategy = self.plugin.config.flags.mig_strategy
+        self.labels = feature_labels(facts, mig_strategy=strategy,
+                                     sharing=sharing_facts(self.plugin.plan, strategy))
+        current = self.view.labels if self.view is not None else {}
+        changes = label_changes(current, self.labels)
+        if not changes:
+            return
+        try:
+            updated = await self.api.patch(labels=changes)
+        except TesseraError as e:
+            log.warning("feature labels not written yet: %s", e)
+            return
+        if updated is not None:
+            self.view = updated
+
+    # -- status ----------------------------------------------------------------------------
+
+    def tessera_state(self) -> TesseraState:
+        """What the exporter publishes as tessera_* metrics (read from its sampler thread:
+        only plain reads of values the loop replaces whole)."""
+        plugin = self.plugin.status()
+        view = self.view
+        return TesseraState(
+            mig_config=self.mig.status.config or (view.labels.get(MIG_CONFIG) if view else None),
+            mig_config_state=self.mig.status.state,
+            devices_advertised={n: d for n, (d, _) in plugin.resources.items()},
+            devices_unhealthy={n: u for n, (_, u) in plugin.resources.items()},
+            last_apply_seconds=self.mig.status.last_apply_seconds,
+        )
+
+    def status(self) -> dict[str, Any]:
+        plugin = self.plugin.status()
+        view = self.view
+        return {
+            "node": getattr(self.api, "name", None),
+            "time": time.time(),
+            "mig": {
+                "config": view.labels.get(MIG_CONFIG) if view else None,
+                "state": self.mig.status.state,
+                "reason": self.mig.status.reason,
+                "last_apply_seconds": self.mig.status.last_apply_seconds,
+                "paused": self.mig.status.paused,
+            },
+            "plugin": {
+                "config": plugin.config_name,
+                "config_error": plugin.config_error,
+                "plan_error": plugin.plan_error,
+                "resources": {n: {"devices": d, "unhealthy": u}
+                              for n, (d, u) in plugin.resources.items()},
+                "unhealthy": dict(plugin.unhealthy),
+                "excluded": dict(plugin.excluded),
+                "registered": list(plugin.registered),
+                "warnings": list(plugin.warnings),
+            },
+            "disabled": {str(d.index): d.to_json() for d in self.disabled.values()},
+            "labels": dict(self.labels),
+            "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
+            "errors": dict(self.errors),
+            "api_requests": self.api.requests,
+        }
+
+    def _write_status(self) -> None:
+        path = self.settings.status_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w") as out:
+                json.dump(self.status(), out, indent=2, sort_keys=True, default=str)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot write status file %s: %s", path, e)
+
+
+def _with_config_name(settings: PluginSettings, name: str | None) -> PluginSettings:
+    return replace(settings, config_name=name)

@@ -1,0 +1,27 @@
+"""The node labels and annotations the agent reads and writes.
+
+NVIDIA's names where users already have them (so kubectl habits, dashboards and
+automation carry over); Tessera's additions under `tessera.dev/`.
+"""
+
+from __future__ import annotations
+
+MIG_CONFIG = "nvidia.com/mig.config"
+MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
+PLUGIN_CONFIG = "nvidia.com/device-plugin.config"
+
+MIG_REASON = "tessera.dev/mig.config.reason"  # why the state is what it is, in words
+MIG_FORCE = "tessera.dev/mig.config.force"  # "true": destroy instances in use for this change
+MIG_MODE = "tessera.dev/mig.mode"  # managed (default) | dynamic | explicit
+MIG_LAYOUT = "tessera.dev/mig.layout"  # explicit mode: the exact layout, with placements
+GPU_DISABLE = "tessera.dev/gpu.disable"  # JSON {"<index|uuid>": "<reason>"}
+GPU_STATE = "tessera.dev/gpu.state"  # JSON {"<index>": {"reason", "state", "pids"}}
+
+MANAGED = "managed"  # follow nvidia.com/mig.config, as NVIDIA's mig-manager does
+DYNAMIC = "dynamic"  # MIG on; instances are made by hand or by a controller, never by us
+EXPLICIT = "explicit"  # converge to the layout in tessera.dev/mig.layout
+
+PENDING = "pending"
+SUCCESS = "success"
+FAILED = "failed"
+REBOOTING = "rebooting"

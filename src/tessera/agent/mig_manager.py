@@ -1,0 +1,353 @@
+"""The MIG manager: `nvidia.com/mig.config` -> pending -> success | failed | rebooting.
+
+As NVIDIA's mig-manager, minus its walls:
+
+- Only what the plan touches is paused: the device plugin stops advertising the MIG devices
+  the plan destroys (and whole GPUs whose mode changes); everything else keeps serving.
+- A failure says why (`tessera.dev/mig.config.reason` and an Event): a config that cannot
+  apply is permanent (no retry until the label or the file changes); instances in use are
+  temporary (the reason names the devices, PIDs and pods; retried with backoff, and applied
+  once they are free) unless forcing is allowed.
+- A mode change whose GPU reset fails goes to `rebooting` when a reboot command is set, and
+  the agent resumes after the reboot; otherwise `failed` with the reason.
+- Crash-safe: the state says `pending` before anything changes, and the planner starts from
+  what it observes, so a restarted agent converges and the label tells the truth.
+
+The engine (plan, busy check, apply) runs in a worker thread with its own `Node`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tessera.agent.keys import (
+    DYNAMIC,
+    EXPLICIT,
+    FAILED,
+    MANAGED,
+    MIG_CONFIG,
+    MIG_CONFIG_STATE,
+    MIG_FORCE,
+    MIG_LAYOUT,
+    MIG_MODE,
+    MIG_REASON,
+    PENDING,
+    REBOOTING,
+    SUCCESS,
+)
+from tessera.agent.nodeapi import NodeApi
+from tessera.agent.pods import describe_pids
+from tessera.errors import (
+    ApplyError,
+    ConfigError,
+    GpuBusyError,
+    PermanentError,
+    TemporaryError,
+    TesseraError,
+)
+from tessera.hardware.model import GpuMigState
+from tessera.hardware.node import Node
+from tessera.kube import NodeView
+from tessera.mig import engine
+from tessera.mig.applier import apply, check_not_busy
+from tessera.mig.explicit import parse_layout
+from tessera.mig.planner import Plan
+from tessera.mig.steps import DestroyComputeInstance, DestroyGpuInstance, ResetGpu, SetMigMode
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MigSettings:
+    """How the MIG manager behaves on this node."""
+
+    config_path: Path | None = None  # mig-parted v1; None: generated for this node's GPUs
+    force: bool = False  # destroy instances in use (also per change: tessera.dev/mig.config.force)
+    reboot: Callable[[], Awaitable[None]] | None = None
+    retry_seconds: float = 5.0
+    max_retry_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The inputs of one reconcile; a change of any of them is worth a new attempt."""
+
+    config: str | None
+    force: bool
+    file_digest: str
+    mode: str = MANAGED
+    layout: str | None = None
+
+    @property
+    def target(self) -> str | None:
+        """What the node is being taken to, in words (for states, reasons and Events)."""
+        if self.mode == DYNAMIC:
+            return "dynamic"
+        if self.mode == EXPLICIT:
+            return "explicit layout" if self.layout else None
+        return self.config
+
+
+@dataclass
+class MigStatus:
+    """Where the MIG manager stands, for `tessera status` and the exporter."""
+
+    state: str | None = None
+    reason: str | None = None
+    config: str | None = None
+    last_apply_seconds: float | None = None
+    paused: dict[str, str] = field(default_factory=dict)
+    retry_at: float | None = None
+
+
+def file_digest(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        return f"unreadable: {e}"
+
+
+def paused_devices(plan: Plan, states: Mapping[int, GpuMigState],
+                   gpu_uuids: Mapping[int, str]) -> dict[str, str]:
+    """Device IDs the plugin must stop advertising while `plan` runs: MIG devices it destroys,
+    and whole GPUs whose mode it changes. Kept instances on a touched GPU keep serving."""
+    paused: dict[str, str] = {}
+    for step in plan.steps:
+        why = f"MIG change to {plan.config!r} in progress"
+        if isinstance(step, SetMigMode | ResetGpu):
+            paused[gpu_uuids[step.gpu]] = why
+        elif isinstance(step, DestroyComputeInstance | DestroyGpuInstance):
+            state = states[step.gpu]
+            ci = step.compute_instance if isinstance(step, DestroyComputeInstance) else None
+            for gi in state.gpu_instances:
+                if gi.id == step.gpu_instance:
+                    for c in gi.compute_instances:
+                        if ci is None or c.id == ci:
+                            paused[c.uuid] = why
+    return paused
+
+
+class MigManager:
+    """Reconciles the node's MIG layout with its `nvidia.com/mig.config` label."""
+
+    def __init__(
+        self,
+        open_node: Callable[[], Node],
+        api: NodeApi,
+        settings: MigSettings,
+        *,
+        pause: Callable[[Mapping[str, str]], Awaitable[None]],
+        resume: Callable[[Mapping[str, str]], Awaitable[None]],
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._open_node = open_node
+        self.api = api
+        self.settings = settings
+        self._pause = pause
+        self._resume = resume
+        self._on_change = on_change
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-mig")
+        self._node: Node | None = None
+        self.status = MigStatus()
+        self._done: Desired | None = None  # last inputs that reached a final outcome
+        self._backoff = settings.retry_seconds
+        self._pending_meta: dict[str, dict[str, str | None]] | None = None
+        self._retry_reason: str | None = None
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: fn(*args, **kwargs))
+
+    async def close(self) -> None:
+        if self._node is not None:
+            node, self._node = self._node, None
+            try:
+                await self._blocking(node.close)
+            except TesseraError as e:
+                log.warning("closing NVML: %s", e)
+        self._executor.shutdown(wait=False)
+
+    def desired(self, view: NodeView) -> Desired:
+        mode = view.labels.get(MIG_MODE, MANAGED)
+        return Desired(
+            config=view.labels.get(MIG_CONFIG),
+            force=self.settings.force or view.annotations.get(MIG_FORCE) == "true",
+            file_digest=file_digest(self.settings.config_path) if mode == MANAGED else "",
+            mode=mode,
+            layout=view.annotations.get(MIG_LAYOUT) if mode == EXPLICIT else None,
+        )
+
+    def wants(self, view: NodeView) -> bool:
+        """Is a reconcile due for this view (new inputs, or a temporary failure's retry)?"""
+        desired = self.desired(view)
+        if desired.target is None:
+            return False
+        if desired != self._done:
+            return True
+        retry = self.status.retry_at
+        return retry is not None and self._clock() >= retry
+
+    async def sync_metadata(self) -> None:
+        """Send state labels a previous call could not (the API server was away)."""
+        if self._pending_meta is not None:
+            await self._patch(**self._pending_meta)
+
+    async def _patch(self, *, labels: dict[str, str | None],
+                     annotations: dict[str, str | None]) -> None:
+        self._pending_meta = {"labels": labels, "annotations": annotations}
+        try:
+            await self.api.patch(labels=labels, annotations=annotations)
+        except TesseraError as e:  # API away (kept, sent later) or refusing (RBAC: said why)
+            log.warning("cannot record MIG state %s yet: %s", labels.get(MIG_CONFIG_STATE), e)
+            return
+        self._pending_meta = None
+
+    async def _set_state(self, state: str, reason: str | None) -> None:
+        self.status.state, self.status.reason = state, reason
+        await self._patch(labels={MIG_CONFIG_STATE: state},
+                          annotations={MIG_REASON: reason})
+        self._on_change()
+
+    async def reconcile(self, view: NodeView) -> str | None:
+        """One attempt to bring the node to its label's config; returns the state reached."""
+        desired = self.desired(view)
+        if desired.target is None:
+            return None
+        self.status.config = desired.target
+        if self._node is None:
+            self._node = await self._blocking(self._open_node)
+        node = self._node
+        try:
+            planned, seen = await self._blocking(self._plan, node, desired)
+        except PermanentError as e:
+            return await self._final(desired, FAILED, str(e), "MigConfigInvalid")
+        except TemporaryError as e:
+            return await self._retry(desired, f"cannot read the GPUs: {e}")
+        if planned.empty:
+            previous = view.labels.get(MIG_CONFIG_STATE)
+            return await self._final(desired, SUCCESS, None,
+                                     None if previous == SUCCESS else "MigConfigApplied",
+                                     f"node already matches {desired.target!r}")
+        gpu_uuids = {f.gpu.index: f.gpu.uuid for f in seen.gpus}
+        try:
+            if not desired.force:
+                check_not_busy(planned, seen.states)
+        except GpuBusyError as e:
+            pods = await self._holders(e.pids)
+            reason = (f"{e}{pods}; the change is applied once they finish, or set "
+                      f"{MIG_FORCE}=true on the node to destroy them")
+            return await self._retry(desired, reason, "MigConfigBusy")
+        paused = paused_devices(planned, seen.states, gpu_uuids)
+        await self._set_state(PENDING, f"applying {desired.target!r}: "
+                              f"{len(planned.steps)} steps on GPU "
+                              f"{', '.join(map(str, planned.gpus))}")
+        await self._pause(paused)
+        self.status.paused = paused
+        started = self._clock()
+        try:
+            await self._blocking(apply, node, planned, seen.states, force=desired.force)
+        except ApplyError as e:
+            await self._resume(paused)
+            self.status.paused = {}
+            if isinstance(e.failed, ResetGpu):
+                return await self._reset_failed(desired, e)
+            return await self._retry(desired, str(e), "MigConfigFailed")
+        except GpuBusyError as e:  # a process started between the check and the step
+            await self._resume(paused)
+            self.status.paused = {}
+            return await self._retry(desired, str(e), "MigConfigBusy")
+        self.status.last_apply_seconds = self._clock() - started
+        await self._resume(paused)
+        self.status.paused = {}
+        return await self._final(
+            desired, SUCCESS, None, "MigConfigApplied",
+            f"applied {desired.target!r} in {self.status.last_apply_seconds:.1f} s: "
+            f"{planned.destroyed} instances destroyed, {planned.created} created, "
+            f"{planned.kept} kept",
+        )
+
+    def _plan(self, node: Node, desired: Desired) -> tuple[Plan, engine.Observation]:
+        """The plan for the node's mode: a named config, only MIG mode (dynamic: instances
+        are made by hand or by a controller, never by us), or an explicit layout."""
+        if desired.mode == EXPLICIT:
+            assert desired.layout is not None
+            return engine.plan_layout(node, parse_layout(desired.layout))
+        if desired.mode == DYNAMIC:
+            configs = engine.load_configs(node, None)
+            planned, seen = engine.plan_config(node, configs, "all-enabled")
+            steps = tuple(s for s in planned.steps if isinstance(s, SetMigMode | ResetGpu))
+            return Plan(config="dynamic", steps=steps), seen
+        if desired.mode != MANAGED:
+            raise ConfigError(f"label {MIG_MODE}={desired.mode!r}: use {MANAGED} (follow "
+                              f"{MIG_CONFIG}), {DYNAMIC} (MIG on, instances made by others) or "
+                              f"{EXPLICIT} (follow the annotation {MIG_LAYOUT})")
+        configs = engine.load_configs(node, self.settings.config_path)
+        return engine.plan_config(node, configs, desired.config)
+
+    async def _holders(self, pids: tuple[int, ...]) -> str:
+        try:
+            pods = await self.api.pods()
+        except TesseraError:
+            pods = []  # PIDs alone still say what holds the device
+        described = describe_pids(pids, pods)
+        return f" (pods: {described})" if described else ""
+
+    async def _final(self, desired: Desired, state: str, reason: str | None,
+                     event: str | None, message: str | None = None) -> str:
+        self._done = desired
+        self.status.retry_at = None
+        self._backoff = self.settings.retry_seconds
+        self._retry_reason = None
+        await self._set_state(state, reason)
+        if event is not None:
+            kind = "Warning" if state == FAILED else "Normal"
+            await self.api.event(event, message or reason or state, type=kind)
+        log.log(logging.WARNING if state == FAILED else logging.INFO,
+                "MIG config %r: %s%s", desired.target, state, f" ({reason})" if reason else "")
+        return state
+
+    async def _retry(self, desired: Desired, reason: str, event: str | None = None) -> str:
+        """A temporary failure: say why, and try again after a growing delay."""
+        self._done = desired
+        self.status.retry_at = self._clock() + self._backoff
+        new = reason != self._retry_reason  # one Event per cause, not one per attempt
+        self._retry_reason = reason
+        shown = f"{reason} (retrying in {self._backoff:.0f} s)"
+        self._backoff = min(self._backoff * 2, self.settings.max_retry_seconds)
+        await self._set_state(FAILED, shown)
+        if event is not None and new:
+            await self.api.event(event, reason, type="Warning")
+        if new:
+            log.warning("MIG config %r: failed (%s)", desired.target, shown)
+        return FAILED
+
+    async def _reset_failed(self, desired: Desired, error: ApplyError) -> str:
+        if self.settings.reboot is None:
+            return await self._final(
+                desired, FAILED,
+                f"{error}: the GPU reset that applies the MIG mode change failed (a process or "
+                "driver module holds the GPU); reboot the node, or run the agent with "
+                "--reboot-command so it reboots the node itself", "MigConfigNeedsReboot")
+        await self._set_state(REBOOTING, f"{error}; rebooting the node to apply the MIG mode "
+                                         "change")
+        await self.api.event("MigConfigRebooting", f"rebooting to apply {desired.target!r}",
+                             type="Warning")
+        try:
+            await self.settings.reboot()
+        except (OSError, ConfigError) as e:
+            return await self._final(desired, FAILED, f"reboot failed: {e}", "MigConfigFailed")
+        self._done = desired
+        return REBOOTING

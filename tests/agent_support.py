@@ -1,0 +1,86 @@
+"""Running the node agent on a simulated node, with the test kubelet, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from helpers import make_node
+from plugin_support import short_dir
+from tessera.agent.agent import Agent, AgentSettings
+from tessera.agent.localnode import LocalNode
+from tessera.agent.mig_manager import MigSettings
+from tessera.agent.nodeapi import NodeApi
+from tessera.hardware.backend import simulated_backend
+from tessera.hardware.node import Node
+from tessera.hardware.sim.control import SimulatorControl
+from tessera.kubeletapi.testing import TestKubelet
+from tessera.plugin.manager import PluginSettings
+
+
+@dataclass
+class AgentRig:
+    node: Node
+    control: SimulatorControl
+    agent: Agent
+    api: NodeApi
+    kubelet: TestKubelet
+    directory: Path
+    settings: AgentSettings
+
+    async def pass_(self, times: int = 1) -> None:
+        for _ in range(times):
+            await self.agent.reconcile()
+
+    async def set_metadata(self, labels: dict[str, str | None] | None = None,
+                           annotations: dict[str, str | None] | None = None) -> None:
+        """Change the node as a user with kubectl would, and let the agent see it."""
+        await self.api.patch(labels=labels or {}, annotations=annotations or {})
+        self.agent.view = await self.api.get()
+
+    async def metadata(self) -> tuple[dict[str, str], dict[str, str]]:
+        view = await self.api.get()
+        return dict(view.labels), dict(view.annotations)
+
+
+def agent_settings(directory: Path, *, plugin_config: Path | None = None,
+                   **mig: Any) -> AgentSettings:
+    return AgentSettings(
+        plugin=PluginSettings(socket_dir=directory / "dp", config_path=plugin_config,
+                              refresh_seconds=0.2, watch_seconds=0.05,
+                              config_poll_seconds=0.2),
+        mig=MigSettings(**{"retry_seconds": 0.1, **mig}),
+        status_file=directory / "status.json",
+        tick_seconds=0.1,
+    )
+
+
+@contextlib.asynccontextmanager
+async def agent_rig(
+    preset: str, state_file: Path, *, api: NodeApi | None = None,
+    plugin_config: str | Path | None = None, settings: AgentSettings | None = None,
+    **mig: Any,
+) -> AsyncIterator[AgentRig]:
+    """A started agent (standalone unless `api` is given) and a test kubelet."""
+    node, control = make_node(preset, state_file)
+    with short_dir() as directory:
+        config_path = plugin_config if isinstance(plugin_config, Path) else None
+        if isinstance(plugin_config, str):
+            config_path = directory / "plugin.yaml"
+            config_path.write_text(plugin_config)
+        wiring = settings or agent_settings(directory, plugin_config=config_path, **mig)
+        if settings is not None:
+            wiring = replace(settings, plugin=replace(settings.plugin,
+                                                      socket_dir=directory / "dp"))
+        api = api or LocalNode("node-1", directory / "node.json", poll_seconds=0.05)
+        agent = Agent(lambda: Node(simulated_backend(preset, state_file)), api, wiring)
+        async with TestKubelet(directory / "dp") as kubelet:
+            await agent.start()
+            try:
+                yield AgentRig(node, control, agent, api, kubelet, directory, wiring)
+            finally:
+                await agent.stop()
+        node.close()
