@@ -18,6 +18,7 @@ from tessera.agent.keys import (
     MIG_CONFIG,
     MIG_CONFIG_STATE,
     MIG_FORCE,
+    MIG_LAYOUT,
     MIG_MODE,
     MIG_REASON,
     PLUGIN_CONFIG,
@@ -287,3 +288,48 @@ async def test_dynamic_mode_enables_mig_and_serves_slices_made_by_others(
         apply_devices(r.node, {}, gpus="[1]")
         await r.kubelet.wait_for(lambda k: not k.devices("nvidia.com/mig-2g.12gb"),
                                  what="removed slice withdrawn")
+
+
+async def test_explicit_layout_annotation_is_converged_to_exactly(tmp_path: Path) -> None:
+    layout = """
+version: v1
+gpus:
+  "0":
+    - {profile: 2g.12gb, placement: 2}
+  "3": []
+"""
+    async with agent_rig("a30x4", tmp_path / "s.json") as r:
+        await r.set_metadata(labels={MIG_MODE: "explicit"},
+                             annotations={MIG_LAYOUT: layout})
+        await r.pass_()
+        labels, _ = await r.metadata()
+        assert labels[MIG_CONFIG_STATE] == "success"
+        (gi,) = r.node.mig_state(0).gpu_instances
+        assert (gi.placement.start, gi.placement.size) == (2, 2)
+        assert r.node.mig_state(3).mode.current
+        assert not r.node.mig_state(1).mode.current, "GPUs not in the layout are left alone"
+
+        await r.set_metadata(annotations={MIG_LAYOUT: layout.replace("placement: 2",
+                                                                     "placement: 1")})
+        await r.pass_()
+        labels, annotations = await r.metadata()
+        assert labels[MIG_CONFIG_STATE] == "failed"
+        assert "valid placements: 0, 2" in annotations[MIG_REASON]
+
+
+async def test_removing_the_label_keeps_the_layout_and_management_can_be_off(
+    tmp_path: Path,
+) -> None:
+    async with agent_rig("a30x4", tmp_path / "s.json") as r:
+        await r.set_metadata(labels={MIG_CONFIG: "all-2g.12gb"})
+        await r.pass_()
+        before = [m.uuid for i in range(4) for m in r.node.mig_devices(i)]
+        assert len(before) == 8
+        await r.set_metadata(labels={MIG_CONFIG: None})
+        await r.pass_(2)
+        assert [m.uuid for i in range(4) for m in r.node.mig_devices(i)] == before
+
+        r.agent.settings = replace(r.agent.settings, mig_manager=False)
+        await r.set_metadata(labels={MIG_CONFIG: "all-disabled"})
+        await r.pass_(2)
+        assert [m.uuid for i in range(4) for m in r.node.mig_devices(i)] == before
