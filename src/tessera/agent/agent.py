@@ -43,6 +43,7 @@ from tessera.kube import NodeView
 from tessera.labels import feature_labels, label_changes, read_facts
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.plugin.manager import DevicePlugin, PluginSettings
+from tessera.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,12 +116,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._watch(), name="node watch"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self.exporter is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
         await self.plugin.stop()

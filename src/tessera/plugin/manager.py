@@ -40,6 +40,7 @@ from tessera.plugin.mps import MpsSupervisor
 from tessera.plugin.registration import KubeletIdentity, kubelet_identity, register
 from tessera.plugin.resources import ResourcePlan, plan_resources
 from tessera.plugin.server import Listing, ResourceServer
+from tessera.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,12 +162,7 @@ class DevicePlugin:
             self._tasks.append(asyncio.create_task(loop_fn(), name=loop_fn.__name__))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self._xids is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._xids.stop)
         if self._mps is not None:
