@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,10 +186,10 @@ class Agent:
             self._plugin_config = wanted
             await self.plugin.select_config(wanted)
 
-    async def _pause(self, devices: dict[str, str] | Any) -> None:
+    async def _pause(self, devices: Mapping[str, str]) -> None:
         await self.plugin.set_excluded(devices, owner="mig")
 
-    async def _resume(self, devices: dict[str, str] | Any) -> None:
+    async def _resume(self, devices: Mapping[str, str]) -> None:
         await self.plugin.set_excluded(dict.fromkeys(devices), owner="mig")
 
     # -- disable / drain -------------------------------------------------------------------
