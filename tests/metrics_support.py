@@ -30,14 +30,39 @@ ALLOW_NO_PROMETHEUS = "TESSERA_ALLOW_NO_PROMETHEUS"
 Rows = list[tuple[dict[str, str], float]]
 
 
+_install_tried = False
+
+
+def _install_prometheus() -> None:
+    """Install Debian's `prometheus` package (once per session) where this user may: as root,
+    or with passwordless sudo. So `pytest` on a fresh Debian machine has what it needs."""
+    global _install_tried
+    if _install_tried or shutil.which("apt-get") is None:
+        return
+    _install_tried = True
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and shutil.which("sudo") is None:
+        return
+    for command in (["apt-get", "update"],
+                    ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]):
+        done = subprocess.run([*sudo, *command], capture_output=True, check=False,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            return
+
+
 def tool(name: str) -> str:
-    """The path of `promtool`/`prometheus`. Missing, the test fails — the test setup (.ci/run)
-    installs Debian's `prometheus` — unless TESSERA_ALLOW_NO_PROMETHEUS=1 says to skip."""
+    """The path of `promtool`/`prometheus`, installing Debian's `prometheus` package if it is
+    missing and this user may. Still missing, the test fails — unless
+    TESSERA_ALLOW_NO_PROMETHEUS=1 says to skip."""
     found = shutil.which(name)
+    if found is None:
+        _install_prometheus()
+        found = shutil.which(name)
     if found is not None:
         return found
-    reason = (f"{name} is not installed: install Debian's `prometheus` package "
-              "(apt-get install prometheus), as .ci/run does")
+    reason = (f"{name} is not installed and could not be installed here: install Debian's "
+              "`prometheus` package (apt-get install prometheus)")
     if os.environ.get(ALLOW_NO_PROMETHEUS) == "1":
         pytest.skip(f"{reason}; skipped because {ALLOW_NO_PROMETHEUS}=1")
     pytest.fail(reason)
