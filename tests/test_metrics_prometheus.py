@@ -22,7 +22,7 @@ from tessera.kubeletapi.testing import FakePodResources
 from tessera.metrics import Exporter, TesseraState
 
 ROOT = Path(__file__).resolve().parents[1]
-DASHBOARD = ROOT / "deploy" / "grafana" / "tessera-dashboard.json"
+DASHBOARD = ROOT / "deploy" / "helm" / "tessera" / "dashboards" / "tessera-dashboard.json"
 TARGET_LABELS = {"namespace": "tessera-system", "pod": "tessera-agent-x7k2p",
                  "container": "agent", "service": "tessera-exporter"}
 # The operators' PromQL, as written against dcgm-exporter.

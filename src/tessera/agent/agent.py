@@ -296,7 +296,8 @@ class Agent:
             "node": getattr(self.api, "name", None),
             "time": time.time(),
             "mig": {
-                "config": view.labels.get(MIG_CONFIG) if view else None,
+                "config": self.mig.status.config or (view.labels.get(MIG_CONFIG)
+                                                      if view else None),
                 "state": self.mig.status.state,
                 "reason": self.mig.status.reason,
                 "last_apply_seconds": self.mig.status.last_apply_seconds,

@@ -12,6 +12,9 @@ As NVIDIA's mig-manager, minus its walls:
   the agent resumes after the reboot; otherwise `failed` with the reason.
 - Crash-safe: the state says `pending` before anything changes, and the planner starts from
   what it observes, so a restarted agent converges and the label tells the truth.
+- A node with no `nvidia.com/mig.config` label follows `MigSettings.default_config` when one
+  is set (`--default-mig-config`), as the GPU Operator's `migManager.config.default`; the
+  label is not written, so removing a node's label sends it back to the default.
 
 The engine (plan, busy check, apply) runs in a worker thread with its own `Node`.
 """
@@ -71,6 +74,9 @@ class MigSettings:
     """How the MIG manager behaves on this node."""
 
     config_path: Path | None = None  # mig-parted v1; None: generated for this node's GPUs
+    # The named config for a node with no nvidia.com/mig.config label (as the GPU Operator's
+    # migManager.config.default); None: such a node is left as it is.
+    default_config: str | None = None
     force: bool = False  # destroy instances in use (also per change: tessera.dev/mig.config.force)
     reboot: Callable[[], Awaitable[None]] | None = None
     retry_seconds: float = 5.0
@@ -183,7 +189,7 @@ class MigManager:
     def desired(self, view: NodeView) -> Desired:
         mode = view.labels.get(MIG_MODE, MANAGED)
         return Desired(
-            config=view.labels.get(MIG_CONFIG),
+            config=view.labels.get(MIG_CONFIG, self.settings.default_config),
             force=self.settings.force or view.annotations.get(MIG_FORCE) == "true",
             file_digest=file_digest(self.settings.config_path) if mode == MANAGED else "",
             mode=mode,

@@ -144,6 +144,10 @@ def agent(
     default_plugin_config: str | None = typer.Option(
         None, "--default-plugin-config", envvar="DEFAULT_CONFIG",
         help="The named plugin config for nodes without nvidia.com/device-plugin.config."),
+    default_mig_config: str | None = typer.Option(
+        None, "--default-mig-config", envvar="TESSERA_DEFAULT_MIG_CONFIG", metavar="NAME",
+        help="The named MIG config for nodes without nvidia.com/mig.config (e.g. "
+             "all-disabled); unset: such nodes are left as they are."),
     mig_manager: bool = typer.Option(True, "--mig-manager/--no-mig-manager",
                                      envvar="TESSERA_MIG_MANAGER",
                                      help="Manage MIG from nvidia.com/mig.config."),
@@ -196,7 +200,8 @@ def agent(
                 env=dict(os.environ),
             ),
             mig=MigSettings(config_path=mig_config, force=force_mig,
-                            reboot=_reboot(reboot_command)),
+                            reboot=_reboot(reboot_command),
+                            default_config=default_mig_config or None),
             mig_manager=mig_manager,
             nvml_drain=nvml_drain,
             status_file=status_file or _status_path(node_name),
