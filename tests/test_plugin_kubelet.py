@@ -214,6 +214,10 @@ sharing:
         assert r.kubelet.healthy(GPU) == sorted(uuids(r.node, [2, 3]))
         await r.kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 10, what="daemon back")
         assert r.plugin._mps.pids()["nvidia.com/gpu"] != pid
+        # The MPS server owns GPUs 0 and 1 (exclusive-process), until the plugin stops.
+        assert [r.node.exclusive_process(i) for i in range(4)] == [True, True, False, False]
+        await r.plugin.stop()
+        assert not any(r.node.exclusive_process(i) for i in range(4))
 
 
 async def test_mps_on_mig_devices_is_refused_with_a_reason(tmp_path: Path) -> None:

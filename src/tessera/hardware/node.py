@@ -251,6 +251,20 @@ class Node:
             peers[bus_id] = peers.get(bus_id, 0) + 1
         return peers
 
+    def exclusive_process(self, index: int) -> bool:
+        """Is the GPU in exclusive-process compute mode (one CUDA context: MPS's server)?"""
+        with self._call("read the compute mode", index):
+            mode = self.nvml.nvmlDeviceGetComputeMode(self._handle(index))
+        return bool(mode == self.nvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS)
+
+    def set_exclusive_process(self, index: int, exclusive: bool) -> None:
+        """Exclusive-process compute mode while an MPS server owns the GPU (what NVIDIA's MPS
+        daemon does with `nvidia-smi -c EXCLUSIVE_PROCESS`), default mode after."""
+        mode = (self.nvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS if exclusive
+                else self.nvml.NVML_COMPUTEMODE_DEFAULT)
+        with self._call("set the compute mode", index):
+            self.nvml.nvmlDeviceSetComputeMode(self._handle(index), mode)
+
     def _pci_info(self, index: int) -> Any:
         # The drain calls take a PCI address, not a handle: a drained GPU has none.
         with self._call("read PCI information", index):

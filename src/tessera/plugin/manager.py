@@ -144,7 +144,12 @@ class DevicePlugin:
         inventory = await self._blocking(read_inventory, self._node)
         self.inventory = inventory
         self.plan = self._plan(inventory, self.config)
-        self._mps = MpsSupervisor(self._node.backend, self._on_mps_change)
+        node = self._node
+
+        async def set_exclusive(gpu: int, exclusive: bool) -> None:
+            await self._blocking(node.set_exclusive_process, gpu, exclusive)
+
+        self._mps = MpsSupervisor(node.backend, self._on_mps_change, set_exclusive)
         await self._sync()
         loop = asyncio.get_running_loop()
 
@@ -171,10 +176,11 @@ class DevicePlugin:
             await server.stop(0)
         self.servers.clear()
         self._registered.clear()
-        if self._node is not None:
+        node, self._node = self._node, None  # a second stop() finds nothing left to do
+        if node is not None:
             with contextlib.suppress(HardwareError):
-                await self._blocking(self._node.close)
-        self._executor.shutdown(wait=False)
+                await self._blocking(node.close)
+            self._executor.shutdown(wait=False)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever what is advertised changes (for the agent)."""

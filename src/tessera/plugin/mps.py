@@ -14,15 +14,17 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera.errors import TesseraError
 from tessera.hardware.backend import Backend
 from tessera.plugin.config import PluginConfig
 from tessera.plugin.resources import Resource, ResourcePlan
 
 log = logging.getLogger(__name__)
+SetExclusive = Callable[[int, bool], Awaitable[None]]
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
@@ -36,6 +38,7 @@ class MpsShare:
     uuid: str
     replicas: int
     memory_mib: int
+    gpu: int = -1  # NVML index, for the compute mode
 
     @property
     def pinned_mib(self) -> int:
@@ -75,17 +78,19 @@ def spec_for(resource: Resource, config: PluginConfig) -> MpsSpec:
         if d.replica is None:
             continue  # a whole device beside the replicas: no MPS client limits
         shares.setdefault(d.physical.id, MpsShare(d.physical.id, d.replicas,
-                                                  d.physical.memory_mib))
+                                                  d.physical.memory_mib, d.physical.gpu))
     return MpsSpec(resource.name, Path(config.flags.mps_root), tuple(shares.values()))
 
 
 class _Daemon:
     """One supervised control daemon."""
 
-    def __init__(self, spec: MpsSpec, backend: Backend, on_change: Callable[[], None]) -> None:
+    def __init__(self, spec: MpsSpec, backend: Backend, on_change: Callable[[], None],
+                 set_exclusive: SetExclusive | None = None) -> None:
         self.spec = spec
         self._backend = backend
         self._on_change = on_change
+        self._set_exclusive = set_exclusive
         self.down_reason: str | None = "MPS control daemon starting"
         self._process: asyncio.subprocess.Process | None = None
         self._task = asyncio.create_task(self._supervise(), name=f"mps {spec.resource}")
@@ -131,6 +136,7 @@ class _Daemon:
         while True:
             started = loop.time()
             try:
+                await self._compute_mode(exclusive=True)
                 self.spec.pipe_dir.mkdir(parents=True, exist_ok=True)
                 self.spec.log_dir.mkdir(parents=True, exist_ok=True)
                 self._process = await asyncio.create_subprocess_exec(
@@ -165,6 +171,17 @@ class _Daemon:
                 process.kill()
                 await process.wait()
 
+    async def _compute_mode(self, *, exclusive: bool) -> None:
+        """Exclusive-process mode while the MPS server owns the GPUs, so clients cannot
+        bypass it with contexts of their own; default again once it is gone."""
+        if self._set_exclusive is None:
+            return
+        for share in self.spec.shares:
+            try:
+                await self._set_exclusive(share.gpu, exclusive)
+            except TesseraError as e:
+                log.warning("GPU %d: compute mode not changed for MPS: %s", share.gpu, e)
+
     async def stop(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -173,6 +190,7 @@ class _Daemon:
             with contextlib.suppress(OSError):
                 await asyncio.wait_for(self._control("quit\n"), 2)
         await self._kill()
+        await self._compute_mode(exclusive=False)
 
     @property
     def pid(self) -> int | None:
@@ -182,9 +200,11 @@ class _Daemon:
 class MpsSupervisor:
     """The control daemons of every MPS resource in the current plan."""
 
-    def __init__(self, backend: Backend, on_change: Callable[[], None]) -> None:
+    def __init__(self, backend: Backend, on_change: Callable[[], None],
+                 set_exclusive: SetExclusive | None = None) -> None:
         self._backend = backend
         self._on_change = on_change
+        self._set_exclusive = set_exclusive
         self._daemons: dict[str, _Daemon] = {}
 
     async def sync(self, plan: ResourcePlan, config: PluginConfig) -> None:
@@ -195,7 +215,8 @@ class MpsSupervisor:
                 await self._daemons.pop(name).stop()
         for name, spec in wanted.items():
             if name not in self._daemons:
-                self._daemons[name] = _Daemon(spec, self._backend, self._on_change)
+                self._daemons[name] = _Daemon(spec, self._backend, self._on_change,
+                                              self._set_exclusive)
 
     def down(self) -> Mapping[str, str]:
         """Resource name -> why its daemon is not serving."""

@@ -137,6 +137,7 @@ class SimulatorControl:
                 gpu.gpu_instances.clear()
                 gpu.lost = False
                 gpu.drained = False
+                gpu.compute_mode = 0
 
     def reset(self) -> None:
         self.store.reset()

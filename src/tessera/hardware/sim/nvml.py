@@ -392,6 +392,20 @@ class SimulatedNvml(TelemetryMixin):
             return info
         return self.nvmlDeviceGetPciInfo(self.nvmlDeviceGetHandleByIndex(state.gpus[peer].index))
 
+    # -- compute mode --------------------------------------------------------------------------
+
+    def nvmlDeviceGetComputeMode(self, handle: Any) -> int:
+        _, gpu, _, _ = self._device(handle)
+        return gpu.compute_mode
+
+    def nvmlDeviceSetComputeMode(self, handle: Any, mode: int) -> None:
+        if mode not in (pynvml.NVML_COMPUTEMODE_DEFAULT, pynvml.NVML_COMPUTEMODE_PROHIBITED,
+                        pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        _, gpu, _, _ = self._device(handle)
+        with self._mutate("nvmlDeviceSetComputeMode") as state:
+            state.gpus[gpu.index].compute_mode = mode
+
     # -- drain state -------------------------------------------------------------------------
 
     def _gpu_at(self, state: SimState, pci: Any) -> SimGpu:

@@ -55,6 +55,7 @@ class SimGpu(_Model):
     mig_pending: bool = False
     lost: bool = False
     drained: bool = False  # NVML's drain state: the driver keeps new work off the GPU
+    compute_mode: int = 0  # NVML_COMPUTEMODE_*; 3 (exclusive process) while MPS serves it
     gpu_instances: list[SimGpuInstance] = Field(default_factory=list)
     # Energy drawn up to `energy_at` (unix time; None: since the node booted). Power changes only
     # when loads do, so banking at each load change keeps the energy counter exact and monotonic.
