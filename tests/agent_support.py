@@ -47,8 +47,9 @@ class AgentRig:
 
 
 def agent_settings(directory: Path, *, plugin_config: Path | None = None,
-                   **mig: Any) -> AgentSettings:
+                   pod_resources: Path | None = None, **mig: Any) -> AgentSettings:
     return AgentSettings(
+        pod_resources_socket=pod_resources,
         plugin=PluginSettings(socket_dir=directory / "dp", config_path=plugin_config,
                               refresh_seconds=0.2, watch_seconds=0.05,
                               config_poll_seconds=0.2),
@@ -62,7 +63,7 @@ def agent_settings(directory: Path, *, plugin_config: Path | None = None,
 async def agent_rig(
     preset: str, state_file: Path, *, api: NodeApi | None = None,
     plugin_config: str | Path | None = None, settings: AgentSettings | None = None,
-    **mig: Any,
+    pod_resources: Path | None = None, **mig: Any,
 ) -> AsyncIterator[AgentRig]:
     """A started agent (standalone unless `api` is given) and a test kubelet."""
     node, control = make_node(preset, state_file)
@@ -71,7 +72,8 @@ async def agent_rig(
         if isinstance(plugin_config, str):
             config_path = directory / "plugin.yaml"
             config_path.write_text(plugin_config)
-        wiring = settings or agent_settings(directory, plugin_config=config_path, **mig)
+        wiring = settings or agent_settings(directory, plugin_config=config_path,
+                                            pod_resources=pod_resources, **mig)
         if settings is not None:
             wiring = replace(settings, plugin=replace(settings.plugin,
                                                       socket_dir=directory / "dp"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pynvml
 
 from agent_support import agent_rig
-from plugin_support import apply_devices
+from plugin_support import apply_devices, short_dir
 from tessera.agent.keys import (
     GPU_DISABLE,
     GPU_STATE,
@@ -24,6 +24,7 @@ from tessera.agent.keys import (
     PLUGIN_CONFIG,
 )
 from tessera.agent.localnode import LocalNode
+from tessera.kubeletapi.testing import FakePodResources
 from tessera.mig import engine, spec
 
 MIXED = "flags: {migStrategy: mixed}"
@@ -333,3 +334,37 @@ async def test_removing_the_label_keeps_the_layout_and_management_can_be_off(
         await r.set_metadata(labels={MIG_CONFIG: "all-disabled"})
         await r.pass_(2)
         assert [m.uuid for i in range(4) for m in r.node.mig_devices(i)] == before
+
+
+async def test_pods_the_kubelet_allocated_are_named_and_hold_a_drain(tmp_path: Path) -> None:
+    with short_dir() as sockets, FakePodResources(sockets / "kubelet.sock") as kubelet:
+        async with agent_rig("a30x4", tmp_path / "s.json",
+                             pod_resources=sockets / "kubelet.sock") as r:
+            gpu1 = r.node.gpu(1).uuid
+            kubelet.set_pods([FakePodResources.pod(
+                "ml", "trainer-0", {"main": {"nvidia.com/gpu": [f"{gpu1}::0"]}})])
+            await r.set_metadata(annotations={GPU_DISABLE: json.dumps({"1": "ECC"})})
+            await r.pass_()
+            _, annotations = await r.metadata()
+            state = json.loads(annotations[GPU_STATE])["1"]
+            assert state["state"] == "draining", "no process, but a pod still holds it"
+            assert state["users"] == "allocated to ml/trainer-0"
+            kubelet.set_pods([])
+            await r.pass_()
+            _, annotations = await r.metadata()
+            assert json.loads(annotations[GPU_STATE])["1"]["state"] == "drained"
+
+            # A MIG change that would destroy an allocated, busy device names the pod.
+            await r.set_metadata(annotations={GPU_DISABLE: None},
+                                 labels={MIG_CONFIG: "all-1g.6gb"})
+            await r.pass_()
+            victim = r.node.mig_devices(0)[0]
+            r.control.start_process(f"0:{victim.gpu_instance_id}:{victim.compute_instance_id}")
+            kubelet.set_pods([FakePodResources.pod(
+                "ml", "infer-1", {"srv": {"nvidia.com/gpu": [victim.uuid]}})])
+            await r.set_metadata(labels={MIG_CONFIG: "all-disabled"})
+            await r.pass_()
+            labels, annotations = await r.metadata()
+            assert labels[MIG_CONFIG_STATE] == "failed"
+            assert f"allocated by the kubelet to ml/infer-1: {victim.uuid}" in \
+                annotations[MIG_REASON]

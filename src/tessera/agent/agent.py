@@ -42,6 +42,7 @@ from tessera.hardware.node import Node
 from tessera.kube import NodeView
 from tessera.labels import feature_labels, label_changes, read_facts
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.metrics.pods import PodResourcesClient
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 from tessera.tasks import cancel_all
 
@@ -61,6 +62,7 @@ class AgentSettings:
     status_file: Path | None = None
     tick_seconds: float = 1.0
     exporter: ExporterSettings | None = None  # None: no metrics endpoint
+    pod_resources_socket: Path | None = None  # the kubelet's: which pods hold which devices
 
 
 class Agent:
@@ -74,8 +76,11 @@ class Agent:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
         self._node: Node | None = None
         self.plugin = DevicePlugin(open_node, settings.plugin)
+        self._pod_resources = (PodResourcesClient(settings.pod_resources_socket)
+                               if settings.pod_resources_socket is not None else None)
         self.mig = MigManager(open_node, api, settings.mig, pause=self._pause,
-                              resume=self._resume, on_change=self._poke)
+                              resume=self._resume, on_change=self._poke,
+                              allocations=self.allocations if self._pod_resources else None)
         self.view: NodeView | None = None
         self.labels: dict[str, str] = {}
         self.disabled: dict[str, DisabledGpu] = {}
@@ -121,6 +126,8 @@ class Agent:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
         await self.plugin.stop()
         await self.mig.close()
+        if self._pod_resources is not None:
+            self._pod_resources.close()
         if self._node is not None:
             with contextlib.suppress(TesseraError):
                 await self._blocking(self._node.close)
@@ -186,6 +193,20 @@ class Agent:
             self._plugin_config = wanted
             await self.plugin.select_config(wanted)
 
+    async def allocations(self) -> dict[str, tuple[str, ...]]:
+        """Device UUID -> pods ("ns/name") the kubelet allocated it to; empty when the
+        kubelet does not answer (the PIDs still tell who uses a device)."""
+        client = self._pod_resources
+        if client is None:
+            return {}
+        try:
+            holders = await asyncio.get_running_loop().run_in_executor(None, client.holders)
+        except TemporaryError as e:
+            log.warning("%s", e)
+            return {}
+        return {device: tuple(sorted({f"{h.namespace}/{h.pod}" for h in held}))
+                for device, held in holders.items()}
+
     async def _pause(self, devices: Mapping[str, str]) -> None:
         await self.plugin.set_excluded(devices, owner="mig")
 
@@ -213,6 +234,7 @@ class Agent:
                 await self._set_nvml_drain(gone.index, False)
             await self.api.event("GpuEnabled", f"GPU {gone.index} ({uuid}) back in service")
         pods = None
+        allocated = await self.allocations() if wanted else {}
         for uuid, (gpu, reason) in wanted.items():
             before = self.disabled.get(uuid)
             try:
@@ -223,7 +245,13 @@ class Agent:
                 with contextlib.suppress(TesseraError):
                     pods = await self.api.pods()
             users = describe_pids(pids, pods or []) or ", ".join(f"PID {p}" for p in pids)
-            now = DisabledGpu(gpu.index, uuid, reason, DRAINED if not pids else DRAINING, users)
+            seen = self.plugin.inventory.gpu(gpu.index)
+            devices = [uuid, *(m.uuid for m in (seen.mig_devices if seen else ()))]
+            holders = sorted({p for d in devices for p in allocated.get(d, ())})
+            if holders:
+                users = ", ".join(filter(None, [users, "allocated to " + ", ".join(holders)]))
+            busy = bool(pids or holders)
+            now = DisabledGpu(gpu.index, uuid, reason, DRAINING if busy else DRAINED, users)
             self.disabled[uuid] = now
             if before is None:
                 await self.api.event(

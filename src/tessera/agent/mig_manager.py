@@ -67,6 +67,8 @@ from tessera.mig.steps import DestroyComputeInstance, DestroyGpuInstance, ResetG
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Device UUID -> the pods ("ns/name") the kubelet allocated it (or a replica of it) to.
+Allocations = Callable[[], Awaitable[Mapping[str, tuple[str, ...]]]]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class MigManager:
         pause: Callable[[Mapping[str, str]], Awaitable[None]],
         resume: Callable[[Mapping[str, str]], Awaitable[None]],
         on_change: Callable[[], None] = lambda: None,
+        allocations: Allocations | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_node = open_node
@@ -164,6 +167,7 @@ class MigManager:
         self._pause = pause
         self._resume = resume
         self._on_change = on_change
+        self._allocations = allocations
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-mig")
         self._node: Node | None = None
@@ -253,7 +257,8 @@ class MigManager:
                 check_not_busy(planned, seen.states)
         except GpuBusyError as e:
             pods = await self._holders(e.pids)
-            reason = (f"{e}{pods}; the change is applied once they finish, or set "
+            allocated = await self._allocated(paused_devices(planned, seen.states, gpu_uuids))
+            reason = (f"{e}{pods}{allocated}; the change is applied once they finish, or set "
                       f"{MIG_FORCE}=true on the node to destroy them")
             return await self._retry(desired, reason, "MigConfigBusy")
         paused = paused_devices(planned, seen.states, gpu_uuids)
@@ -302,6 +307,15 @@ class MigManager:
                               f"{EXPLICIT} (follow the annotation {MIG_LAYOUT})")
         configs = engine.load_configs(node, self.settings.config_path)
         return engine.plan_config(node, configs, desired.config)
+
+    async def _allocated(self, devices: Mapping[str, str]) -> str:
+        """` (allocated by the kubelet to ns/pod: MIG-…; …)` for the devices a plan would take
+        away, from the kubelet's PodResources (no hostPID needed); empty if none or unknown."""
+        if self._allocations is None:
+            return ""
+        held = await self._allocations()
+        found = [f"{', '.join(held[d])}: {d}" for d in devices if held.get(d)]
+        return f" (allocated by the kubelet to {'; '.join(found)})" if found else ""
 
     async def _holders(self, pids: tuple[int, ...]) -> str:
         try:

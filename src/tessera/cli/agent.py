@@ -211,6 +211,8 @@ def agent(
                 pod_resources_socket=(pod_resources_socket if pod_resources_socket.exists()
                                       else None),
             ) if metrics and not once else None,
+            pod_resources_socket=(pod_resources_socket if pod_resources_socket.exists()
+                                  else None),
         )
 
         def open_node() -> Node:
