@@ -179,3 +179,27 @@ def test_readme_main_command_runs_as_a_user_would(tmp_path: Path) -> None:
     assert "gpu.product=NVIDIA-A100-SXM4-80GB" in done.stdout
     assert "3g.40gb" in done.stdout
     assert "MIG-" in done.stdout
+
+
+def test_layout_exports_and_applies_exact_placements(tmp_path: Path) -> None:
+    assert tessera("mig", "apply", "-c", "all-balanced", preset="a30x4")[0] == 0
+    code, out, _ = tessera("mig", "layout", "--json", preset="a30x4")
+    assert code == 0
+    layout = json.loads(out)
+    assert layout["gpus"]["1"] == [{"profile": "2g.12gb", "placement": 0},
+                                   {"profile": "1g.6gb", "placement": 2},
+                                   {"profile": "1g.6gb", "placement": 3}]
+    layout["gpus"]["0"] = [{"profile": "4g.24gb", "placement": 0}]
+    wanted = tmp_path / "layout.json"
+    wanted.write_text(json.dumps(layout))
+    code, out, _ = tessera("mig", "layout", "--apply", str(wanted), preset="a30x4")
+    assert code == 0
+    # GPU 0's three instances (and their compute instances) go, one comes; the rest stay.
+    assert "18 instances kept, 6 destroyed, 2 created" in out
+    assert json.loads(tessera("mig", "layout", "--json", preset="a30x4")[1]) == layout
+
+    wanted.write_text(json.dumps({"version": "v1",
+                                  "gpus": {"0": [{"profile": "4g.24gb", "placement": 1}]}}))
+    code, _, err = tessera("mig", "layout", "--apply", str(wanted), preset="a30x4")
+    assert code == 2
+    assert "valid placements: 0" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tessera.cli.render import profiles_data, profiles_table, show_data, show_gp
 from tessera.hardware.node import Node
 from tessera.mig import engine, spec
 from tessera.mig.applier import apply
+from tessera.mig.explicit import export_layout, parse_layout
 from tessera.mig.export import export_entries
 from tessera.mig.generate import generate
 from tessera.mig.spec import MigConfigFile
@@ -97,6 +99,35 @@ def _apply_with_progress(
             progress.update(task, advance=1, description=f"GPU {step.gpu}")
 
         return apply(node, planned, states, force=force, on_step=advance)
+
+
+@app.command("layout")
+def layout_command(
+    ctx: typer.Context,
+    apply_file: Path | None = typer.Option(
+        None, "--apply", metavar="FILE",
+        help="Converge to this explicit layout (the tessera.dev/mig.layout format)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --apply: print the plan only."),
+    force: bool = typer.Option(
+        False, "--force", help="Do not refuse to destroy devices that processes use."),
+    json_format: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+) -> None:
+    """The exact layout, placements included, as a controller reads and writes it
+    (`tessera.dev/mig.layout`); with --apply, converge to one."""
+    with reported(), settings(ctx).node() as node:
+        if apply_file is not None:
+            layout = parse_layout(apply_file.read_text(), source=str(apply_file))
+            planned, seen = engine.plan_layout(node, layout)
+            if dry_run:
+                stdout.print(str(planned))
+                return
+            _apply_with_progress(node, planned, seen.states, force, show=True)
+            stdout.print(f"layout applied: {planned.kept} instances kept, "
+                         f"{planned.destroyed} destroyed, {planned.created} created")
+            return
+        seen = engine.observe(node)
+        text = export_layout(seen.gpus, seen.states, "json" if json_format else "yaml")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 @app.command("assert")
