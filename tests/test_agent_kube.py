@@ -150,3 +150,32 @@ def test_pids_are_named_by_their_pods(tmp_path: Path) -> None:
                   node_name=NODE, annotations={}, labels={})
     assert describe_pids([12, 40, 99], [pod], tmp_path) == "ml/trainer-0 (PID 12), PID 40, PID 99"
     assert describe_pids([40], [pod], tmp_path) == ""
+
+
+def test_status_from_any_machine_reads_the_node(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with FakeApiServer() as server:
+        server.add_node(NODE, labels={MIG_CONFIG: "all-balanced", MIG_CONFIG_STATE: "failed",
+                                      "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                                      "kubernetes.io/os": "linux"},
+                        annotations={MIG_REASON: "MIG device MIG-x is used by PIDs 7",
+                                     GPU_STATE: json.dumps({"3": {
+                                         "reason": "ECC", "state": "drained",
+                                         "uuid": "GPU-3"}})})
+        server.set_resources(NODE, capacity={"cpu": "64", "nvidia.com/mig-1g.10gb": "16"},
+                             allocatable={"cpu": "63", "nvidia.com/mig-1g.10gb": "15"})
+        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
+        done = subprocess.run(
+            [sys.executable, "-c", "from tessera.cli.main import main; main()", "status",
+             "--node", NODE, "--kubeconfig", str(kubeconfig), "-o", "json"],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["mig"] == {"config": "all-balanced", "state": "failed",
+                             "reason": "MIG device MIG-x is used by PIDs 7"}
+    assert status["plugin"]["resources"] == {
+        "nvidia.com/mig-1g.10gb": {"devices": 16, "unhealthy": 1}}
+    assert status["disabled"]["3"]["state"] == "drained"
+    assert status["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}

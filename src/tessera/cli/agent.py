@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from tessera.agent.agent import Agent, AgentSettings
-from tessera.agent.keys import GPU_DISABLE
+from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
 from tessera.agent.localnode import LocalNode
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
@@ -42,6 +42,7 @@ from tessera.kubeletapi.constants import (
     KUBELET_SOCKET_NAME,
     POD_RESOURCES_SOCKET,
 )
+from tessera.labels import owned
 from tessera.metrics import ExporterSettings
 from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.mig import engine
@@ -253,12 +254,28 @@ def _status_path(node_name: str) -> Path:
 
 def status(
     ctx: typer.Context,
-    node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME"),
+    node_name: str = typer.Option(socket.gethostname(), "--node-name", "--node",
+                                  envvar="NODE_NAME"),
     status_file: Path | None = typer.Option(None, "--status-file",
                                             envvar="TESSERA_STATUS_FILE"),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig", envvar="KUBECONFIG",
+        help="Read the node from the cluster (from any machine) instead of the agent's file."),
     output: Output = OutputOption,
 ) -> None:
-    """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state."""
+    """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
+
+    On the node it reads the agent's status file and the GPUs; with --kubeconfig, the
+    Node object: its MIG state and reason, allocatable devices, disabled GPUs, labels.
+    """
+    if kubeconfig is not None:
+        with reported():
+            data = asyncio.run(_cluster_status(node_name, kubeconfig))
+        if output is Output.table:
+            _print_status(data, output)
+        else:
+            emit(data, output)
+        return
     path = status_file or _status_path(node_name)
     try:
         data = json.loads(path.read_text())
@@ -274,6 +291,36 @@ def status(
             _print_layout(node)
         return
     emit(data, output)
+
+
+async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
+    """The status document built from the Node object, as `tessera agent` reports it there:
+    devices the kubelet counts (unhealthy = capacity - allocatable), state and reasons."""
+    api = NodeClient.connect(node_name, kubeconfig)
+    try:
+        view = await api.get()
+    finally:
+        await api.close()
+    resources: dict[str, dict[str, int]] = {}
+    for name, value in view.capacity.items():
+        if name.startswith(("nvidia.com/", "tessera.dev/")):
+            capacity, allocatable = int(value), int(view.allocatable.get(name, "0"))
+            if capacity:
+                resources[name] = {"devices": capacity,
+                                   "unhealthy": max(0, capacity - allocatable)}
+    try:
+        disabled = json.loads(view.annotations.get(GPU_STATE) or "{}")
+    except ValueError:
+        disabled = {}
+    return {
+        "node": view.name,
+        "mig": {"config": view.labels.get(MIG_CONFIG),
+                "state": view.labels.get(MIG_CONFIG_STATE),
+                "reason": view.annotations.get(MIG_REASON)},
+        "plugin": {"resources": resources},
+        "disabled": {k: v for k, v in disabled.items() if isinstance(v, dict)},
+        "labels": {k: v for k, v in view.labels.items() if owned(k)},
+    }
 
 
 def _print_layout(node: Node) -> None:

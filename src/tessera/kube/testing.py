@@ -191,6 +191,16 @@ class FakeApiServer:
             return node
         return self.store.update("nodes", "", name, beat)
 
+    def set_resources(self, name: str, capacity: Mapping[str, str],
+                      allocatable: Mapping[str, str]) -> Obj:
+        """What the kubelet reports of extended resources: capacity, and allocatable (less
+        the unhealthy devices)."""
+        def report(node: Obj) -> Obj:
+            node["status"]["capacity"] = dict(capacity)
+            node["status"]["allocatable"] = dict(allocatable)
+            return node
+        return self.store.update("nodes", "", name, report)
+
     def delete_node(self, name: str) -> Obj:
         return self.store.delete("nodes", "", name)
 

@@ -9,7 +9,7 @@ and tests build the same values with no API server.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightkube.resources.core_v1 import Node, Pod
 
@@ -22,6 +22,10 @@ class NodeView:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     resource_version: str
+    # What the kubelet reports the node can schedule (`status.allocatable`), e.g.
+    # {"nvidia.com/gpu": "8"}; for `tessera status` seen from outside the node.
+    allocatable: Mapping[str, str] = field(default_factory=dict)
+    capacity: Mapping[str, str] = field(default_factory=dict)  # unhealthy devices count here
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ def node_view(node: Node) -> NodeView:
         labels=dict(meta.labels or {}),
         annotations=dict(meta.annotations or {}),
         resource_version=meta.resourceVersion or "",
+        allocatable={k: str(v) for k, v in ((node.status.allocatable if node.status else None)
+                                            or {}).items()},
+        capacity={k: str(v) for k, v in ((node.status.capacity if node.status else None)
+                                         or {}).items()},
     )
 
 
