@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tessera import __version__
-from tessera.cli import agent, exporter, mig, plugin, sim
+from tessera.cli import agent, exporter, gpu, mig, plugin, sim, status
 from tessera.cli.common import Settings
 
 app = typer.Typer(
@@ -22,8 +22,8 @@ app.add_typer(sim.app, name="sim")
 app.command("plugin")(plugin.plugin)
 app.command("exporter")(exporter.exporter)
 app.command("agent")(agent.agent)
-app.command("status")(agent.status)
-app.add_typer(agent.gpu_app, name="gpu")
+app.command("status")(status.status)
+app.add_typer(gpu.gpu_app, name="gpu")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,79 @@
+"""`tessera gpu disable|enable`: take a GPU out of service and back, from any machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import typer
+
+from tessera.agent.keys import GPU_DISABLE
+from tessera.cli.common import reported, settings
+from tessera.cli.nodeaccess import node_api, standalone_mode
+from tessera.errors import ConfigError
+
+gpu_app = typer.Typer(help="Take a GPU out of service and back (through the node annotation "
+                           f"{GPU_DISABLE}).", no_args_is_help=True)
+
+
+def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_file: Path | None,
+                  gpu: str, reason: str | None) -> dict[str, str]:
+    async def edit() -> dict[str, str]:
+        api = node_api(node_name, local, kubeconfig, node_file)
+        try:
+            view = await api.get()
+            current = json.loads(view.annotations.get(GPU_DISABLE) or "{}")
+            if reason is None:
+                if gpu not in current:
+                    raise ConfigError(f"GPU {gpu} is not disabled on node {node_name} "
+                                      f"(disabled: {', '.join(current) or 'none'})")
+                current.pop(gpu)
+            else:
+                current[gpu] = reason
+            value = json.dumps(current, sort_keys=True) if current else None
+            await api.patch(annotations={GPU_DISABLE: value})
+            return dict(current)
+        finally:
+            await api.close()
+
+    return asyncio.run(edit())
+
+
+_NODE = typer.Option(socket.gethostname(), "--node-name", "--node", envvar="NODE_NAME",
+                     help="The node whose GPU it is.")
+_KUBECONFIG = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG")
+_LOCAL = typer.Option(False, "--no-kube", help="A standalone agent's node (local file).")
+_NODE_FILE = typer.Option(None, "--node-file")
+
+
+@gpu_app.command("disable")
+def gpu_disable(
+    ctx: typer.Context,
+    gpu: str = typer.Argument(..., help="GPU index or UUID."),
+    reason: str = typer.Option(..., "--reason", help="Why (shown in status and Events)."),
+    node_name: str = _NODE, kubeconfig: Path | None = _KUBECONFIG, local: bool = _LOCAL,
+    node_file: Path | None = _NODE_FILE,
+) -> None:
+    """Stop advertising a GPU and all on it; the agent reports who still uses it."""
+    with reported():
+        standalone = standalone_mode(settings(ctx), local, kubeconfig)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason)
+    print(f"GPU {gpu} disabled on {node_name} ({len(now)} disabled)")
+
+
+@gpu_app.command("enable")
+def gpu_enable(
+    ctx: typer.Context,
+    gpu: str = typer.Argument(..., help="GPU index or UUID, as given to disable."),
+    node_name: str = _NODE, kubeconfig: Path | None = _KUBECONFIG, local: bool = _LOCAL,
+    node_file: Path | None = _NODE_FILE,
+) -> None:
+    """Put a disabled GPU back in service."""
+    with reported():
+        standalone = standalone_mode(settings(ctx), local, kubeconfig)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None)
+    print(f"GPU {gpu} enabled on {node_name} ({len(now)} still disabled)")
+
+

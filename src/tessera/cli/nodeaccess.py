@@ -1,0 +1,44 @@
+"""Which node a command talks to: the API server's Node, or a standalone agent's local file,
+and where a standalone agent keeps its state and sockets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tessera.agent.localnode import LocalNode
+from tessera.agent.nodeapi import NodeApi
+from tessera.cli.common import Settings
+from tessera.kube import NodeClient
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tessera"
+
+
+def runtime_dir() -> Path:
+    """Where a standalone agent puts its sockets: unix socket paths must stay short."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "tessera" if base else Path(f"/tmp/tessera-{os.getuid()}")
+
+
+def standalone_mode(common: Settings, no_kube: bool, kubeconfig: Path | None) -> bool:
+    """Standalone when asked, or when simulating with no cluster configured."""
+    if no_kube:
+        return True
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    return common.simulate is not None and kubeconfig is None and not in_cluster
+
+
+def node_api(node_name: str, standalone: bool, kubeconfig: Path | None,
+              node_file: Path | None) -> NodeApi:
+    if standalone:
+        return LocalNode(node_name, node_file)
+    return NodeClient.connect(node_name, kubeconfig)
+
+
+
+def status_path(node_name: str) -> Path:
+    return state_dir() / f"status-{node_name}.json"
+
+

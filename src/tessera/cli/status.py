@@ -1,0 +1,130 @@
+"""`tessera status`: the node at a glance, on the node or from any machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from tessera.agent.keys import GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
+from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
+from tessera.cli.nodeaccess import status_path
+from tessera.cli.render import show_gpu
+from tessera.hardware.node import Node
+from tessera.kube import NodeClient
+from tessera.labels import owned
+from tessera.mig import engine
+
+
+def status(
+    ctx: typer.Context,
+    node_name: str = typer.Option(socket.gethostname(), "--node-name", "--node",
+                                  envvar="NODE_NAME"),
+    status_file: Path | None = typer.Option(None, "--status-file",
+                                            envvar="TESSERA_STATUS_FILE"),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig", envvar="KUBECONFIG",
+        help="Read the node from the cluster (from any machine) instead of the agent's file."),
+    output: Output = OutputOption,
+) -> None:
+    """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
+
+    On the node it reads the agent's status file and the GPUs; with --kubeconfig, the
+    Node object: its MIG state and reason, allocatable devices, disabled GPUs, labels.
+    """
+    if kubeconfig is not None:
+        with reported():
+            data = asyncio.run(_cluster_status(node_name, kubeconfig))
+        if output is Output.table:
+            print_status(data, output)
+        else:
+            emit(data, output)
+        return
+    path = status_file or status_path(node_name)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        fail(f"no agent status at {path}: is `tessera agent` running on node {node_name}? "
+             "(--status-file or TESSERA_STATUS_FILE to look elsewhere)")
+    except ValueError as e:
+        fail(f"{path}: not an agent status file ({e})")
+    data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
+    if output is Output.table:
+        print_status(data, output)
+        with reported(), settings(ctx).node() as node:
+            print_layout(node)
+        return
+    emit(data, output)
+
+
+async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
+    """The status document built from the Node object, as `tessera agent` reports it there:
+    devices the kubelet counts (unhealthy = capacity - allocatable), state and reasons."""
+    api = NodeClient.connect(node_name, kubeconfig)
+    try:
+        view = await api.get()
+    finally:
+        await api.close()
+    resources: dict[str, dict[str, int]] = {}
+    for name, value in view.capacity.items():
+        if name.startswith(("nvidia.com/", "tessera.dev/")):
+            capacity, allocatable = int(value), int(view.allocatable.get(name, "0"))
+            if capacity:
+                resources[name] = {"devices": capacity,
+                                   "unhealthy": max(0, capacity - allocatable)}
+    try:
+        disabled = json.loads(view.annotations.get(GPU_STATE) or "{}")
+    except ValueError:
+        disabled = {}
+    return {
+        "node": view.name,
+        "mig": {"config": view.labels.get(MIG_CONFIG),
+                "state": view.labels.get(MIG_CONFIG_STATE),
+                "reason": view.annotations.get(MIG_REASON)},
+        "plugin": {"resources": resources},
+        "disabled": {k: v for k, v in disabled.items() if isinstance(v, dict)},
+        "labels": {k: v for k, v in view.labels.items() if owned(k)},
+    }
+
+
+def print_layout(node: Node) -> None:
+    seen = engine.observe(node)
+    for facts in seen.gpus:
+        for part in show_gpu(facts, seen.states[facts.gpu.index]):
+            stdout.print(part)
+
+
+def print_status(data: dict[str, Any], output: Output) -> None:
+    mig = data.get("mig", {})
+    stdout.print(f"[bold]node[/] {data.get('node')}   [bold]MIG[/] "
+                 f"{mig.get('config') or '(no nvidia.com/mig.config label)'}: "
+                 f"{mig.get('state') or '-'}"
+                 + (f" — {mig['reason']}" if mig.get("reason") else ""))
+    plugin = data.get("plugin", {})
+    table = Table("resource", "devices", "unhealthy", title="advertised to the kubelet",
+                  title_justify="left")
+    for name, counts in sorted(plugin.get("resources", {}).items()):
+        table.add_row(name, str(counts["devices"]), str(counts["unhealthy"]))
+    stdout.print(table)
+    for key in ("config_error", "plan_error"):
+        if plugin.get(key):
+            stdout.print(f"[red]{key.replace('_', ' ')}:[/] {plugin[key]}")
+    for device, reason in sorted(plugin.get("unhealthy", {}).items()):
+        stdout.print(f"[yellow]unhealthy[/] {device}: {reason}")
+    for index, gpu in sorted(data.get("disabled", {}).items()):
+        stdout.print(f"[yellow]disabled[/] GPU {index}: {gpu['reason']} ({gpu['state']}"
+                     + (f", used by {gpu['users']}" if gpu.get("users") else "") + ")")
+    labels = data.get("labels", {})
+    if labels:
+        stdout.print(f"[bold]feature labels[/] ({len(labels)}): " + ", ".join(
+            f"{k.removeprefix('nvidia.com/')}={v}" for k, v in sorted(labels.items())
+            if k.split("/", 1)[1] in ("gpu.product", "gpu.count", "mig.strategy",
+                                      "gpu.replicas", "gpu.sharing-strategy")))
+
+
