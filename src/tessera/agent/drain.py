@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tessera.agent.keys import GPU_DISABLE
 from tessera.errors import ConfigError
 from tessera.hardware.model import Gpu
 
@@ -52,6 +53,21 @@ def parse_disable(text: str | None, annotation: str) -> dict[str, str]:
         raise ConfigError(f"annotation {annotation}: expected a JSON object of GPU index or "
                           'UUID to reason, e.g. {"3": "ECC errors"}')
     return data
+
+
+def edit_disable(text: str | None, gpu: str, reason: str | None, *,
+                 node: str) -> tuple[str | None, dict[str, str]]:
+    """The annotation after disabling `gpu` (with `reason`) or enabling it (`reason=None`):
+    its new value (None: remove it) and the GPUs it then disables."""
+    current = parse_disable(text, GPU_DISABLE)
+    if reason is None:
+        if gpu not in current:
+            raise ConfigError(f"GPU {gpu} is not disabled on node {node} "
+                              f"(disabled: {', '.join(current) or 'none'})")
+        current.pop(gpu)
+    else:
+        current[gpu] = reason
+    return (json.dumps(current, sort_keys=True) if current else None), current
 
 
 def resolve(refs: Mapping[str, str], gpus: Sequence[Gpu]) -> tuple[dict[str, tuple[Gpu, str]],

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from pathlib import Path
 
 import typer
 
+from tessera.agent.drain import edit_disable
 from tessera.agent.keys import GPU_DISABLE
 from tessera.cli.common import reported, settings
 from tessera.cli.nodeaccess import node_api, standalone_mode
-from tessera.errors import ConfigError
 
 gpu_app = typer.Typer(help="Take a GPU out of service and back (through the node annotation "
                            f"{GPU_DISABLE}).", no_args_is_help=True)
@@ -24,17 +23,10 @@ def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_fil
         api = node_api(node_name, local, kubeconfig, node_file)
         try:
             view = await api.get()
-            current = json.loads(view.annotations.get(GPU_DISABLE) or "{}")
-            if reason is None:
-                if gpu not in current:
-                    raise ConfigError(f"GPU {gpu} is not disabled on node {node_name} "
-                                      f"(disabled: {', '.join(current) or 'none'})")
-                current.pop(gpu)
-            else:
-                current[gpu] = reason
-            value = json.dumps(current, sort_keys=True) if current else None
+            value, disabled = edit_disable(view.annotations.get(GPU_DISABLE), gpu, reason,
+                                           node=node_name)
             await api.patch(annotations={GPU_DISABLE: value})
-            return dict(current)
+            return disabled
         finally:
             await api.close()
 

@@ -12,13 +12,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tessera.agent.keys import GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
+from tessera.agent.report import node_status
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
-from tessera.labels import owned
 from tessera.mig import engine
 
 
@@ -64,33 +63,11 @@ def status(
 
 
 async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
-    """The status document built from the Node object, as `tessera agent` reports it there:
-    devices the kubelet counts (unhealthy = capacity - allocatable), state and reasons."""
     api = NodeClient.connect(node_name, kubeconfig)
     try:
-        view = await api.get()
+        return node_status(await api.get())
     finally:
         await api.close()
-    resources: dict[str, dict[str, int]] = {}
-    for name, value in view.capacity.items():
-        if name.startswith(("nvidia.com/", "tessera.dev/")):
-            capacity, allocatable = int(value), int(view.allocatable.get(name, "0"))
-            if capacity:
-                resources[name] = {"devices": capacity,
-                                   "unhealthy": max(0, capacity - allocatable)}
-    try:
-        disabled = json.loads(view.annotations.get(GPU_STATE) or "{}")
-    except ValueError:
-        disabled = {}
-    return {
-        "node": view.name,
-        "mig": {"config": view.labels.get(MIG_CONFIG),
-                "state": view.labels.get(MIG_CONFIG_STATE),
-                "reason": view.annotations.get(MIG_REASON)},
-        "plugin": {"resources": resources},
-        "disabled": {k: v for k, v in disabled.items() if isinstance(v, dict)},
-        "labels": {k: v for k, v in view.labels.items() if owned(k)},
-    }
 
 
 def print_layout(node: Node) -> None:
