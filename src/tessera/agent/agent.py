@@ -40,7 +40,7 @@ from tessera.agent.sharing import sharing_facts
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
-from tessera.labels import feature_labels, label_changes, read_facts
+from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
 from tessera.plugin.manager import DevicePlugin, PluginSettings
@@ -90,6 +90,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._plugin_config: str | None = settings.plugin.config_name
         self.exporter: Exporter | None = None
+        self._system: NodeFacts | None = None  # driver, CUDA, machine: read once
         self.started_at = time.monotonic()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -281,12 +282,16 @@ class Agent:
     # -- feature labels --------------------------------------------------------------------
 
     async def _feature_labels(self) -> None:
-        assert self._node is not None
-        try:
-            facts = await self._blocking(read_facts, self._node)
-        except HardwareError as e:
-            log.warning("cannot read GPUs for feature labels: %s", e)
-            return
+        if self._system is None:
+            assert self._node is not None
+            try:
+                self._system = await self._blocking(read_system, self._node)
+            except HardwareError as e:
+                log.warning("cannot read the driver for feature labels: %s", e)
+                return
+        # The plugin has just read every GPU and MIG device; labels reuse that read.
+        facts = replace(self._system, gpus=tuple(
+            GpuFacts(v.gpu, v.mig_enabled, v.mig_devices) for v in self.plugin.inventory.gpus))
         strategy = self.plugin.config.flags.mig_strategy
         self.labels = feature_labels(facts, mig_strategy=strategy,
                                      sharing=sharing_facts(self.plugin.plan, strategy))

@@ -11,7 +11,7 @@ keys are ours), `resources` (the labels of one advertised resource), `features` 
 labels, warnings and the patch).
 """
 
-from tessera.labels.facts import GpuFacts, NodeFacts, SharingFacts, read_facts
+from tessera.labels.facts import GpuFacts, NodeFacts, SharingFacts, read_facts, read_system
 from tessera.labels.features import (
     PREFIX,
     feature_labels,
@@ -30,6 +30,7 @@ __all__ = [
     "label_changes",
     "owned",
     "read_facts",
+    "read_system",
     "single_strategy_problem",
     "warnings",
 ]

@@ -77,6 +77,18 @@ class NodeFacts:
     machine: str | None = None  # DMI product name / instance type; None when unknown
 
 
+def read_system(node: Node, machine_file: Path = DMI_PRODUCT_NAME) -> NodeFacts:
+    """The node-wide facts that do not change while the driver is loaded (driver and CUDA
+    versions, machine type), with no GPUs: read once, then combined with each fresh read of
+    the GPUs (`dataclasses.replace(system, gpus=...)`). Blocking."""
+    return NodeFacts(
+        driver_version=node.driver_version(),
+        cuda_driver_version=node.cuda_driver_version(),
+        gpus=(),
+        machine=read_machine(machine_file),
+    )
+
+
 def read_facts(node: Node, machine_file: Path = DMI_PRODUCT_NAME) -> NodeFacts:
     """Read the facts of `node` through the GPU seam. Blocking; raises `HardwareError` when a
     GPU cannot be read (a half-read node would label wrongly, so nothing is returned)."""
