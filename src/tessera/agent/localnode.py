@@ -23,9 +23,13 @@ from tessera.kube import NodeView, PodView
 log = logging.getLogger(__name__)
 
 
+def state_dir() -> Path:
+    """Where a standalone agent keeps its files: `$XDG_STATE_HOME/tessera`."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tessera"
+
+
 def default_node_file(node_name: str) -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "tessera" / f"node-{node_name}.json"
+    return state_dir() / f"node-{node_name}.json"
 
 
 class LocalNode:

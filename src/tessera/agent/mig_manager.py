@@ -22,7 +22,6 @@ The engine (plan, busy check, apply) runs in a worker thread with its own `Node`
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,6 +55,7 @@ from tessera.errors import (
     TemporaryError,
     TesseraError,
 )
+from tessera.files import content_digest
 from tessera.hardware.model import GpuMigState
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
@@ -115,15 +115,6 @@ class MigStatus:
     last_apply_seconds: float | None = None
     paused: dict[str, str] = field(default_factory=dict)
     retry_at: float | None = None
-
-
-def file_digest(path: Path | None) -> str:
-    if path is None:
-        return ""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as e:
-        return f"unreadable: {e}"
 
 
 def paused_devices(plan: Plan, states: Mapping[int, GpuMigState],
@@ -195,7 +186,7 @@ class MigManager:
         return Desired(
             config=view.labels.get(MIG_CONFIG, self.settings.default_config),
             force=self.settings.force or view.annotations.get(MIG_FORCE) == "true",
-            file_digest=file_digest(self.settings.config_path) if mode == MANAGED else "",
+            file_digest=content_digest(self.settings.config_path) if mode == MANAGED else "",
             mode=mode,
             layout=view.annotations.get(MIG_LAYOUT) if mode == EXPLICIT else None,
         )

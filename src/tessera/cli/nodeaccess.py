@@ -6,14 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tessera.agent.localnode import LocalNode
+from tessera.agent.localnode import LocalNode, state_dir
 from tessera.agent.nodeapi import NodeApi
 from tessera.cli.common import Settings
 from tessera.kube import NodeClient
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tessera"
 
 
 def runtime_dir() -> Path:

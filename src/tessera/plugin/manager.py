@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.errors import HardwareError, PluginConfigError, TemporaryError
+from tessera.files import content_digest
 from tessera.hardware.events import XidEvent
 from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
@@ -79,21 +79,6 @@ class PluginStatus:
     excluded: Mapping[str, str]
     registered: tuple[str, ...]
     warnings: tuple[str, ...]
-
-
-def _fingerprint(path: Path | None) -> str:
-    """Digest of a config file or directory's content (a ConfigMap update swaps symlinks,
-    so modification times alone are not enough)."""
-    if path is None:
-        return ""
-    digest = hashlib.sha256()
-    files = [path] if not path.is_dir() else sorted(
-        p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
-    for p in files:
-        digest.update(p.name.encode())
-        with contextlib.suppress(OSError):
-            digest.update(p.read_bytes())
-    return digest.hexdigest()
 
 
 class DevicePlugin:
@@ -254,7 +239,7 @@ class DevicePlugin:
         """(Re)load the config; True if the effective config changed. A bad config raises at
         start and is reported (keeping the last good one) afterwards."""
         path = self.settings.config_path
-        fingerprint = _fingerprint(path)
+        fingerprint = content_digest(path)
         if not initial and fingerprint == self._fingerprint:
             return False
         try:
@@ -414,26 +399,29 @@ class DevicePlugin:
 
     # -- servers -------------------------------------------------------------------------
 
-    def _listing(self, name: str) -> Listing:
+    def _listing(self, name: str, unhealthy: Mapping[str, str] | None = None) -> Listing:
         return Listing(
             resource=self.plan.resources[name], config=self.config,
-            topology=self.inventory.topology, unhealthy=self._unhealthy(),
+            topology=self.inventory.topology,
+            unhealthy=self._unhealthy() if unhealthy is None else unhealthy,
             minor_numbers={v.gpu.index: v.gpu.minor_number for v in self.inventory.gpus
                            if v.gpu.minor_number is not None},
         )
 
     def _publish_now(self) -> None:
+        unhealthy = self._unhealthy()  # one health overlay for every server
         for name, server in self.servers.items():
-            if name in self.plan.resources and server.servicer.publish(self._listing(name)):
-                self._log_listing(name)
+            if name in self.plan.resources and server.servicer.publish(
+                    self._listing(name, unhealthy)):
+                self._log_listing(name, unhealthy)
         for listener in self._listeners:
             listener()
 
     async def _publish(self) -> None:
         self._publish_now()
 
-    def _log_listing(self, name: str) -> None:
-        listing = self._listing(name)
+    def _log_listing(self, name: str, unhealthy: Mapping[str, str] | None = None) -> None:
+        listing = self._listing(name, unhealthy)
         sick = sum(1 for d in listing.resource.devices if d.physical.id in listing.unhealthy)
         log.info("advertising %s: %d devices (%d unhealthy)", name,
                  len(listing.resource.devices), sick)
