@@ -75,7 +75,8 @@ class Agent:
         self._open_node = open_node
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
         self._node: Node | None = None
-        self.plugin = DevicePlugin(open_node, settings.plugin)
+        # Made in start(): which named plugin config it serves comes from the node's label.
+        self.plugin: DevicePlugin
         self._pod_resources = (PodResourcesClient(settings.pod_resources_socket)
                                if settings.pod_resources_socket is not None else None)
         self.mig = MigManager(open_node, api, settings.mig, pause=self._pause,
@@ -111,8 +112,8 @@ class Agent:
             log.warning("API server not answering yet, serving devices meanwhile: %s", e)
         if self.view is not None:
             self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
-        self.plugin = DevicePlugin(self._open_node, _with_config_name(self.settings.plugin,
-                                                                      self._plugin_config))
+        self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
+                                                            config_name=self._plugin_config))
         await self.plugin.start()
         self.plugin.subscribe(self._poke)
         if self.settings.exporter is not None:
@@ -366,7 +367,3 @@ class Agent:
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write status file %s: %s", path, e)
-
-
-def _with_config_name(settings: PluginSettings, name: str | None) -> PluginSettings:
-    return replace(settings, config_name=name)
