@@ -40,7 +40,14 @@ from tessera.agent.sharing import sharing_facts
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
-from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
+from tessera.labels import (
+    GpuFacts,
+    NodeFacts,
+    feature_labels,
+    label_changes,
+    read_system,
+    stamped,
+)
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
 from tessera.plugin.manager import DevicePlugin, PluginSettings
@@ -58,6 +65,7 @@ class AgentSettings:
     mig: MigSettings = field(default_factory=MigSettings)
     mig_manager: bool = True
     feature_labels: bool = True
+    gfd_timestamp: bool = True  # GFD's noTimestamp (--no-timestamp, GFD_NO_TIMESTAMP) unset
     nvml_drain: bool = False
     status_file: Path | None = None
     tick_seconds: float = 1.0
@@ -294,9 +302,12 @@ class Agent:
         facts = replace(self._system, gpus=tuple(
             GpuFacts(v.gpu, v.mig_enabled, v.mig_devices) for v in self.plugin.inventory.gpus))
         strategy = self.plugin.config.flags.mig_strategy
-        self.labels = feature_labels(facts, mig_strategy=strategy,
-                                     sharing=sharing_facts(self.plugin.plan, strategy))
+        labels = feature_labels(facts, mig_strategy=strategy,
+                                sharing=sharing_facts(self.plugin.plan, strategy))
         current = self.view.labels if self.view is not None else {}
+        if self.settings.gfd_timestamp:
+            labels = stamped(current, labels, int(time.time()))
+        self.labels = labels
         changes = label_changes(current, self.labels)
         if not changes:
             return

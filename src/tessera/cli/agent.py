@@ -136,6 +136,10 @@ def agent(
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket",
         help="The kubelet's PodResources socket, for the metrics' pod labels."),
+    no_timestamp: bool = typer.Option(
+        False, "--no-timestamp", envvar="GFD_NO_TIMESTAMP",
+        help="Leave out GPU feature discovery's nvidia.com/gfd.timestamp label (GFD's "
+             "--no-timestamp)."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -163,6 +167,7 @@ def agent(
                             reboot=_reboot(reboot_command),
                             default_config=default_mig_config or None),
             mig_manager=mig_manager,
+            gfd_timestamp=not no_timestamp,
             nvml_drain=nvml_drain,
             status_file=status_file or status_path(node_name),
             exporter=ExporterSettings(
