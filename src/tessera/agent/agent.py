@@ -41,6 +41,7 @@ from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraEr
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
 from tessera.labels import (
+    DMI_PRODUCT_NAME,
     GpuFacts,
     NodeFacts,
     feature_labels,
@@ -66,6 +67,7 @@ class AgentSettings:
     mig_manager: bool = True
     feature_labels: bool = True
     gfd_timestamp: bool = True  # GFD's noTimestamp (--no-timestamp, GFD_NO_TIMESTAMP) unset
+    machine_type_file: Path = DMI_PRODUCT_NAME  # what gpu.machine says (GFD's machineTypeFile)
     nvml_drain: bool = False
     status_file: Path | None = None
     tick_seconds: float = 1.0
@@ -294,7 +296,8 @@ class Agent:
         if self._system is None:
             assert self._node is not None
             try:
-                self._system = await self._blocking(read_system, self._node)
+                self._system = await self._blocking(read_system, self._node,
+                                                    self.settings.machine_type_file)
             except HardwareError as e:
                 log.warning("cannot read the driver for feature labels: %s", e)
                 return

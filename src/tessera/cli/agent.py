@@ -28,6 +28,7 @@ from tessera.kubeletapi.constants import (
     KUBELET_SOCKET_NAME,
     POD_RESOURCES_SOCKET,
 )
+from tessera.labels import DMI_PRODUCT_NAME
 from tessera.metrics import ExporterSettings
 from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.plugin.manager import PluginSettings
@@ -140,6 +141,9 @@ def agent(
         False, "--no-timestamp", envvar="GFD_NO_TIMESTAMP",
         help="Leave out GPU feature discovery's nvidia.com/gfd.timestamp label (GFD's "
              "--no-timestamp)."),
+    machine_type_file: Path = typer.Option(
+        DMI_PRODUCT_NAME, "--machine-type-file", envvar="GFD_MACHINE_TYPE_FILE",
+        help="The file nvidia.com/gpu.machine is read from (GFD's --machine-type-file)."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -168,6 +172,7 @@ def agent(
                             default_config=default_mig_config or None),
             mig_manager=mig_manager,
             gfd_timestamp=not no_timestamp,
+            machine_type_file=machine_type_file,
             nvml_drain=nvml_drain,
             status_file=status_file or status_path(node_name),
             exporter=ExporterSettings(

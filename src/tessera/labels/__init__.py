@@ -13,7 +13,14 @@ labels, warnings and the patch).
 """
 
 from tessera.labels.changes import stamped
-from tessera.labels.facts import GpuFacts, NodeFacts, SharingFacts, read_facts, read_system
+from tessera.labels.facts import (
+    DMI_PRODUCT_NAME,
+    GpuFacts,
+    NodeFacts,
+    SharingFacts,
+    read_facts,
+    read_system,
+)
 from tessera.labels.features import (
     PREFIX,
     feature_labels,
@@ -24,6 +31,7 @@ from tessera.labels.features import (
 )
 
 __all__ = [
+    "DMI_PRODUCT_NAME",
     "PREFIX",
     "GpuFacts",
     "NodeFacts",
