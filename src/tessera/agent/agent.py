@@ -349,10 +349,14 @@ class Agent:
                 "state": self.mig.status.state,
                 "reason": self.mig.status.reason,
                 "last_apply_seconds": self.mig.status.last_apply_seconds,
+                "last_change": self.mig.status.last_change,
+                "bad_input": self.mig.status.bad_input,
                 "paused": self.mig.status.paused,
+                "devices": self._mig_devices(),
             },
             "plugin": {
                 "config": plugin.config_name,
+                "mig_strategy": self.plugin.config.flags.mig_strategy,
                 "config_error": plugin.config_error,
                 "plan_error": plugin.plan_error,
                 "resources": {n: {"devices": d, "unhealthy": u}
@@ -368,6 +372,14 @@ class Agent:
             "errors": dict(self.errors),
             "api_requests": self.api.requests,
         }
+
+    def _mig_devices(self) -> dict[str, int]:
+        """MIG devices on the node by profile, as the plugin last read them."""
+        counts: dict[str, int] = {}
+        for gpu in self.plugin.inventory.gpus:
+            for device in gpu.mig_devices:
+                counts[device.profile] = counts.get(device.profile, 0) + 1
+        return dict(sorted(counts.items()))
 
     def _write_status(self) -> None:
         path = self.settings.status_file

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from tessera.agent.agent import Agent, AgentSettings
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
-from tessera.cli.common import Output, fail, reported, settings
+from tessera.agent.once import EXIT_OK, advertising, outcome
+from tessera.cli.common import Output, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
 from tessera.errors import ConfigError
@@ -194,9 +196,32 @@ def agent(
                      node_name, getattr(api, "path", "?"), socket_dir)
         asyncio.run(_run(agent, once))
         if once:
-            print_status(agent.status(), Output.table)
+            status = agent.status()
+            print_status(status, Output.table, advertising(status))
             with open_node() as node:
                 print_layout(node)
+            result = outcome(status)
+            if result.code != EXIT_OK:
+                fail(escape(result.reason or "failed"), result.code)
+            stdout.print("\n".join(["try next:", *_next_steps(common.simulate, standalone,
+                                                                status)]), markup=False)
+
+
+def _next_steps(preset: str | None, standalone: bool, status: dict[str, Any]) -> list[str]:
+    """Two to four commands worth running after a first `--once`, with what each shows."""
+    base = f"tessera --simulate {preset}" if preset else "tessera"
+    agent = f"{base} agent" + (" --no-kube" if standalone else "")
+    steps: list[tuple[str, str]] = []
+    if status["plugin"].get("mig_strategy") != "mixed" and status["mig"].get("devices"):
+        steps.append((f"MIG_STRATEGY=mixed {agent} --once",
+                      "advertise each MIG device as nvidia.com/mig-<profile>"))
+    steps += [
+        (f"{agent} --label nvidia.com/mig.config=all-1g.10gb --once",
+         "another layout: only the instances that differ are touched"),
+        (f"{agent}", "keep running: device plugin sockets, labels, metrics on :9400"),
+        (f"{base} status", "the node at a glance, from another shell"),
+    ]
+    return [line for command, why in steps for line in (f"  # {why}", f"  {command}")]
 
 
 async def _run(agent: Agent, once: bool) -> None:

@@ -7,9 +7,11 @@ import json
 import socket
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tessera.agent.report import node_status
@@ -77,18 +79,24 @@ def print_layout(node: Node) -> None:
             stdout.print(part)
 
 
-def print_status(data: dict[str, Any], output: Output) -> None:
+def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()) -> None:
+    """The node's MIG state, what is advertised, problems and labels; `notes` go right
+    under the table of what is advertised."""
     mig = data.get("mig", {})
-    stdout.print(f"[bold]node[/] {data.get('node')}   [bold]MIG[/] "
-                 f"{mig.get('config') or '(no nvidia.com/mig.config label)'}: "
-                 f"{mig.get('state') or '-'}"
-                 + (f" — {mig['reason']}" if mig.get("reason") else ""))
+    detail = mig.get("reason") or (mig.get("last_change") if mig.get("state") == "success"
+                                   else None)
+    stdout.print(f"[bold]node[/] {escape(str(data.get('node')))}   [bold]MIG[/] "
+                 f"{escape(mig.get('config') or '(no nvidia.com/mig.config label)')}: "
+                 f"{mig.get('state') or '-'}" + (f" — {escape(detail)}" if detail else ""))
     plugin = data.get("plugin", {})
-    table = Table("resource", "devices", "unhealthy", title="advertised to the kubelet",
-                  title_justify="left")
+    title = "advertised to the kubelet" + (f" (MIG strategy {plugin['mig_strategy']})"
+                                           if plugin.get("mig_strategy") else "")
+    table = Table("resource", "devices", "unhealthy", title=title, title_justify="left")
     for name, counts in sorted(plugin.get("resources", {}).items()):
         table.add_row(name, str(counts["devices"]), str(counts["unhealthy"]))
     stdout.print(table)
+    for note in notes:
+        stdout.print(note, markup=False)
     for key in ("config_error", "plan_error"):
         if plugin.get(key):
             stdout.print(f"[red]{key.replace('_', ' ')}:[/] {plugin[key]}")
