@@ -103,5 +103,6 @@ def test_once_exits_2_on_a_config_that_cannot_be_used(
     done = run(env, "--simulate", "dgx-a100", "agent", "--no-kube", *filled, "--once")
     assert done.returncode == 2, (done.stdout, done.stderr)
     reason = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(reason) == 1 and said in reason[0], done.stderr
+    assert len(reason) == 1, done.stderr
+    assert said in reason[0]
     assert "Traceback" not in done.stderr

@@ -268,7 +268,8 @@ async def test_gfd_labels(scenario: Scenario, tmp_path: Path) -> None:
     ours = {k: v for k, v in labels.items()
             if k.startswith("nvidia.com/") and k not in (MIG_CONFIG, MIG_CONFIG_STATE)}
     stamp = ours.pop(TIMESTAMP)
-    assert re.fullmatch(r"[0-9]+", stamp) and before <= int(stamp) <= time.time() + 1
+    assert re.fullmatch(r"[0-9]+", stamp)
+    assert before <= int(stamp) <= time.time() + 1
     assert ours == scenario.labels
 
 

@@ -608,7 +608,8 @@ OWNED = [
     "nvidia.com/cuda.driver.rev", "nvidia.com/cuda.driver-version.full",
     "nvidia.com/cuda.runtime.major", "nvidia.com/cuda.runtime-version.full",
     "nvidia.com/mig.capable", "nvidia.com/mig.strategy", "nvidia.com/mps.capable",
-    "nvidia.com/gpu.mode", "nvidia.com/vgpu.present", "nvidia.com/mig-1g.10gb.count", "nvidia.com/mig-1g.10gb.me.product",
+    "nvidia.com/gpu.mode", "nvidia.com/vgpu.present", "nvidia.com/mig-1g.10gb.count",
+    "nvidia.com/mig-1g.10gb.me.product",
     "nvidia.com/mig-1c.3g.40gb.engines.decoder", "nvidia.com/mig-7g.80gb.sharing-strategy",
     "nvidia.com/mig-1g.10gb-me.slices.gi", "nvidia.com/mig-1g.10gb.me.all.replicas",
 ]

@@ -6,8 +6,8 @@ import asyncio
 import json
 import socket
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import typer
