@@ -85,8 +85,9 @@ def agent(
     node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME",
                                   help="This node's name in the cluster."),
     kubeconfig: Path | None = typer.Option(
-        None, "--kubeconfig", envvar="KUBECONFIG",
-        help="Kubeconfig file (default: the in-cluster service account)."),
+        None, "--kubeconfig",
+        help="Kubeconfig file (default: $KUBECONFIG, else the in-cluster service account, "
+             "else ~/.kube/config)."),
     no_kube: bool = typer.Option(False, "--no-kube", envvar="TESSERA_NO_KUBE",
                                  help="Run standalone: node labels in a local file."),
     node_file: Path | None = typer.Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
+from tessera.kube.config import find_credentials
 from tessera.mig import engine
 
 
@@ -30,16 +32,22 @@ def status(
     status_file: Path | None = typer.Option(None, "--status-file",
                                             envvar="TESSERA_STATUS_FILE"),
     kubeconfig: Path | None = typer.Option(
-        None, "--kubeconfig", envvar="KUBECONFIG",
+        None, "--kubeconfig",
         help="Read the node from the cluster (from any machine) instead of the agent's file."),
     output: Output = OutputOption,
 ) -> None:
     """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
 
-    On the node it reads the agent's status file and the GPUs; with --kubeconfig, the
-    Node object: its MIG state and reason, allocatable devices, disabled GPUs, labels.
+    On the node it reads the agent's status file and the GPUs; from the cluster, the Node
+    object: its MIG state and reason, allocatable devices, disabled GPUs, labels. The cluster
+    is read with --kubeconfig or $KUBECONFIG, or where the node has no agent status file and
+    kubectl's credentials are there (in-cluster, ~/.kube/config).
     """
-    if kubeconfig is not None:
+    path = status_file or status_path(node_name)
+    with reported():
+        from_cluster = kubeconfig is not None or bool(os.environ.get("KUBECONFIG")) or (
+            status_file is None and not path.exists() and find_credentials() is not None)
+    if from_cluster:
         with reported():
             data = asyncio.run(_cluster_status(node_name, kubeconfig))
         if output is Output.table:
@@ -47,7 +55,6 @@ def status(
         else:
             emit(data, output)
         return
-    path = status_file or status_path(node_name)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -64,7 +71,7 @@ def status(
     emit(data, output)
 
 
-async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
+async def _cluster_status(node_name: str, kubeconfig: Path | None) -> dict[str, Any]:
     api = NodeClient.connect(node_name, kubeconfig)
     try:
         return node_status(await api.get())
