@@ -79,6 +79,7 @@ def test_once_exits_1_when_the_mig_state_ends_failed(env: dict[str, str]) -> Non
     assert len(reason) == 1
     assert "MIG config 'all-balanced' failed" in reason[0]
     assert "NVML error" in reason[0]
+    assert "retrying" not in reason[0]  # --once does not retry
     assert "all-balanced: failed" in done.stdout  # the status is still shown
 
 

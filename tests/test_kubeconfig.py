@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tessera.agent.keys import GPU_DISABLE
+from tessera.agent.keys import GPU_DISABLE, MIG_CONFIG, MIG_CONFIG_STATE
 from tessera.errors import ConfigError
 from tessera.kube import NodeClient, RetryPolicy
 from tessera.kube.config import find_credentials, load_config, make_client, merge_kubeconfigs
@@ -65,9 +65,12 @@ def test_home_kubeconfig_serves_status_and_gpu_disable(
     assert json.loads(server.node(NODE)["metadata"]["annotations"][GPU_DISABLE])["3"] == (
         "ECC errors")
     # No agent status file on this machine: status reads the Node, as kubectl would.
-    shown = run(env, "status", "--node", NODE, "-o", "json")
+    server.add_node("gpu-node-2", labels={MIG_CONFIG: "all-balanced",
+                                          MIG_CONFIG_STATE: "success"})
+    shown = run(env, "status", "--node", "gpu-node-2", "-o", "json")
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout and json.loads(shown.stdout)["node"] == NODE
+    assert json.loads(shown.stdout)["mig"] == {"config": "all-balanced", "state": "success",
+                                               "reason": None}
 
 
 def test_kubeconfig_list_uses_the_first_file_that_exists(

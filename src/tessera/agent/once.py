@@ -9,6 +9,7 @@ strategy, and how to change it. Both read the dict `Agent.status()` returns, and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+_RETRY_NOTE = re.compile(r" \(retrying in [0-9.]+ s\)$")
 
 _HOW_TO_CHANGE = ("set MIG_STRATEGY={choice} (or flags.migStrategy: {choice} in the "
                   "--plugin-config file)")
@@ -34,7 +37,9 @@ def outcome(status: Mapping[str, Any]) -> Outcome:
         return Outcome(EXIT_BAD_INPUT, f"device plugin config: {plugin['config_error']}")
     if mig.get("state") == "failed":
         code = EXIT_BAD_INPUT if mig.get("bad_input") else EXIT_FAILED
-        return Outcome(code, f"MIG config {mig.get('config')!r} failed: {mig.get('reason')}")
+        # A one-shot run does not retry: the running agent's note about it would mislead.
+        reason = _RETRY_NOTE.sub("", str(mig.get("reason")))
+        return Outcome(code, f"MIG config {mig.get('config')!r} failed: {reason}")
     errors = sorted(status.get("errors", {}).items())
     if errors:
         what, error = errors[0]

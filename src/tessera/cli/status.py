@@ -59,7 +59,8 @@ def status(
         data = json.loads(path.read_text())
     except FileNotFoundError:
         fail(f"no agent status at {path}: is `tessera agent` running on node {node_name}? "
-             "(--status-file or TESSERA_STATUS_FILE to look elsewhere)")
+             "(--status-file or TESSERA_STATUS_FILE to look elsewhere, --kubeconfig to read "
+             "the Node from the cluster)")
     except ValueError as e:
         fail(f"{path}: not an agent status file ({e})")
     data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
