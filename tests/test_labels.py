@@ -17,7 +17,7 @@ from helpers import make_node
 from plugin_support import apply_devices, apply_layout
 from tessera.errors import ConfigError
 from tessera.hardware.model import Gpu
-from tessera.hardware.node import Node
+from tessera.hardware.node import Node, sysfs_pci_class
 from tessera.labels import (
     GpuFacts,
     NodeFacts,
@@ -478,6 +478,20 @@ def test_simulated_gpus_answer_the_pci_class_through_nvml(open_node: OpenNode) -
     with pytest.raises(pynvml.NVMLError) as refused:
         node.nvml.nvmlDeviceGetPciInfoExt(node.nvml.nvmlDeviceGetHandleByIndex(0), info)
     assert refused.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+
+
+def test_pci_class_from_the_kernel_where_nvml_cannot_tell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Drivers before nvmlDeviceGetPciInfoExt: the kernel's class file, found by NVML's bus ID
+    # (8-digit domain, upper case) under sysfs's name for it (4-digit domain, lower case).
+    device = tmp_path / "0000:4e:00.0"
+    device.mkdir()
+    (device / "class").write_text("0x030000\n")
+    monkeypatch.setattr("tessera.hardware.node.SYSFS_PCI_DEVICES", tmp_path)
+    assert sysfs_pci_class("00000000:4E:00.0") == 0x030000
+    assert sysfs_pci_class("00000000:07:00.0") is None  # not there: gpu.mode says unknown
+    (device / "class").write_text("garbage")
+    assert sysfs_pci_class("00000000:4E:00.0") is None
 
 
 def test_no_gpus_no_labels() -> None:
