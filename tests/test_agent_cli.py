@@ -19,7 +19,7 @@ TESSERA = [sys.executable, "-c", "from tessera.cli.main import main; main()"]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"),
+    return {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"),
             "XDG_RUNTIME_DIR": str(tmp_path / "run"), "NODE_NAME": "node-a",
             "TESSERA_SIMULATE": "a30x4", "TESSERA_SIM_STATE": str(tmp_path / "sim.json")}
 

@@ -423,6 +423,7 @@ def test_connect_without_any_credentials_says_what_is_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
     with pytest.raises(ConfigError, match=r"no Kubernetes credentials.*--kubeconfig"):
         NodeClient.connect(NODE, service_account=tmp_path / "serviceaccount")
 

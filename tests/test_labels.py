@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import pynvml
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +17,7 @@ from helpers import make_node
 from plugin_support import apply_devices, apply_layout
 from tessera.errors import ConfigError
 from tessera.hardware.model import Gpu
-from tessera.hardware.node import Node
+from tessera.hardware.node import Node, sysfs_pci_class
 from tessera.labels import (
     GpuFacts,
     NodeFacts,
@@ -24,8 +27,10 @@ from tessera.labels import (
     owned,
     read_facts,
     single_strategy_problem,
+    stamped,
     warnings,
 )
+from tessera.labels.features import gpu_mode
 from tessera.labels.values import arch_family, fit_value, is_valid_value, sanitise
 
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -51,6 +56,8 @@ DGX_A100_NODE = {
     "nvidia.com/gpu.machine": "NVIDIA-DGX-A100",
     "nvidia.com/mig.capable": "true",
     "nvidia.com/mps.capable": "false",
+    "nvidia.com/gpu.mode": "compute",  # the A100 is a 3D controller (PCI class 0x0302)
+    "nvidia.com/vgpu.present": "false",
     "nvidia.com/gpu.family": "ampere",
     "nvidia.com/gpu.compute.major": "8",
     "nvidia.com/gpu.compute.minor": "0",
@@ -264,6 +271,7 @@ def test_whole_gpu_model_beats_mig_model(open_node: OpenNode, machine_file: Path
     assert {k: v for k, v in labels.items() if k.startswith("nvidia.com/gpu.")} == {
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.machine": "NVIDIA-DGX-A100",
+        "nvidia.com/gpu.mode": "compute",
         **profile("nvidia.com/gpu", product="NVIDIA-L40S", count="2", replicas="1",
                   sharing_strategy="none", memory="46068", family="ada-lovelace",
                   compute_major="8", compute_minor="9"),
@@ -397,6 +405,95 @@ def test_timestamp_only_when_given(open_node: OpenNode, machine_file: Path) -> N
     assert stamped["nvidia.com/gfd.timestamp"] == "1736224460"
 
 
+def test_stamped_keeps_the_time_of_the_last_change() -> None:
+    ts = "nvidia.com/gfd.timestamp"
+    steady = {**VERSIONS_550, "nvidia.com/gpu.count": "8"}
+    node = {**steady, ts: "1700000000", "nvidia.com/mig.config": "all-balanced"}
+    # Nothing of ours changes: the node's own timestamp stays, and nothing is patched.
+    kept = stamped(node, steady, now=1800000000)
+    assert kept[ts] == "1700000000"
+    assert label_changes(node, kept) == {}
+    # A label set, changed or removed renews it.
+    assert stamped(node, {**steady, "nvidia.com/gpu.count": "7"}, now=1800000000)[ts] == (
+        "1800000000")
+    assert stamped(node, {**steady, "nvidia.com/gpu.mode": "compute"}, 1800000001)[ts] == (
+        "1800000001")
+    fewer = dict(steady)
+    del fewer["nvidia.com/cuda.driver.rev"]
+    assert stamped(node, fewer, now=1800000002)[ts] == "1800000002"
+    # Missing or not a timestamp (someone edited it): renewed.
+    assert stamped(steady, steady, now=5)[ts] == "5"
+    assert stamped({**steady, ts: "yesterday"}, steady, now=6)[ts] == "6"
+    # A foreign label changing is not a change of ours.
+    assert stamped({**node, "nvidia.com/mig.config": "x"}, steady, now=7)[ts] == "1700000000"
+
+
+def test_stamped_label_is_removed_when_switched_off() -> None:
+    ts = "nvidia.com/gfd.timestamp"
+    node = {**VERSIONS_550, ts: "1700000000"}
+    assert label_changes(node, VERSIONS_550) == {ts: None}  # noTimestamp: ours goes
+
+
+@pytest.mark.parametrize(
+    ("classes", "mode"),
+    [
+        ((0x030200,), "compute"),
+        ((0x030200, 0x030200, 0x030200), "compute"),
+        ((0x030000,), "graphics"),
+        ((0x030000, 0x030000), "graphics"),
+        ((0x030000, 0x030200), "unknown"),  # GFD: not every GPU of one class
+        ((0x068000,), "unknown"),  # a bridge, not a display controller
+        ((0x030200, None), "unknown"),  # a class that could not be read
+        ((), "unknown"),
+    ],
+)
+def test_gpu_mode_from_pci_classes(classes: tuple[int | None, ...], mode: str) -> None:
+    # GFD's own cases (internal/lm/nvml_test.go TestGPUModeLabeler), through the labels.
+    gpus = tuple(GpuFacts(replace(_gpu(i, "NVIDIA L40S"), pci_class=c), False)
+                 for i, c in enumerate(classes))
+    assert gpu_mode(classes) == mode
+    if gpus:
+        assert feature_labels(NodeFacts("550.127.08", (12, 4), gpus))["nvidia.com/gpu.mode"] == (
+            mode)
+
+
+def test_vgpu_present_on_a_vgpu_guest() -> None:
+    def node(guest: bool) -> NodeFacts:
+        gpu = replace(_gpu(0, "GRID A100D-4C"), vgpu_guest=guest, pci_class=0x030200)
+        return NodeFacts("550.127.08", (12, 4), (GpuFacts(gpu, False),))
+
+    assert feature_labels(node(True))["nvidia.com/vgpu.present"] == "true"
+    assert feature_labels(node(False))["nvidia.com/vgpu.present"] == "false"
+
+
+def test_simulated_gpus_answer_the_pci_class_through_nvml(open_node: OpenNode) -> None:
+    node = open_node("mixed")
+    assert [(g.pci_class, g.vgpu_guest) for g in node.gpus()] == [(0x030200, False)] * 4
+    # The call the seam makes, as pynvml's callers make it (a versioned struct, by reference).
+    info = pynvml.nvmlPciInfoExt_v1_t()
+    info.version = pynvml.nvmlPciInfoExt_v1
+    node.nvml.nvmlDeviceGetPciInfoExt(node.nvml.nvmlDeviceGetHandleByIndex(2), ctypes.byref(info))
+    assert (info.baseClass, info.subClass, info.busId) == (3, 2, node.gpu(2).bus_id)
+    info.version = 7
+    with pytest.raises(pynvml.NVMLError) as refused:
+        node.nvml.nvmlDeviceGetPciInfoExt(node.nvml.nvmlDeviceGetHandleByIndex(0), info)
+    assert refused.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+
+
+def test_pci_class_from_the_kernel_where_nvml_cannot_tell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Drivers before nvmlDeviceGetPciInfoExt: the kernel's class file, found by NVML's bus ID
+    # (8-digit domain, upper case) under sysfs's name for it (4-digit domain, lower case).
+    device = tmp_path / "0000:4e:00.0"
+    device.mkdir()
+    (device / "class").write_text("0x030000\n")
+    monkeypatch.setattr("tessera.hardware.node.SYSFS_PCI_DEVICES", tmp_path)
+    assert sysfs_pci_class("00000000:4E:00.0") == 0x030000
+    assert sysfs_pci_class("00000000:07:00.0") is None  # not there: gpu.mode says unknown
+    (device / "class").write_text("garbage")
+    assert sysfs_pci_class("00000000:4E:00.0") is None
+
+
 def test_no_gpus_no_labels() -> None:
     facts = NodeFacts(driver_version="550.127.08", cuda_driver_version=(12, 4), gpus=())
     assert feature_labels(facts, mig_strategy="mixed") == {}
@@ -525,15 +622,17 @@ OWNED = [
     "nvidia.com/cuda.driver.rev", "nvidia.com/cuda.driver-version.full",
     "nvidia.com/cuda.runtime.major", "nvidia.com/cuda.runtime-version.full",
     "nvidia.com/mig.capable", "nvidia.com/mig.strategy", "nvidia.com/mps.capable",
-    "nvidia.com/mig-1g.10gb.count", "nvidia.com/mig-1g.10gb.me.product",
+    "nvidia.com/gpu.mode", "nvidia.com/vgpu.present", "nvidia.com/mig-1g.10gb.count",
+    "nvidia.com/mig-1g.10gb.me.product",
     "nvidia.com/mig-1c.3g.40gb.engines.decoder", "nvidia.com/mig-7g.80gb.sharing-strategy",
     "nvidia.com/mig-1g.10gb-me.slices.gi", "nvidia.com/mig-1g.10gb.me.all.replicas",
 ]
 NOT_OWNED = [
     "nvidia.com/mig.config", "nvidia.com/mig.config.state", "nvidia.com/device-plugin.config",
     "nvidia.com/gpu.deploy.device-plugin", "nvidia.com/gpu.deploy.mig-manager",
-    "nvidia.com/gpu.workload.config", "nvidia.com/gpu.mode", "nvidia.com/gpu.clique",
-    "nvidia.com/vgpu.present", "nvidia.com/gpu", "nvidia.com/gpu.product.extra",
+    "nvidia.com/gpu.workload.config", "nvidia.com/gpu.clique",
+    "nvidia.com/vgpu.host-driver-version", "nvidia.com/vgpu.host-driver-branch",
+    "nvidia.com/gpu", "nvidia.com/gpu.product.extra",
     "nvidia.com/mig-1g.10gb", "nvidia.com/mig-1g.10gb.family", "nvidia.com/mig-manager.count",
     "nvidia.com/mig-.count", "tessera.dev/mig.config", "tessera.dev/gpu.product",
     "example.com/nvidia.com/gpu.count", "feature.node.kubernetes.io/pci-10de.present",

@@ -40,7 +40,15 @@ from tessera.agent.sharing import sharing_facts
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
-from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
+from tessera.labels import (
+    DMI_PRODUCT_NAME,
+    GpuFacts,
+    NodeFacts,
+    feature_labels,
+    label_changes,
+    read_system,
+    stamped,
+)
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
 from tessera.plugin.manager import DevicePlugin, PluginSettings
@@ -58,6 +66,8 @@ class AgentSettings:
     mig: MigSettings = field(default_factory=MigSettings)
     mig_manager: bool = True
     feature_labels: bool = True
+    gfd_timestamp: bool = True  # GFD's noTimestamp (--no-timestamp, GFD_NO_TIMESTAMP) unset
+    machine_type_file: Path = DMI_PRODUCT_NAME  # what gpu.machine says (GFD's machineTypeFile)
     nvml_drain: bool = False
     status_file: Path | None = None
     tick_seconds: float = 1.0
@@ -286,7 +296,8 @@ class Agent:
         if self._system is None:
             assert self._node is not None
             try:
-                self._system = await self._blocking(read_system, self._node)
+                self._system = await self._blocking(read_system, self._node,
+                                                    self.settings.machine_type_file)
             except HardwareError as e:
                 log.warning("cannot read the driver for feature labels: %s", e)
                 return
@@ -294,9 +305,12 @@ class Agent:
         facts = replace(self._system, gpus=tuple(
             GpuFacts(v.gpu, v.mig_enabled, v.mig_devices) for v in self.plugin.inventory.gpus))
         strategy = self.plugin.config.flags.mig_strategy
-        self.labels = feature_labels(facts, mig_strategy=strategy,
-                                     sharing=sharing_facts(self.plugin.plan, strategy))
+        labels = feature_labels(facts, mig_strategy=strategy,
+                                sharing=sharing_facts(self.plugin.plan, strategy))
         current = self.view.labels if self.view is not None else {}
+        if self.settings.gfd_timestamp:
+            labels = stamped(current, labels, int(time.time()))
+        self.labels = labels
         changes = label_changes(current, self.labels)
         if not changes:
             return
@@ -335,10 +349,14 @@ class Agent:
                 "state": self.mig.status.state,
                 "reason": self.mig.status.reason,
                 "last_apply_seconds": self.mig.status.last_apply_seconds,
+                "last_change": self.mig.status.last_change,
+                "bad_input": self.mig.status.bad_input,
                 "paused": self.mig.status.paused,
+                "devices": self._mig_devices(),
             },
             "plugin": {
                 "config": plugin.config_name,
+                "mig_strategy": self.plugin.config.flags.mig_strategy,
                 "config_error": plugin.config_error,
                 "plan_error": plugin.plan_error,
                 "resources": {n: {"devices": d, "unhealthy": u}
@@ -354,6 +372,14 @@ class Agent:
             "errors": dict(self.errors),
             "api_requests": self.api.requests,
         }
+
+    def _mig_devices(self) -> dict[str, int]:
+        """MIG devices on the node by profile, as the plugin last read them."""
+        counts: dict[str, int] = {}
+        for gpu in self.plugin.inventory.gpus:
+            for device in gpu.mig_devices:
+                counts[device.profile] = counts.get(device.profile, 0) + 1
+        return dict(sorted(counts.items()))
 
     def _write_status(self) -> None:
         path = self.settings.status_file

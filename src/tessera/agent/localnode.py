@@ -21,6 +21,7 @@ from tessera.errors import ConfigError
 from tessera.kube import NodeView, PodView
 
 log = logging.getLogger(__name__)
+_ONE_BY_ONE = 3  # changes logged one per line at info level; more: one line
 
 
 def state_dir() -> Path:
@@ -101,8 +102,15 @@ class LocalNode:
         self.patches += 1
         data["version"] += 1
         self._write(data)
-        for name, value in {**(labels or {}), **(annotations or {})}.items():
-            log.info("node %s: %s=%s", self.name, name, "(removed)" if value is None else value)
+        changes = {**(labels or {}), **(annotations or {})}
+        # A state label changing is news; the feature labels' first write is two dozen lines
+        # that say only "labelled", so a bulk change is one line and the keys go to debug.
+        level = logging.INFO if len(changes) <= _ONE_BY_ONE else logging.DEBUG
+        if level == logging.DEBUG:
+            log.info("node %s: %d labels and annotations changed", self.name, len(changes))
+        for name, value in changes.items():
+            log.log(level, "node %s: %s=%s", self.name, name,
+                    "(removed)" if value is None else value)
         return self._view(data)
 
     async def event(self, reason: str, message: str, *, type: str = "Normal") -> None:

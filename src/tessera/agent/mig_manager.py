@@ -63,7 +63,14 @@ from tessera.mig import engine
 from tessera.mig.applier import apply, check_not_busy
 from tessera.mig.explicit import parse_layout
 from tessera.mig.planner import Plan
-from tessera.mig.steps import DestroyComputeInstance, DestroyGpuInstance, ResetGpu, SetMigMode
+from tessera.mig.steps import (
+    CreateComputeInstance,
+    CreateGpuInstance,
+    DestroyComputeInstance,
+    DestroyGpuInstance,
+    ResetGpu,
+    SetMigMode,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +122,21 @@ class MigStatus:
     last_apply_seconds: float | None = None
     paused: dict[str, str] = field(default_factory=dict)
     retry_at: float | None = None
+    bad_input: bool = False  # failed on the config itself (unreadable, unknown name, invalid)
+    last_change: str | None = None  # what the last apply did, GPU and compute instances apart
+
+
+def instance_changes(plan: Plan) -> str:
+    """What a plan does to instances, GPU instances and compute instances counted apart (a
+    MIG device is one of each): `created 32 GPU instances and 32 compute instances, destroyed
+    0 and 0, kept 0 GPU instances`."""
+    def count(kind: type) -> int:
+        return sum(isinstance(step, kind) for step in plan.steps)
+
+    return (f"created {count(CreateGpuInstance)} GPU instances and "
+            f"{count(CreateComputeInstance)} compute instances, destroyed "
+            f"{count(DestroyGpuInstance)} and {count(DestroyComputeInstance)}, kept "
+            f"{plan.kept} GPU instances")
 
 
 def paused_devices(plan: Plan, states: Mapping[int, GpuMigState],
@@ -277,8 +299,7 @@ class MigManager:
         return await self._final(
             desired, SUCCESS, None, "MigConfigApplied",
             f"applied {desired.target!r} in {self.status.last_apply_seconds:.1f} s: "
-            f"{planned.destroyed} instances destroyed, {planned.created} created, "
-            f"{planned.kept} kept",
+            f"{instance_changes(planned)}", change=instance_changes(planned),
         )
 
     def _plan(self, node: Node, desired: Desired) -> tuple[Plan, engine.Observation]:
@@ -317,8 +338,12 @@ class MigManager:
         return f" (pods: {described})" if described else ""
 
     async def _final(self, desired: Desired, state: str, reason: str | None,
-                     event: str | None, message: str | None = None) -> str:
+                     event: str | None, message: str | None = None, *,
+                     change: str | None = None) -> str:
         self._done = desired
+        self.status.bad_input = event == "MigConfigInvalid"
+        if change is not None:
+            self.status.last_change = change
         self.status.retry_at = None
         self._backoff = self.settings.retry_seconds
         self._retry_reason = None
@@ -333,6 +358,7 @@ class MigManager:
     async def _retry(self, desired: Desired, reason: str, event: str | None = None) -> str:
         """A temporary failure: say why, and try again after a growing delay."""
         self._done = desired
+        self.status.bad_input = False
         self.status.retry_at = self._clock() + self._backoff
         new = reason != self._retry_reason  # one Event per cause, not one per attempt
         self._retry_reason = reason

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from tessera.agent.agent import Agent, AgentSettings
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
-from tessera.cli.common import Output, fail, reported, settings
+from tessera.agent.once import EXIT_OK, advertising, outcome
+from tessera.cli.common import Output, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
 from tessera.errors import ConfigError
@@ -28,6 +30,7 @@ from tessera.kubeletapi.constants import (
     KUBELET_SOCKET_NAME,
     POD_RESOURCES_SOCKET,
 )
+from tessera.labels import DMI_PRODUCT_NAME
 from tessera.metrics import ExporterSettings
 from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.plugin.manager import PluginSettings
@@ -82,8 +85,9 @@ def agent(
     node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME",
                                   help="This node's name in the cluster."),
     kubeconfig: Path | None = typer.Option(
-        None, "--kubeconfig", envvar="KUBECONFIG",
-        help="Kubeconfig file (default: the in-cluster service account)."),
+        None, "--kubeconfig",
+        help="Kubeconfig file (default: $KUBECONFIG, else the in-cluster service account, "
+             "else ~/.kube/config)."),
     no_kube: bool = typer.Option(False, "--no-kube", envvar="TESSERA_NO_KUBE",
                                  help="Run standalone: node labels in a local file."),
     node_file: Path | None = typer.Option(
@@ -136,6 +140,13 @@ def agent(
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket",
         help="The kubelet's PodResources socket, for the metrics' pod labels."),
+    no_timestamp: bool = typer.Option(
+        False, "--no-timestamp", envvar="GFD_NO_TIMESTAMP",
+        help="Leave out GPU feature discovery's nvidia.com/gfd.timestamp label (GFD's "
+             "--no-timestamp)."),
+    machine_type_file: Path = typer.Option(
+        DMI_PRODUCT_NAME, "--machine-type-file", envvar="GFD_MACHINE_TYPE_FILE",
+        help="The file nvidia.com/gpu.machine is read from (GFD's --machine-type-file)."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -163,6 +174,8 @@ def agent(
                             reboot=_reboot(reboot_command),
                             default_config=default_mig_config or None),
             mig_manager=mig_manager,
+            gfd_timestamp=not no_timestamp,
+            machine_type_file=machine_type_file,
             nvml_drain=nvml_drain,
             status_file=status_file or status_path(node_name),
             exporter=ExporterSettings(
@@ -184,9 +197,32 @@ def agent(
                      node_name, getattr(api, "path", "?"), socket_dir)
         asyncio.run(_run(agent, once))
         if once:
-            print_status(agent.status(), Output.table)
+            status = agent.status()
+            print_status(status, Output.table, advertising(status))
             with open_node() as node:
                 print_layout(node)
+            result = outcome(status)
+            if result.code != EXIT_OK:
+                fail(escape(result.reason or "failed"), result.code)
+            stdout.print("\n".join(["try next:", *_next_steps(common.simulate, standalone,
+                                                                status)]), markup=False)
+
+
+def _next_steps(preset: str | None, standalone: bool, status: dict[str, Any]) -> list[str]:
+    """Two to four commands worth running after a first `--once`, with what each shows."""
+    base = f"tessera --simulate {preset}" if preset else "tessera"
+    agent = f"{base} agent" + (" --no-kube" if standalone else "")
+    steps: list[tuple[str, str]] = []
+    if status["plugin"].get("mig_strategy") != "mixed" and status["mig"].get("devices"):
+        steps.append((f"MIG_STRATEGY=mixed {agent} --once",
+                      "advertise each MIG device as nvidia.com/mig-<profile>"))
+    steps += [
+        (f"{agent} --label nvidia.com/mig.config=all-1g.10gb --once",
+         "another layout: only the instances that differ are touched"),
+        (f"{agent}", "keep running: device plugin sockets, labels, metrics on :9400"),
+        (f"{base} status", "the node at a glance, from another shell"),
+    ]
+    return [line for command, why in steps for line in (f"  # {why}", f"  {command}")]
 
 
 async def _run(agent: Agent, once: bool) -> None:

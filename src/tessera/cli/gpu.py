@@ -35,7 +35,8 @@ def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_fil
 
 _NODE = typer.Option(socket.gethostname(), "--node-name", "--node", envvar="NODE_NAME",
                      help="The node whose GPU it is.")
-_KUBECONFIG = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG")
+_KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: as kubectl: "
+                           "$KUBECONFIG, else in-cluster, else ~/.kube/config).")
 _LOCAL = typer.Option(False, "--no-kube", help="A standalone agent's node (local file).")
 _NODE_FILE = typer.Option(None, "--node-file")
 

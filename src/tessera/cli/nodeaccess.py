@@ -19,11 +19,14 @@ def runtime_dir() -> Path:
 
 
 def standalone_mode(common: Settings, no_kube: bool, kubeconfig: Path | None) -> bool:
-    """Standalone when asked, or when simulating with no cluster configured."""
+    """Standalone when asked, or when simulating with no cluster named: a simulated node
+    joins a cluster only through `--kubeconfig`, `$KUBECONFIG` or its pod, never through a
+    `~/.kube/config` that happens to be there (it would label a real Node with fake GPUs)."""
     if no_kube:
         return True
+    named = kubeconfig is not None or bool(os.environ.get("KUBECONFIG"))
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    return common.simulate is not None and kubeconfig is None and not in_cluster
+    return common.simulate is not None and not named and not in_cluster
 
 
 def node_api(node_name: str, standalone: bool, kubeconfig: Path | None,

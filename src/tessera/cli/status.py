@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tessera.agent.report import node_status
@@ -18,6 +21,7 @@ from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
+from tessera.kube.config import find_credentials
 from tessera.mig import engine
 
 
@@ -28,16 +32,22 @@ def status(
     status_file: Path | None = typer.Option(None, "--status-file",
                                             envvar="TESSERA_STATUS_FILE"),
     kubeconfig: Path | None = typer.Option(
-        None, "--kubeconfig", envvar="KUBECONFIG",
+        None, "--kubeconfig",
         help="Read the node from the cluster (from any machine) instead of the agent's file."),
     output: Output = OutputOption,
 ) -> None:
     """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
 
-    On the node it reads the agent's status file and the GPUs; with --kubeconfig, the
-    Node object: its MIG state and reason, allocatable devices, disabled GPUs, labels.
+    On the node it reads the agent's status file and the GPUs; from the cluster, the Node
+    object: its MIG state and reason, allocatable devices, disabled GPUs, labels. The cluster
+    is read with --kubeconfig or $KUBECONFIG, or where the node has no agent status file and
+    kubectl's credentials are there (in-cluster, ~/.kube/config).
     """
-    if kubeconfig is not None:
+    path = status_file or status_path(node_name)
+    with reported():
+        from_cluster = kubeconfig is not None or bool(os.environ.get("KUBECONFIG")) or (
+            status_file is None and not path.exists() and find_credentials() is not None)
+    if from_cluster:
         with reported():
             data = asyncio.run(_cluster_status(node_name, kubeconfig))
         if output is Output.table:
@@ -45,12 +55,12 @@ def status(
         else:
             emit(data, output)
         return
-    path = status_file or status_path(node_name)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         fail(f"no agent status at {path}: is `tessera agent` running on node {node_name}? "
-             "(--status-file or TESSERA_STATUS_FILE to look elsewhere)")
+             "(--status-file or TESSERA_STATUS_FILE to look elsewhere, --kubeconfig to read "
+             "the Node from the cluster)")
     except ValueError as e:
         fail(f"{path}: not an agent status file ({e})")
     data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
@@ -62,7 +72,7 @@ def status(
     emit(data, output)
 
 
-async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
+async def _cluster_status(node_name: str, kubeconfig: Path | None) -> dict[str, Any]:
     api = NodeClient.connect(node_name, kubeconfig)
     try:
         return node_status(await api.get())
@@ -77,18 +87,24 @@ def print_layout(node: Node) -> None:
             stdout.print(part)
 
 
-def print_status(data: dict[str, Any], output: Output) -> None:
+def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()) -> None:
+    """The node's MIG state, what is advertised, problems and labels; `notes` go right
+    under the table of what is advertised."""
     mig = data.get("mig", {})
-    stdout.print(f"[bold]node[/] {data.get('node')}   [bold]MIG[/] "
-                 f"{mig.get('config') or '(no nvidia.com/mig.config label)'}: "
-                 f"{mig.get('state') or '-'}"
-                 + (f" — {mig['reason']}" if mig.get("reason") else ""))
+    detail = mig.get("reason") or (mig.get("last_change") if mig.get("state") == "success"
+                                   else None)
+    stdout.print(f"[bold]node[/] {escape(str(data.get('node')))}   [bold]MIG[/] "
+                 f"{escape(mig.get('config') or '(no nvidia.com/mig.config label)')}: "
+                 f"{mig.get('state') or '-'}" + (f" — {escape(detail)}" if detail else ""))
     plugin = data.get("plugin", {})
-    table = Table("resource", "devices", "unhealthy", title="advertised to the kubelet",
-                  title_justify="left")
+    title = "advertised to the kubelet" + (f" (MIG strategy {plugin['mig_strategy']})"
+                                           if plugin.get("mig_strategy") else "")
+    table = Table("resource", "devices", "unhealthy", title=title, title_justify="left")
     for name, counts in sorted(plugin.get("resources", {}).items()):
         table.add_row(name, str(counts["devices"]), str(counts["unhealthy"]))
     stdout.print(table)
+    for note in notes:
+        stdout.print(note, markup=False)
     for key in ("config_error", "plan_error"):
         if plugin.get(key):
             stdout.print(f"[red]{key.replace('_', ' ')}:[/] {plugin[key]}")

@@ -125,6 +125,10 @@ class Gpu:
     mig_capable: bool
     numa_node: int | None = None  # None where the platform has no NUMA affinity to report
     minor_number: int | None = None  # /dev/nvidia<minor>; None where the driver cannot say
+    # The PCI class code (base, sub-class, programming interface: 0x030200 is a 3D controller,
+    # a GPU with its display off; 0x030000 a VGA controller); None where it cannot be read.
+    pci_class: int | None = None
+    vgpu_guest: bool = False  # a vGPU handed to this VM by a hypervisor's vGPU manager
 
     @property
     def product(self) -> str:

@@ -69,6 +69,17 @@ def sysfs_numa_node(bus_id: str) -> int | None:
     return value if value >= 0 else None
 
 
+def sysfs_pci_class(bus_id: str) -> int | None:
+    """The PCI class code the kernel reports for a bus ID (`0x030200`), or None where the
+    device is not there."""
+    domain, _, rest = bus_id.partition(":")
+    try:
+        name = f"{int(domain, 16):04x}:{rest.lower()}"
+        return int((SYSFS_PCI_DEVICES / name / "class").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
 class Node:
     """The GPUs of this machine, through NVML (real or simulated)."""
 
@@ -148,6 +159,8 @@ class Node:
             mig_capable=self.mig_mode(index) is not None,
             numa_node=self._numa_node(h, index, _text(pci.busId)),
             minor_number=self._minor_number(h, index),
+            pci_class=self._pci_class(h, index, _text(pci.busId)),
+            vgpu_guest=self._vgpu_guest(h, index),
         )
 
     def _minor_number(self, h: Any, index: int) -> int | None:
@@ -174,6 +187,37 @@ class Node:
                         or self._is(e, "NVML_ERROR_FUNCTION_NOT_FOUND")):
                     raise
         return sysfs_numa_node(bus_id)
+
+    def _pci_class(self, h: Any, index: int, bus_id: str) -> int | None:
+        # nvmlDeviceGetPciInfoExt (drivers from 550) tells the class; before it, the kernel
+        # does, from the same bus ID, which is where GPU feature discovery reads it.
+        struct = getattr(self.nvml, "nvmlPciInfoExt_v1_t", None)
+        if struct is not None:
+            info = struct()
+            info.version = self.nvml.nvmlPciInfoExt_v1
+            try:
+                with self._call("read the PCI class", index):
+                    self.nvml.nvmlDeviceGetPciInfoExt(h, ctypes.byref(info))
+                return (int(info.baseClass) << 16) | (int(info.subClass) << 8)
+            except HardwareError as e:
+                if not (self._is(e, "NVML_ERROR_NOT_SUPPORTED")
+                        or self._is(e, "NVML_ERROR_FUNCTION_NOT_FOUND")
+                        or self._is(e, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH")):
+                    raise
+        return sysfs_pci_class(bus_id)
+
+    def _vgpu_guest(self, h: Any, index: int) -> bool:
+        """Is this GPU a vGPU a hypervisor's vGPU manager gave this VM (NVML's
+        virtualization mode `VGPU`)? False where the driver cannot say."""
+        try:
+            with self._call("read the virtualization mode", index):
+                mode = int(self.nvml.nvmlDeviceGetVirtualizationMode(h))
+        except HardwareError as e:
+            if self._is(e, "NVML_ERROR_NOT_SUPPORTED") or self._is(
+                    e, "NVML_ERROR_FUNCTION_NOT_FOUND"):
+                return False
+            raise
+        return mode == int(self.nvml.NVML_GPU_VIRTUALIZATION_MODE_VGPU)
 
     def probe(self, index: int) -> str | None:
         """A cheap health check: None while the GPU answers NVML (handle, UUID, memory), else

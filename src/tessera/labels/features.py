@@ -11,15 +11,20 @@ smallest node patch. Where GFD leaves a choice to chance, Tessera decides determ
   the most GPUs wins, then the one holding the lowest GPU index; a warning names the others.
 - MIG devices of one profile are described by the first of them (GPU index, then slot).
 
+`gpu.mode` is GFD's reading of the GPUs' PCI class: `compute` when every GPU is a 3D
+controller (display off), `graphics` when every one is a VGA controller, else (classes that
+differ, or one that cannot be read) `unknown`. `vgpu.present` is `true` on a VM given vGPUs by
+a hypervisor, else `false`.
+
 Labels GFD writes that these facts cannot supply truthfully are left out, never guessed:
-`gpu.mode` (needs the PCI class of each GPU), `gpu.clique` (needs NVLink fabric cluster and
-clique IDs), and `vgpu.present` / `vgpu.host-driver-*` (need the vGPU guest interface).
+`gpu.clique` (needs NVLink fabric cluster and clique IDs) and `vgpu.host-driver-version` /
+`-branch` (need the vGPU host's driver, which only the PCI config space of a vGPU tells).
 `owned` does not claim them, so labels another component wrote under those keys are left alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tessera.errors import ConfigError
@@ -28,6 +33,7 @@ from tessera.labels.changes import label_changes
 from tessera.labels.facts import GpuFacts, NodeFacts, SharingFacts
 from tessera.labels.keys import (
     GPU_MACHINE,
+    GPU_MODE,
     GPU_PRESENT,
     GPU_RESOURCE,
     MIG_CAPABLE,
@@ -35,6 +41,7 @@ from tessera.labels.keys import (
     MPS_CAPABLE,
     PREFIX,
     TIMESTAMP,
+    VGPU_PRESENT,
     mig_name,
     mig_resource,
     owned,
@@ -47,6 +54,7 @@ __all__ = [
     "NO_SHARING",
     "PREFIX",
     "feature_labels",
+    "gpu_mode",
     "label_changes",
     "owned",
     "single_strategy_problem",
@@ -57,6 +65,9 @@ MIG_STRATEGIES = ("none", "single", "mixed")
 NO_SHARING = SharingFacts()
 # GFD's value when the machine type cannot be read.
 UNKNOWN_MACHINE = "unknown"
+# PCI class codes GFD tells GPU modes by (go-nvlib's nvpci).
+PCI_VGA_CONTROLLER = 0x030000
+PCI_3D_CONTROLLER = 0x030200
 
 
 def feature_labels(
@@ -69,9 +80,8 @@ def feature_labels(
     """The `nvidia.com/*` labels GFD writes for this node. Raises `ConfigError` for a MIG
     strategy other than none, single or mixed.
 
-    `timestamp` (unix seconds) adds `gfd.timestamp`. The agent leaves it out: a value that
-    changes on every pass would patch the Node every minute, waking every watcher of Nodes,
-    to say only that the labeler is alive.
+    `timestamp` (unix seconds) adds `gfd.timestamp`; `changes.stamped` decides which time
+    it says, so that a steady node is not patched for the clock alone.
     """
     return _compute(facts, mig_strategy, sharing, timestamp).labels
 
@@ -144,6 +154,8 @@ def _compute(
     labels[GPU_PRESENT] = "true"
     labels[GPU_MACHINE] = sanitise(facts.machine or "") or UNKNOWN_MACHINE
     labels.update(_version_labels(facts, notes))
+    labels[GPU_MODE] = gpu_mode(g.gpu.pci_class for g in gpus)
+    labels[VGPU_PRESENT] = _bool(any(g.gpu.vgpu_guest for g in gpus))
     labels[MIG_CAPABLE] = _bool(any(g.gpu.mig_capable for g in gpus))
     labels[MPS_CAPABLE] = _bool(_mps_capable(gpus, sharing, notes))
     labels.update(_gpu_model_labels(gpus, sharing, notes))
@@ -154,6 +166,15 @@ def _compute(
         labels[MIG_STRATEGY] = mig_strategy
         labels.update(_mixed_labels(gpus, sharing, notes))
     return _Outcome(_fitted(labels, notes), tuple(notes))
+
+
+def gpu_mode(pci_classes: Iterable[int | None]) -> str:
+    """GFD's `gpu.mode` for GPUs of these PCI classes (None: a class that cannot be read)."""
+    seen = set(pci_classes)
+    if len(seen) != 1:
+        return "unknown"
+    return {PCI_VGA_CONTROLLER: "graphics", PCI_3D_CONTROLLER: "compute"}.get(
+        seen.pop() or 0, "unknown")
 
 
 def _version_labels(facts: NodeFacts, notes: list[str]) -> dict[str, str]:

@@ -3,7 +3,8 @@
 A node carries `nvidia.com/*` labels that are not ours to touch: inputs people set
 (`nvidia.com/mig.config`, `nvidia.com/device-plugin.config`), the MIG manager's state
 (`nvidia.com/mig.config.state`), the GPU Operator's `gpu.deploy.*` switches, and GFD labels
-Tessera cannot compute truthfully and so never writes (`gpu.mode`, `gpu.clique`, `vgpu.*`).
+Tessera cannot compute truthfully and so never writes (`gpu.clique`,
+`vgpu.host-driver-version`, `vgpu.host-driver-branch`).
 `owned` answers yes only for keys `features.feature_labels` can produce.
 """
 
@@ -36,6 +37,8 @@ GPU_MACHINE = f"{PREFIX}gpu.machine"
 MIG_CAPABLE = f"{PREFIX}mig.capable"
 MIG_STRATEGY = f"{PREFIX}mig.strategy"
 MPS_CAPABLE = f"{PREFIX}mps.capable"
+GPU_MODE = f"{PREFIX}gpu.mode"
+VGPU_PRESENT = f"{PREFIX}vgpu.present"
 VERSION_KEYS = tuple(
     f"{PREFIX}{name}"
     for name in (
@@ -57,7 +60,8 @@ VERSION_KEYS = tuple(
 
 _RESOURCE_SUFFIXES = (*BASE_SUFFIXES, MEMORY_SUFFIX, *ARCH_SUFFIXES, *MIG_ATTRIBUTE_SUFFIXES)
 _OWNED_KEYS = frozenset(
-    {TIMESTAMP, GPU_PRESENT, GPU_MACHINE, MIG_CAPABLE, MIG_STRATEGY, MPS_CAPABLE, *VERSION_KEYS}
+    {TIMESTAMP, GPU_PRESENT, GPU_MACHINE, MIG_CAPABLE, MIG_STRATEGY, MPS_CAPABLE, GPU_MODE,
+     VGPU_PRESENT, *VERSION_KEYS}
     | {f"{GPU_RESOURCE}.{suffix}" for suffix in _RESOURCE_SUFFIXES}
 )
 # `nvidia.com/mig-<profile>.<suffix>`: profile names start with their slice count

@@ -263,7 +263,12 @@ class DevicePlugin:
         if changed:
             for warning in config.warnings:
                 log.warning("config %s: %s", name or "(default)", warning)
-            log.info("running with config %s: %s", name or "(default)", config.to_json())
+            # The two facts that decide what is advertised, for a person; the whole config
+            # (a screenful of defaults) at debug level.
+            sharing = " and ".join(s.kind for s in config.sharing) or "none"
+            log.info("running with config %s: MIG strategy %s, sharing %s", name or "(default)",
+                     config.flags.mig_strategy, sharing)
+            log.debug("config %s in full: %s", name or "(default)", config.to_json())
         self.config = config
         self.health.health = config.health
         return changed

@@ -58,6 +58,9 @@ class ProductData(_Strict):
     compute_capability: tuple[int, int]
     architecture: str
     power_limit_w: int
+    # The PCI class the board shows: 0x030200 (3D controller) for data-centre GPUs, whose
+    # display is off; 0x030000 (VGA controller) for a board with its display enabled.
+    pci_class: int = 0x030200
     mig: MigData | None = None
 
     def gpu_instance_profile(self, *, enum: int | None = None, id: int | None = None) -> (

@@ -277,6 +277,24 @@ class SimulatedNvml(TelemetryMixin):
 
     nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
 
+    def nvmlDeviceGetPciInfoExt(self, handle: Any, c_info: Any) -> None:
+        # As in C, the caller passes the struct (or `byref` of it) with `version` set, and
+        # NVML fills it in; an unknown version is refused as the driver refuses it.
+        info = getattr(c_info, "_obj", c_info)
+        if info.version != pynvml.nvmlPciInfoExt_v1:
+            raise _error(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        basic = self.nvmlDeviceGetPciInfo(handle)
+        _, gpu, _, _ = self._device(handle)
+        pci_class = self._product(gpu).pci_class
+        info.domain, info.bus, info.device = basic.domain, basic.bus, basic.device
+        info.pciDeviceId, info.pciSubSystemId = basic.pciDeviceId, basic.pciSubSystemId
+        info.baseClass, info.subClass = pci_class >> 16, (pci_class >> 8) & 0xFF
+        info.busId = basic.busId
+
+    def nvmlDeviceGetVirtualizationMode(self, handle: Any) -> int:
+        self._device(handle)
+        return int(pynvml.NVML_GPU_VIRTUALIZATION_MODE_NONE)  # bare metal: no hypervisor
+
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         if version:  # the v2 struct (with `reserved`) is the telemetry mixin's
             return self._memory_info_v2(handle)
