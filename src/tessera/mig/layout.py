@@ -124,20 +124,22 @@ def most_of(catalog: GpuCatalog, kind: DeviceKind) -> int:
     time, that every count is checked against before any placement search."""
     gi = catalog.gi_profile(kind.gi_profile_id)
     ci = catalog.ci_profile(kind.gi_profile_id, kind.ci_profile_id)
-    return gi.instance_count * max(1, gi.slices // max(1, ci.slices))
+    return gi.instance_count * max(1, ci.instance_count)
 
 
-def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts]) -> NodeTarget:
+def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts],
+            unreachable: Sequence[int] = ()) -> NodeTarget:
     """Resolve config `name` of `file` against this node's GPUs, or raise MigConfigError.
 
     As mig-parted's `MatchesDevices` and `MatchesDeviceFilter`: an entry applies to the GPUs
     it names that this node has, and an entry that selects none of them is skipped, so one
-    config can serve nodes with different GPUs and GPU counts."""
+    config can serve nodes with different GPUs and GPU counts. `unreachable` GPUs exist but
+    could not be read; they are not `gpus` and not reported as absent either."""
     config, entries = file.select(name)
     chosen: dict[int, tuple[int, GpuTarget]] = {}
     without_mig: set[int] = set()
     notes: list[str] = []
-    present = {f.gpu.index for f in gpus}
+    present = {f.gpu.index for f in gpus} | set(unreachable)
     for entry in entries:
         def fail(reason: str, gpu: int | None = None, _entry: int = entry.index) -> (
             MigConfigError

@@ -53,6 +53,7 @@ class Plan:
     unmatched: tuple[int, ...] = field(default=())
     without_mig: tuple[int, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    broken: tuple[tuple[int, str], ...] = field(default=())  # GPUs left out: (index, error)
 
     @property
     def empty(self) -> bool:
@@ -73,6 +74,7 @@ class Plan:
             "unmatched_gpus": list(self.unmatched),
             "gpus_without_mig": list(self.without_mig),
             "notes": list(self.notes),
+            "broken_gpus": {str(i): error for i, error in self.broken},
         }
 
     def __str__(self) -> str:

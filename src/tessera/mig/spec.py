@@ -225,7 +225,7 @@ def _entry(wire: _Entry, index: int, config: str, source: str) -> MigConfigEntry
             profile = parse_profile(text)
         except ValueError as e:
             raise fail(f"`mig-devices`: {e}") from e
-        if type(count) is not int or not 0 <= count:
+        if type(count) is not int or count < 0:
             raise fail(
                 f"`mig-devices`: count of {text} is {json.dumps(count, default=str)}; give a "
                 f"whole number from 0 to the profile's maximum per GPU (at most "
