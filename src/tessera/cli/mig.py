@@ -94,9 +94,10 @@ def _config(node: Node, path: Path | None) -> MigConfigFile:
 
 def _name_broken(broken: dict[int, str] | tuple[tuple[int, str], ...]) -> bool:
     """Name each GPU that could not be read on stderr; whether there was any."""
-    items = broken.items() if isinstance(broken, dict) else broken
+    items = list(broken.items() if isinstance(broken, dict) else broken)
     for index, error in items:
-        stderr.print(f"GPU {index}: left alone, it cannot be read: {error}", markup=False)
+        reason = error.removeprefix(f"GPU {index}: ")
+        stderr.print(f"GPU {index}: left alone, it cannot be read ({reason})", markup=False)
     return bool(items)
 
 
@@ -329,7 +330,8 @@ def assert_command(
             else:
                 stdout.print(f"  GPU {gpu.index}: {gpu.name} has no MIG; skipped")
         for index, error in remaining.broken:
-            stdout.print(f"  GPU {index}: cannot be read, so not asserted: {error}")
+            stdout.print(f"  GPU {index}: cannot be read, so not asserted "
+                         f"({error.removeprefix(f'GPU {index}: ')})")
     if not matches:
         raise typer.Exit(EXIT_FAILED)
 

@@ -101,7 +101,8 @@ def parse_hooks(text: str, *, source: str = "<hooks>") -> Hooks:
     try:
         wire = _File.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
+        # A misspelt field is also a missing one; the misspelling is what to point at.
+        first = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
         where = ".".join(str(p) for p in first["loc"]) or "top level"
         if first["type"] == "literal_error" and first["loc"][:1] == ("hooks",):
             reason = f"`{first['input']}` is no hook: hooks are {', '.join(HOOK_NAMES)}"
