@@ -273,8 +273,20 @@ def test_apply_leaves_a_gpu_off_the_bus_alone_and_names_it() -> None:
     assert _sim_gpu(3) == lost_before
     gpus = json.loads(tessera("mig", "show", "-o", "json")[1])["gpus"]
     assert [g.get("mig_devices") for g in gpus if g["index"] != 3] == [{"3g.40gb": 2}] * 7
-    code, _, err = tessera("mig", "layout", "--apply", "/dev/null")
-    assert code == 2  # an empty layout file is bad input, not the broken GPU's fault
+
+
+def test_layout_apply_leaves_a_gpu_off_the_bus_alone(tmp_path: Path) -> None:
+    assert tessera("sim", "xid", "3", "79")[0] == 0
+    layout = tmp_path / "layout.yaml"
+    layout.write_text('version: v1\ngpus:\n  "0": [{profile: 7g.80gb, placement: 0}]\n'
+                      '  "3": [{profile: 7g.80gb, placement: 0}]\n')
+    code, out, err = tessera("mig", "layout", "--apply", str(layout))
+    assert code == 1
+    assert "GPU 3: left alone" in err
+    assert "layout applied" in out
+    assert json.loads(tessera("mig", "show", "-o", "json")[1])["gpus"][0]["mig_devices"] == {
+        "7g.80gb": 1}
+    assert _sim_gpu(3)[:2] == (False, False)
 
 
 def test_a_failing_nvml_call_stops_only_its_gpu() -> None:
