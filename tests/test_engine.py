@@ -18,6 +18,7 @@ from tessera.mig import engine, spec
 from tessera.mig.export import export_entries
 from tessera.mig.layout import fits
 from tessera.mig.packing import GpuCatalog
+from tessera.mig.applier import split_phases
 from tessera.mig.steps import ResetGpu
 
 PRODUCT_PRESETS = ["dgx-a100", "dgx-a100-40gb", "a30x4", "dgx-h100", "h100-nvl", "hgx-h200"]
@@ -273,3 +274,23 @@ def test_a_broken_gpu_fails_the_strict_read_and_is_set_aside_on_request() -> Non
     assert dict(planned.broken) == seen.broken
     assert not engine.matches(engine.assert_config(
         node, _config({"3g.40gb": 2}, gpus="all"), None, skip_broken=True))
+
+
+def test_mig_parteds_phases_put_every_mode_change_before_any_device() -> None:
+    node, _ = make_node("dgx-a100")
+    engine.apply_config(node, _config({"3g.40gb": 2}, gpus="[1]"), None)
+    file = spec.parse("version: v1\nmig-configs:\n  c:\n"
+                      "    - {devices: [0], mig-enabled: true, mig-devices: {7g.80gb: 1}}\n"
+                      "    - {devices: [1], mig-enabled: false}\n")
+    planned, _ = engine.plan_config(node, file, "c")
+    mode, devices, waiting = split_phases(planned)
+    assert [s.action for s in mode if s.gpu == 0] == ["set-mig-mode", "reset-gpu"]
+    assert [s.action for s in mode if s.gpu == 1][-2:] == ["set-mig-mode", "reset-gpu"]
+    assert {s.action for s in mode if s.gpu == 1} >= {"destroy-gpu-instance"}
+    assert {s.gpu for s in devices} == {0}
+    assert waiting == ()
+    assert sorted(mode + devices, key=planned.steps.index) == list(planned.steps)
+    mode, devices, waiting = split_phases(planned, skip_reset=True)
+    assert not any(isinstance(s, ResetGpu) for s in mode)
+    assert devices == ()
+    assert waiting == (0, 1)
