@@ -15,10 +15,10 @@ from tessera.errors import ApplyError, GpuBusyError, HardwareError, MigConfigErr
 from tessera.hardware.model import GpuInstanceProfile, MigMode
 from tessera.hardware.node import Node
 from tessera.mig import engine, spec
+from tessera.mig.applier import split_phases
 from tessera.mig.export import export_entries
 from tessera.mig.layout import fits
 from tessera.mig.packing import GpuCatalog
-from tessera.mig.applier import split_phases
 from tessera.mig.steps import ResetGpu
 
 PRODUCT_PRESETS = ["dgx-a100", "dgx-a100-40gb", "a30x4", "dgx-h100", "h100-nvl", "hgx-h200"]
