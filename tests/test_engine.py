@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import make_node
-from tessera.errors import ApplyError, GpuBusyError, MigConfigError
+from tessera.errors import ApplyError, GpuBusyError, HardwareError, MigConfigError
 from tessera.hardware.model import GpuInstanceProfile, MigMode
 from tessera.hardware.node import Node
 from tessera.mig import engine, spec
+from tessera.mig.applier import split_phases
 from tessera.mig.export import export_entries
 from tessera.mig.layout import fits
 from tessera.mig.packing import GpuCatalog
@@ -255,3 +256,41 @@ def test_any_sequence_of_valid_configs_converges_and_spares_busy_instances(
         elif devices:
             busy_uuid = devices[busy_slot % len(devices)]
             control.start_process(busy_uuid)
+
+
+def test_a_broken_gpu_fails_the_strict_read_and_is_set_aside_on_request() -> None:
+    node, control = make_node("dgx-a100")
+    engine.apply_config(node, _config({"3g.40gb": 2}, gpus="all"), None)
+    control.raise_xid(5, 79)
+    with pytest.raises(HardwareError):  # the old call: one read of the whole node
+        engine.observe(node)
+    seen = engine.observe(node, skip_broken=True)
+    assert [f.gpu.index for f in seen.gpus] == [0, 1, 2, 3, 4, 6, 7]
+    assert list(seen.broken) == [5]
+    assert "fallen off the bus" in seen.broken[5]
+    planned, _ = engine.plan_config(node, _config({"1g.10gb": 7}, gpus="all"), None,
+                                    skip_broken=True)
+    assert 5 not in planned.gpus
+    assert dict(planned.broken) == seen.broken
+    assert not engine.matches(engine.assert_config(
+        node, _config({"3g.40gb": 2}, gpus="all"), None, skip_broken=True))
+
+
+def test_mig_parteds_phases_put_every_mode_change_before_any_device() -> None:
+    node, _ = make_node("dgx-a100")
+    engine.apply_config(node, _config({"3g.40gb": 2}, gpus="[1]"), None)
+    file = spec.parse("version: v1\nmig-configs:\n  c:\n"
+                      "    - {devices: [0], mig-enabled: true, mig-devices: {7g.80gb: 1}}\n"
+                      "    - {devices: [1], mig-enabled: false}\n")
+    planned, _ = engine.plan_config(node, file, "c")
+    mode, devices, waiting = split_phases(planned)
+    assert [s.action for s in mode if s.gpu == 0] == ["set-mig-mode", "reset-gpu"]
+    assert [s.action for s in mode if s.gpu == 1][-2:] == ["set-mig-mode", "reset-gpu"]
+    assert {s.action for s in mode if s.gpu == 1} >= {"destroy-gpu-instance"}
+    assert {s.gpu for s in devices} == {0}
+    assert waiting == ()
+    assert sorted(mode + devices, key=planned.steps.index) == list(planned.steps)
+    mode, devices, waiting = split_phases(planned, skip_reset=True)
+    assert not any(isinstance(s, ResetGpu) for s in mode)
+    assert devices == ()
+    assert waiting == (0, 1)
