@@ -1,6 +1,7 @@
 """GPU telemetry through the seam: frozen samples of every GPU and GPU instance of a node.
 
-`TelemetryReader` reads what an exporter reports — clocks, temperatures, power, energy,
+`TelemetryReader` reads what an exporter reports — clocks (and why they are held down),
+temperatures, power, energy,
 PCIe replays, utilisation, encoder/decoder use, framebuffer memory (per GPU and per MIG GPU
 instance), remapped rows, NVLink traffic, per-process use, the last XID, and the profiling
 metrics of GPM (Hopper and later) — and returns them as `NodeSample`. A value the GPU does
@@ -49,6 +50,7 @@ GPM_METRICS = (
 )
 _EMPTY: Mapping[str, float] = MappingProxyType({})
 _EMPTY_LOST: Mapping[int, str] = MappingProxyType({})
+_EMPTY_XIDS: Mapping[int, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class GpuSample:
     gpu: Gpu
     sm_clock_mhz: int | None = None
     memory_clock_mhz: int | None = None
+    clocks_event_reasons: int | None = None  # NVML's bitmask: idle, power cap, thermal, ...
     gpu_temp_c: int | None = None
     memory_temp_c: int | None = None
     power_w: float | None = None
@@ -129,6 +132,8 @@ class NodeSample:
     # GPU index -> why it gave no sample
     lost: Mapping[int, str] = field(default_factory=lambda: _EMPTY_LOST)
     taken_at: float = 0.0  # time.monotonic()
+    # GPU index -> the last XID of a GPU that gave no sample (what it died of, often 79)
+    lost_xids: Mapping[int, int] = field(default_factory=lambda: _EMPTY_XIDS)
 
 
 class _Gpm:
@@ -236,12 +241,15 @@ class TelemetryReader:
         count = self.node.gpu_count()
         samples: list[GpuSample] = []
         lost: dict[int, str] = {}
+        lost_xids: dict[int, int] = {}
         for index in range(count):
             try:
                 samples.append(self._read_gpu_settled(index))
             except HardwareError as e:
                 xid = self._last_xid.get(index)
                 lost[index] = f"{e} (last XID {xid})" if xid is not None else str(e)
+                if xid is not None:
+                    lost_xids[index] = xid
         if self._gpm is not None:
             self._gpm.keep({(s.gpu.index, None) for s in samples} | {
                 (s.gpu.index, gi.id) for s in samples for gi in s.gpu_instances
@@ -252,6 +260,7 @@ class TelemetryReader:
             gpus=tuple(samples),
             lost=MappingProxyType(lost),
             taken_at=time.monotonic(),
+            lost_xids=MappingProxyType(lost_xids),
         )
 
     def _nvml_version(self) -> str:
@@ -316,6 +325,9 @@ class TelemetryReader:
                                         "nvmlDeviceGetClockInfo", h, nvml.NVML_CLOCK_SM),
             memory_clock_mhz=self._optional(self._call, "read the memory clock", index,
                                             "nvmlDeviceGetClockInfo", h, nvml.NVML_CLOCK_MEM),
+            clocks_event_reasons=self._optional(self._call, "read the clock event reasons",
+                                                index, "nvmlDeviceGetCurrentClocksEventReasons",
+                                                h),
             gpu_temp_c=self._optional(self._call, "read the temperature", index,
                                       "nvmlDeviceGetTemperature", h, nvml.NVML_TEMPERATURE_GPU),
             memory_temp_c=fields.get("memory_temp"),

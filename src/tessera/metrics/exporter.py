@@ -13,6 +13,7 @@ in the sampler's thread (and again after NVML fails), so the exporter owns its N
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from tessera.errors import ConfigError
 from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import POD_RESOURCES_SOCKET
 from tessera.metrics import counters as counters_file
+from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.http import MetricsServer
 from tessera.metrics.owners import CONTAINER_LOGS, PROC_ROOT, ContainerOwners
 from tessera.metrics.pods import PodResourcesClient
@@ -31,6 +33,80 @@ from tessera.metrics.sampler import Sampler, Snapshot
 from tessera.metrics.state import StateProvider
 
 DEFAULT_PORT = 9400
+DEFAULT_INTERVAL_S = 15.0
+MIN_INTERVAL_S = 0.01
+MAX_INTERVAL_S = 3600.0  # sampling less often than hourly only repeats stale values
+
+
+def parse_listen(text: str) -> tuple[str, int | None]:
+    """dcgm-exporter's `-a` value: `:9400`, `host:9400`, `[::1]:9400`, or a bare host (the
+    port then comes from elsewhere). Returns (host, port or None); "" is every interface."""
+    value = text.strip()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(f"--address {text!r}: write an IPv6 address as [::1]:9400")
+        return host, _port(rest[1:], text) if rest else None
+    if value.count(":") > 1:
+        return value, None  # a bare IPv6 address
+    host, colon, port = value.partition(":")
+    return host, _port(port, text) if colon else None
+
+
+def _port(text: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"--address {whole!r}: {text!r} is not a port number; give "
+                          "host:port or :port, such as :9400") from None
+    check_port(port, f"--address {whole!r}")
+    return port
+
+
+def listen(address: str, port: int | None) -> tuple[str, int]:
+    """The host and port to bind from `--address` (host, :port or host:port) and `--port`;
+    a port in both must agree."""
+    host, in_address = parse_listen(address)
+    if in_address is not None and port is not None and in_address != port:
+        raise ConfigError(f"--address {address!r} says port {in_address} but --port says "
+                          f"{port}; give the port once")
+    chosen = in_address if in_address is not None else port
+    if chosen is None:
+        return host, DEFAULT_PORT
+    check_port(chosen)
+    return host, chosen
+
+
+def sampling_interval(seconds: float | None, milliseconds: int | None) -> float:
+    """The sampling interval from `--interval` (seconds) or dcgm-exporter's
+    `--collect-interval` (milliseconds), never both; checked against the bounds."""
+    if seconds is not None and milliseconds is not None:
+        raise ConfigError("--interval (seconds) and --collect-interval (milliseconds) both "
+                          "set the sampling interval; give one of them")
+    if milliseconds is not None:
+        what = "--collect-interval"
+        # Bounded as an integer first: a huge one would not even convert to a float.
+        if not MIN_INTERVAL_S * 1000 <= milliseconds <= MAX_INTERVAL_S * 1000:
+            raise ConfigError(f"{what}: a sampling interval of {milliseconds} ms is not "
+                              f"between {MIN_INTERVAL_S * 1000:g} and "
+                              f"{MAX_INTERVAL_S * 1000:g} ms; give milliseconds in that range")
+        return milliseconds / 1000
+    chosen = DEFAULT_INTERVAL_S if seconds is None else seconds
+    check_interval(chosen)
+    return chosen
+
+
+def check_port(port: int, what: str = "--port") -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is not between 0 and 65535")
+
+
+def check_interval(seconds: float, what: str = "--interval") -> None:
+    """A sampling interval must be a finite number of seconds within sane bounds."""
+    if not math.isfinite(seconds) or not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
+        raise ConfigError(f"{what}: a sampling interval of {seconds:g} s is not between "
+                          f"{MIN_INTERVAL_S:g} s and {MAX_INTERVAL_S:g} s; give a number of "
+                          "seconds in that range")
 
 
 def default_hostname() -> str:
@@ -49,12 +125,13 @@ class ExporterSettings:
 
     address: str = ""  # every interface, as dcgm-exporter's ":9400"
     port: int = DEFAULT_PORT
-    interval_s: float = 15.0
+    interval_s: float = DEFAULT_INTERVAL_S
     counters: Path | None = None  # None: dcgm-exporter's default list
     pod_resources_socket: Path | None = POD_RESOURCES_SOCKET
     hostname: str = field(default_factory=default_hostname)
     proc_root: Path = PROC_ROOT
     container_logs: Path = CONTAINER_LOGS
+    devices: Devices = FLEXIBLE  # which devices get rows: dcgm-exporter's -d
 
 
 class Exporter:
@@ -63,9 +140,8 @@ class Exporter:
     def __init__(self, open_node: Callable[[], Node], settings: ExporterSettings | None = None,
                  state: StateProvider | None = None) -> None:
         self.settings = settings or ExporterSettings()
-        if self.settings.interval_s <= 0:
-            raise ConfigError(f"sampling interval {self.settings.interval_s} s is not positive; "
-                              "give --interval a number of seconds above 0")
+        check_port(self.settings.port)
+        check_interval(self.settings.interval_s)
         path = self.settings.counters
         self.counters = (counters_file.load(path) if path is not None
                          else counters_file.default_counters())
@@ -76,7 +152,7 @@ class Exporter:
             pods=PodResourcesClient(socket_path) if socket_path is not None else None,
             owners=(ContainerOwners(self.settings.proc_root, self.settings.container_logs)
                     if socket_path is not None else None),
-            state=state,
+            state=state, devices=self.settings.devices,
         )
         self._server: MetricsServer | None = None
         self._serving: threading.Thread | None = None
@@ -97,7 +173,8 @@ class Exporter:
         address = (self.settings.address, self.settings.port)
         stale_after = max(3 * self.settings.interval_s, 30.0)
         try:
-            self._server = MetricsServer(address, lambda: self.sampler.latest, stale_after)
+            self._server = MetricsServer(address, lambda: self.sampler.latest, stale_after,
+                                         self.sampler.status)
         except OSError as e:
             raise ConfigError(
                 f"cannot listen on {self.settings.address or '*'}:{self.settings.port}: "

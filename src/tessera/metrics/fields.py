@@ -20,15 +20,23 @@ InstanceReader = Callable[[GpuInstanceSample], float | None]
 _MIB = 1024 * 1024
 
 
+_NOT_REPORTED = "no GPU of this node reports it to NVML"
+_NO_GPM = ("NVML gives profiling fields only as GPM metrics, on Hopper and later GPUs, and "
+           "Tessera does not run DCGM's profiling module")
+_MIG_UTIL = "NVML reports no utilisation for a GPU in MIG mode"
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
-    """A DCGM field Tessera fills: its unit, and how to read it for a GPU and for a MIG GPU
-    instance (None: DCGM has no such value at that level)."""
+    """A DCGM field Tessera fills: its unit, how to read it for a GPU and for a MIG GPU
+    instance (None: DCGM has no such value at that level), and why a node may not supply
+    it (said once, in the log and in /health, when no GPU of the node gives it)."""
 
     name: str
     unit: str
     gpu: GpuReader | None = None
     instance: InstanceReader | None = None
+    unsupplied: str = _NOT_REPORTED
 
 
 def _memory(attr: str) -> tuple[GpuReader, InstanceReader]:
@@ -75,12 +83,14 @@ def _rows(attr: str) -> GpuReader:
     return read
 
 
-def _field(name: str, unit: str, gpu: GpuReader | None = None) -> Field:
-    return Field(name, unit, gpu)
+def _field(name: str, unit: str, gpu: GpuReader | None = None,
+           unsupplied: str = _NOT_REPORTED) -> Field:
+    return Field(name, unit, gpu, unsupplied=unsupplied)
 
 
-def _both(name: str, unit: str, readers: tuple[GpuReader, InstanceReader]) -> Field:
-    return Field(name, unit, readers[0], readers[1])
+def _both(name: str, unit: str, readers: tuple[GpuReader, InstanceReader],
+          unsupplied: str = _NOT_REPORTED) -> Field:
+    return Field(name, unit, readers[0], readers[1], unsupplied)
 
 
 # The DCGM profiling fields, from NVML's GPM metrics (percentages -> DCGM's 0..1 ratios;
@@ -99,6 +109,7 @@ _PROF = (
 )
 
 NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
+XID_ERRORS = "DCGM_FI_DEV_XID_ERRORS"
 
 FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_SM_CLOCK", "MHz", lambda s: _optional(s.sm_clock_mhz)),
@@ -108,12 +119,17 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_POWER_USAGE", "W", lambda s: s.power_w),
     _field("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "mJ", lambda s: _optional(s.energy_mj)),
     _field("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "retries", lambda s: _optional(s.pcie_replays)),
-    _field("DCGM_FI_DEV_GPU_UTIL", "%", lambda s: _optional(s.gpu_util)),
-    _field("DCGM_FI_DEV_MEM_COPY_UTIL", "%", lambda s: _optional(s.memory_copy_util)),
-    _field("DCGM_FI_DEV_ENC_UTIL", "%", lambda s: _optional(s.encoder_util)),
-    _field("DCGM_FI_DEV_DEC_UTIL", "%", lambda s: _optional(s.decoder_util)),
+    _field("DCGM_FI_DEV_GPU_UTIL", "%", lambda s: _optional(s.gpu_util), _MIG_UTIL),
+    _field("DCGM_FI_DEV_MEM_COPY_UTIL", "%", lambda s: _optional(s.memory_copy_util),
+           _MIG_UTIL),
+    _field("DCGM_FI_DEV_ENC_UTIL", "%", lambda s: _optional(s.encoder_util), _MIG_UTIL),
+    _field("DCGM_FI_DEV_DEC_UTIL", "%", lambda s: _optional(s.decoder_util), _MIG_UTIL),
+    # NVML's bitmask of why the clocks are held down (idle, power cap, thermal, ...), DCGM's
+    # field 112 (also read under its deprecated name DCGM_FI_DEV_CLOCK_THROTTLE_REASONS).
+    _field("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "bitmask",
+           lambda s: _optional(s.clocks_event_reasons)),
     # DCGM reports 0 until the GPU raises an XID; so does Tessera (from the reader's start).
-    _field("DCGM_FI_DEV_XID_ERRORS", "XID", lambda s: float(s.last_xid or 0)),
+    _field(XID_ERRORS, "XID", lambda s: float(s.last_xid or 0)),
     _both("DCGM_FI_DEV_FB_FREE", "MiB", _memory("free_mib")),
     _both("DCGM_FI_DEV_FB_USED", "MiB", _memory("used_mib")),
     _both("DCGM_FI_DEV_FB_RESERVED", "MiB", _memory("reserved_mib")),
@@ -124,7 +140,8 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_ROW_REMAP_FAILURE", "bool", _rows("failed")),
     # A rate between two samples (see `tessera.metrics.rows`); no single reading gives it.
     _field(NVLINK_BANDWIDTH_TOTAL, "MB/s"),
-    *(_both(name, unit, _gpm(metric, convert)) for name, metric, convert, unit in _PROF),
+    *(_both(name, unit, _gpm(metric, convert), _NO_GPM)
+      for name, metric, convert, unit in _PROF),
 )}
 
 # "label" fields: text added as a label to every GPU row.

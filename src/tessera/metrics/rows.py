@@ -6,14 +6,18 @@ Rows follow dcgm-exporter's shape, so its dashboards and PromQL carry over:
   (`GPU_I_PROFILE`, `GPU_I_ID` for a MIG GPU instance), `Hostname`, the counters file's label
   fields (`DCGM_FI_DRIVER_VERSION`), then `pod`, `namespace`, `container` for a device a
   container holds.
-- One row per GPU, and one per MIG GPU instance for the fields NVML reports per instance
-  (framebuffer memory, profiling). GPU-wide values (clocks, temperature, power, energy, PCIe,
-  NVLink, XIDs, remapped rows) are on the GPU's row only — not repeated on every instance — so
-  `sum()` over them stays right.
+- Which devices have rows is dcgm-exporter's `-d` (`tessera.metrics.devices`); by default a
+  GPU in MIG mode has one row per GPU instance and no GPU row: fields NVML reports per
+  instance (framebuffer memory, profiling) carry the instance's value, GPU-wide fields
+  (clocks, temperature, power, energy, PCIe, NVLink, XIDs, remapped rows) the GPU's, repeated
+  on each instance as dcgm-exporter does. So `sum by (gpu) (DCGM_FI_DEV_FB_USED)` counts each
+  MiB once, and a GPU-wide value is read with `max by (Hostname, gpu)`.
 - A device nobody holds has one row without pod labels. A device several containers share
   (time-slicing or MPS replicas, compute instances of one GPU instance) has one row per
   container, each with the device's values, as dcgm-exporter does for virtual GPUs: a DCGM
   field always means what DCGM means by it, the device's value.
+- A GPU that stopped answering keeps one row, `DCGM_FI_DEV_XID_ERRORS` with the XID it died
+  of (79 when it fell off the bus), so the usual `DCGM_FI_DEV_XID_ERRORS > 0` alert fires.
 - What each container itself uses is Tessera's own: `tessera_pod_gpu_util` (its processes'
   share of the SMs, from NVML's per-process samples; not in MIG mode, where NVML has none) and
   `tessera_pod_fb_used` (its processes' memory), with the same labels as the device's rows.
@@ -31,9 +35,10 @@ from dataclasses import dataclass, field
 
 from tessera.hardware.model import Gpu
 from tessera.hardware.telemetry import GpuInstanceSample, GpuSample, NodeSample, ProcessUse
-from tessera.metrics.counters import Counters
+from tessera.metrics.counters import Counter, Counters
+from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, Labels
-from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NVLINK_BANDWIDTH_TOTAL
+from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NVLINK_BANDWIDTH_TOTAL, XID_ERRORS, Field
 from tessera.metrics.pods import DeviceHolders, Holder
 from tessera.metrics.state import MIG_CONFIG_STATES, TesseraState
 
@@ -52,6 +57,8 @@ class Inputs:
     tessera: TesseraState | None = None
     sample_seconds: float | None = None
     pod_resources_up: bool | None = None  # None: pods are not attributed
+    devices: Devices = FLEXIBLE
+    sampler_restarts: int | None = None  # None: not sampled by a running sampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,47 +132,71 @@ def _pod_families(devices: Sequence[_Device], owners: Mapping[int, Holder]) -> l
     ]
 
 
+def _instance_device(inputs: Inputs, base: Labels, tail: Labels, g: GpuSample,
+                     gi: GpuInstanceSample) -> _Device:
+    return _device(inputs, (*base, ("GPU_I_PROFILE", gi.profile), ("GPU_I_ID", str(gi.id))),
+                   tail, _holders_of(inputs, gi.device_uuids),
+                   tuple(p for p in g.processes if p.gpu_instance_id == gi.id),
+                   samples_processes=False)
+
+
+def _gpu_value(inputs: Inputs, spec: Field, g: GpuSample) -> float | None:
+    if spec.name == NVLINK_BANDWIDTH_TOTAL:
+        return inputs.nvlink_mb_per_s.get(g.gpu.uuid)
+    return spec.gpu(g) if spec.gpu is not None else None
+
+
 def families(inputs: Inputs) -> tuple[Family, ...]:
     """The DCGM families the counters file asks for, then Tessera's own."""
     sample, host = inputs.sample, inputs.hostname
     label_fields: Labels = tuple(
-        (c.field, text) for c in inputs.counters.labels
+        (c.name, text) for c in inputs.counters.labels
         if (text := LABEL_FIELDS[c.field](sample)) is not None
     )
     tail = (("Hostname", host), *label_fields)
-    gpus: list[tuple[GpuSample, _Device, list[tuple[GpuInstanceSample, _Device]]]] = []
+    # Each row-bearing device: the GPU it is on, its rows, and the GPU instance it is (None:
+    # the whole GPU).
+    entities: list[tuple[GpuSample, _Device, GpuInstanceSample | None]] = []
     for g in sample.gpus:
         base = gpu_labels(g.gpu)
-        device = _device(inputs, base, tail, inputs.holders.get(g.gpu.uuid, ()), g.processes,
-                         samples_processes=not g.mig_enabled)
-        instances = [
-            (gi, _device(
-                inputs, (*base, ("GPU_I_PROFILE", gi.profile), ("GPU_I_ID", str(gi.id))), tail,
-                _holders_of(inputs, gi.device_uuids),
-                tuple(p for p in g.processes if p.gpu_instance_id == gi.id),
-                samples_processes=False))
-            for gi in g.gpu_instances
-        ]
-        gpus.append((g, device, instances))
+        layout = inputs.devices.rows(g)
+        if layout == "gpu":
+            entities.append((g, _device(inputs, base, tail, inputs.holders.get(g.gpu.uuid, ()),
+                                        g.processes, samples_processes=not g.mig_enabled),
+                             None))
+        elif layout == "instances":
+            entities.extend((g, _instance_device(inputs, base, tail, g, gi), gi)
+                            for gi in g.gpu_instances)
+    lost = [(known, xid) for index, xid in sorted(sample.lost_xids.items())
+            if (known := inputs.known_gpus.get(index)) is not None
+            and inputs.devices.covers(index)]
 
     out: list[Family] = []
     for counter in inputs.counters.metrics:
         spec = FIELDS[counter.field]
         samples: list[tuple[Labels, float]] = []
-        for g, device, instances in gpus:
-            if counter.field == NVLINK_BANDWIDTH_TOTAL:
-                value = inputs.nvlink_mb_per_s.get(g.gpu.uuid)
+        for g, device, gi in entities:
+            if gi is not None and spec.instance is not None:
+                _emit(samples, device, spec.instance(gi))
             else:
-                value = spec.gpu(g) if spec.gpu is not None else None
-            _emit(samples, device, value)
-            if spec.instance is not None:
-                for gi, gi_device in instances:
-                    _emit(samples, gi_device, spec.instance(gi))
-        out.append(Family(counter.field, counter.kind, counter.help, tuple(samples)))
-    devices = [d for _, device, instances in gpus for d in (device, *(i for _, i in instances))]
-    out.extend(_pod_families(devices, inputs.owners))
+                _emit(samples, device, _gpu_value(inputs, spec, g))
+        if counter.field == XID_ERRORS:
+            for known, xid in lost:
+                gone = _device(inputs, gpu_labels(known), tail,
+                               inputs.holders.get(known.uuid, ()), (), False)
+                _emit(samples, gone, float(xid))
+        out.append(Family(counter.name, counter.kind, counter.help, tuple(samples)))
+    out.extend(_pod_families([device for _, device, _ in entities], inputs.owners))
     out.extend(_tessera_families(inputs, (("Hostname", host),)))
     return tuple(out)
+
+
+def unsupplied(counters: Counters, built: Sequence[Family]) -> list[tuple[Counter, str]]:
+    """The counters file's metrics that have no row at all, with why a node may not supply
+    them. Meaningful only for a sample that has rows (some GPU answered)."""
+    by_name = {f.name: f for f in built}
+    return [(c, FIELDS[c.field].unsupplied) for c in counters.metrics
+            if not by_name[c.name].samples]
 
 
 def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:
@@ -183,6 +214,10 @@ def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:
         out.append(Family("tessera_exporter_sample_duration_seconds", "gauge",
                           "How long the last sample of every GPU took.",
                           ((host, inputs.sample_seconds),)))
+    if inputs.sampler_restarts is not None:
+        out.append(Family("tessera_exporter_sampler_restarts_total", "counter",
+                          "Times sampling started over after a failed round.",
+                          ((host, float(inputs.sampler_restarts)),)))
     if inputs.pod_resources_up is not None:
         out.append(Family("tessera_exporter_pod_resources_up", "gauge",
                           "1 when the last kubelet PodResources listing succeeded.",

@@ -14,7 +14,7 @@ simulated state and the time, from one small model:
   control, which banks the energy drawn so far first).
 - Temperature follows power (35 C idle, 65 C at the limit); HBM memory runs 4 C warmer and
   GDDR products report no memory temperature. SM clocks idle at 210 MHz and run at the
-  product's maximum while any process runs.
+  product's maximum while any process runs; the clock event reasons say "GPU idle" until then.
 - No simulated work uses the video engines, PCIe retries or NVLink: their counters stay 0.
 - As NVML does (nvidia-smi shows N/A), no utilisation (GPU, memory, encoder, decoder, per
   process) is reported for a GPU in MIG mode; GPM (the profiling metrics) exists on Hopper
@@ -176,6 +176,12 @@ class TelemetryMixin:
             running = any(p.gpu == gpu.index for p in state.processes)
             return clocks[0] if running else IDLE_SM_CLOCK_MHZ
         raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        state, gpu, _, _ = self._device(handle)
+        if any(p.gpu == gpu.index for p in state.processes):
+            return int(pynvml.nvmlClocksEventReasonNone)
+        return int(pynvml.nvmlClocksEventReasonGpuIdle)  # the clocks idle at 210 MHz
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         state, gpu, _, _ = self._device(handle)
