@@ -31,6 +31,7 @@ from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
 from tessera.kubeletapi.testing import FakePodResources
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.metrics.devices import parse_devices
 from tessera.metrics.http import health_document
 
 GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname",
@@ -212,6 +213,13 @@ def test_a_gpu_that_falls_off_the_bus_drops_out_and_shows_in_health(
     gone = rows(lost, "tessera_gpu_responding", gpu="3")
     assert gone[0][1] == 0
     assert gone[0][0]["UUID"] == uuid
+    # The XID it fell off with stays, so `DCGM_FI_DEV_XID_ERRORS > 0` alerts fire for it.
+    died = rows(lost, "DCGM_FI_DEV_XID_ERRORS", gpu="3")
+    assert [(labels["UUID"], labels["modelName"], value) for labels, value in died] == [
+        (uuid, "NVIDIA A100-SXM4-80GB", 79)]
+    assert [labels["gpu"] for labels, value in rows(lost, "DCGM_FI_DEV_XID_ERRORS")
+            if value > 0] == ["3"]
+    assert len(rows(lost, "DCGM_FI_DEV_XID_ERRORS")) == 8
     assert status == 200
     assert b"GPU 3: cannot get a handle: NVML error 15 (the GPU has fallen off the bus) " \
            b"(last XID 79)" in health
@@ -364,6 +372,34 @@ def test_mig_layout_changes_between_scrapes(dgx_a100: tuple[Node, SimulatorContr
             for labels, _ in rows(resliced, "DCGM_FI_DEV_FB_FREE", gpu="0")
             if "GPU_I_ID" in labels] == [("3g.40gb", "1"), ("3g.40gb", "2")]
     assert rows(resliced, "DCGM_FI_DEV_FB_USED", pod="small") == []
+
+
+@pytest.mark.parametrize(("devices", "gpu0", "gpu1"), [
+    # GPU 0 in MIG mode with 1g.10gb x7, GPU 1 whole: which rows each gets.
+    ("f", [str(gi) for gi in range(7, 14)], [None]),
+    ("g", [None], [None]),
+    ("i", [str(gi) for gi in range(7, 14)], []),
+    ("g:1", [], [None]),
+])
+def test_devices_choose_gpu_or_instance_rows(dgx_a100: tuple[Node, SimulatorControl],
+                                             tmp_path: Path, devices: str,
+                                             gpu0: list[str | None],
+                                             gpu1: list[str | None]) -> None:
+    node, control = dgx_a100
+    apply_devices(node, {"1g.10gb": 7}, gpus="[0]")
+    job = control.start_process(node.mig_devices(0)[1].uuid, memory_mib=3000)
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json",
+                          devices=parse_devices(devices)) as exporter:
+        text = fresh_scrape(exporter)
+    control.stop_process(job.pid)
+    for gpu, expected in (("0", gpu0), ("1", gpu1)):
+        for family in ("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"):
+            found = [labels.get("GPU_I_ID") for labels, _ in rows(text, family, gpu=gpu)]
+            assert sorted(found, key=lambda i: int(i or -1)) == expected, (family, gpu)
+    used = sum(v for _, v in rows(text, "DCGM_FI_DEV_FB_USED", gpu="0"))
+    assert used == (0 if devices == "g:1" else 3000)  # each MiB counted once, any layout
+    # Lost from no layout: every GPU still says whether it answers.
+    assert len(rows(text, "tessera_gpu_responding")) == 8
 
 
 def test_hopper_exports_profiling_ratios_per_instance(tmp_path: Path) -> None:

@@ -72,6 +72,13 @@ class Snapshot:
         return sum(len(f.samples) for f in self.families)
 
 
+def backoff_s(interval_s: float, failures_in_a_row: int) -> float:
+    """How long to wait after a failed round: the interval, doubling per failure in a row,
+    at most a minute (or the interval, if that is longer)."""
+    doubled = interval_s * 2.0 ** min(max(failures_in_a_row, 1) - 1, 16)
+    return min(doubled, max(MAX_BACKOFF_S, interval_s))
+
+
 @dataclass(frozen=True, slots=True)
 class SamplerStatus:
     """Whether the sampler is sampling: its thread runs and its last round succeeded."""
@@ -156,10 +163,11 @@ class Sampler:
     def _failed(self, error: Exception) -> float:
         """Record a failed round, drop the NVML session; how long to wait before the next."""
         self._failures_in_a_row += 1
-        delay = min(self.interval_s * 2.0 ** min(self._failures_in_a_row - 1, 16),
-                    max(MAX_BACKOFF_S, self.interval_s))
+        delay = backoff_s(self.interval_s, self._failures_in_a_row)
         self._failure = f"sampling failed: {type(error).__name__}: {error}"
-        log.error("%s; starting over in %.1f s", self._failure, delay, exc_info=error)
+        # The traceback once per run of failures; after that the line says enough.
+        log.error("%s; starting over in %.1f s", self._failure, delay,
+                  exc_info=error if self._failures_in_a_row == 1 else None)
         try:
             self.close_gpus()
         except Exception as e:  # a broken session may not close cleanly; it is dropped
