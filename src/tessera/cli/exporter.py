@@ -57,7 +57,7 @@ def exporter(
         help="Which devices get rows, as dcgm-exporter's -d: f (GPU instances on MIG GPUs, "
              "else GPUs), g (GPUs), i (GPU instances), g:0,2-3 (those GPUs)."),
     pod_resources_socket: Path = typer.Option(
-        POD_RESOURCES_SOCKET, "--pod-resources-socket",
+        POD_RESOURCES_SOCKET, "--pod-resources-socket", "--pod-resources-kubelet-socket",
         help="The kubelet's PodResources socket, for pod/namespace/container labels."),
     kubernetes: bool | None = typer.Option(
         None, "--kubernetes/--no-kubernetes", "-k", envvar="DCGM_EXPORTER_KUBERNETES",
