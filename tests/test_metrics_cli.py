@@ -187,6 +187,8 @@ def test_devices_parse_dcgm_exporters_forms() -> None:
     assert parse_devices("f") == Devices("f")
     assert parse_devices(" i ") == Devices("i")
     assert parse_devices("g:0,2-3") == Devices("g", frozenset({0, 2, 3}))
+    assert [str(parse_devices(t)) for t in ("f", "g", "g:3,0-1,2", "g:0,2-3,7")] == [
+        "f", "g", "g:0-3", "g:0,2-3,7"]
     for bad in ("", "x", "g:", "g:a", "g:3-1", "g:0-5000", "i:0"):
         with pytest.raises(ConfigError, match="--devices"):
             parse_devices(bad)

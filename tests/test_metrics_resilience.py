@@ -19,6 +19,7 @@ from metrics_support import fetch, fresh_scrape, rows, running_exporter
 from tessera.hardware.backend import simulated_backend
 from tessera.hardware.node import Node
 from tessera.metrics import Exporter, ExporterSettings
+from tessera.metrics.devices import parse_devices
 from tessera.metrics.http import MetricsServer, health_document
 from tessera.metrics.sampler import MAX_BACKOFF_S, SamplerStatus, backoff_s
 
@@ -170,3 +171,19 @@ def test_hopper_supplies_every_default_field(tmp_path: Path) -> None:
             fresh_scrape(exporter)
         _, health = _health(exporter.port)
     assert [n for n in health["notes"] if "not exported" in n] == []
+
+
+@pytest.mark.parametrize(("devices", "note"), [
+    ("i", "--devices i selects no GPU or GPU instance of this node: no DCGM field has a row"),
+    ("g:6-9", "--devices g:6-9: GPU 8, 9 are not on this node"),
+])
+def test_a_devices_choice_that_misses_is_named(tmp_path: Path, devices: str,
+                                               note: str) -> None:
+    make_node("dgx-a100", tmp_path / "sim.json")[0].close()  # 8 whole GPUs, no MIG
+    with running_exporter("dgx-a100", tmp_path / "sim.json", interval_s=0.05,
+                          devices=parse_devices(devices)) as exporter:
+        for _ in range(2):
+            fresh_scrape(exporter)
+        status, health = _health(exporter.port)
+    assert status == 200
+    assert note in health["notes"]

@@ -44,6 +44,18 @@ class Devices:
             return "instances" if in_mig else "none"
         return "instances" if in_mig else "gpu"
 
+    def __str__(self) -> str:
+        """As given on the command line: `f`, `i`, `g` or `g:0,2-3`."""
+        if self.gpus is None:
+            return self.kind
+        ranges: list[str] = []
+        for index in sorted(self.gpus):
+            if ranges and ranges[-1].split("-")[-1] == str(index - 1):
+                ranges[-1] = f"{ranges[-1].split('-')[0]}-{index}"
+            else:
+                ranges.append(str(index))
+        return f"{self.kind}:{','.join(ranges)}"
+
     def covers(self, index: int) -> bool:
         """Whether a GPU with this index may have rows at all."""
         return self.gpus is None or index in self.gpus

@@ -88,10 +88,6 @@ class SamplerStatus:
     failures_in_a_row: int = 0
     restarts: int = 0  # times sampling resumed after failing
 
-    @property
-    def sampling(self) -> bool:
-        return self.running and self.failure is None
-
 
 class Sampler:
     """Samples a node in a background thread (`start`/`stop`), or on demand (`sample`)."""
@@ -234,21 +230,34 @@ class Sampler:
         return snapshot
 
     def _note_unsupplied(self, sample: NodeSample, built: tuple[Family, ...]) -> None:
-        """Name the counters' fields no GPU gives, from the second round with GPUs on (rates
-        and GPM metrics need two samples), in the log when the set changes."""
+        """Name what the counters file asks for and this node does not give, from the second
+        round with GPUs on (rates and GPM metrics need two samples), in the log when it
+        changes: fields no GPU supplies, GPUs `--devices` names that are not here, and a
+        `--devices` that selects nothing at all."""
         if not sample.gpus:
             return
         self._rounds_with_gpus += 1
         if self._rounds_with_gpus < 2:
             return
-        notes = tuple(f"{self.counters.source}, line {c.line}: {c.name} is not exported on "
-                      f"this node: {reason}"
-                      for c, reason in unsupplied(self.counters, built))
-        if notes != self._unsupplied:
+        notes: list[str] = []
+        present = {g.gpu.index for g in sample.gpus} | set(sample.lost)
+        missing = sorted((self.devices.gpus or frozenset()) - present)
+        if missing:
+            notes.append(f"--devices {self.devices}: GPU {', '.join(map(str, missing))} "
+                         f"{'is' if len(missing) == 1 else 'are'} not on this node")
+        names = {c.name for c in self.counters.metrics}
+        if not any(f.samples for f in built if f.name in names):
+            notes.append(f"--devices {self.devices} selects no GPU or GPU instance of this "
+                         "node: no DCGM field has a row")
+        else:
+            notes.extend(f"{self.counters.source}, line {c.line}: {c.name} is not exported on "
+                         f"this node: {reason}"
+                         for c, reason in unsupplied(self.counters, built))
+        if tuple(notes) != self._unsupplied:
             for note in notes:
                 if note not in self._unsupplied:
                     log.warning("%s", note)
-            self._unsupplied = notes
+            self._unsupplied = tuple(notes)
 
     def _read_gpus(self, problems: list[str]) -> NodeSample:
         try:
