@@ -66,22 +66,12 @@ class Refused:
     tessera: str
 
 
-NOT_YET = ("DCGM_FI_DEV_POWER_VIOLATION", "DCGM_FI_DEV_THERMAL_VIOLATION",
-           "DCGM_FI_DEV_SYNC_BOOST_VIOLATION", "DCGM_FI_DEV_BOARD_LIMIT_VIOLATION",
-           "DCGM_FI_DEV_LOW_UTIL_VIOLATION", "DCGM_FI_DEV_RELIABILITY_VIOLATION",
-           "DCGM_EXP_CLOCK_EVENTS_COUNT", "DCGM_EXP_XID_ERRORS_COUNT",
-           "DCGM_EXP_GPU_HEALTH_STATUS", "DCGM_EXP_P2P_STATUS",
-           "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
-           "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
-           "DCGM_FI_DEV_RETIRED_SBE", "DCGM_FI_DEV_RETIRED_DBE", "DCGM_FI_DEV_RETIRED_PENDING",
-           "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
-           "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
-           "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
-           "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_NVLINK_BANDWIDTH_L0",
-           "DCGM_FI_DEV_VGPU_LICENSE_STATUS", "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_SERIAL",
-           "DCGM_FI_DEV_OEM_INFOROM_VER", "DCGM_FI_DEV_ECC_INFOROM_VER",
-           "DCGM_FI_DEV_POWER_INFOROM_VER", "DCGM_FI_DEV_INFOROM_IMAGE_VER",
-           "DCGM_FI_DEV_VBIOS_VERSION")
+NOT_READ = ("DCGM_EXP_CLOCK_EVENTS_COUNT", "DCGM_EXP_XID_ERRORS_COUNT",
+            "DCGM_EXP_GPU_HEALTH_STATUS", "DCGM_EXP_P2P_STATUS",
+            "DCGM_FI_DEV_NVLINK_BANDWIDTH_L0", "DCGM_FI_DEV_VGPU_LICENSE_STATUS",
+            "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_OEM_INFOROM_VER",
+            "DCGM_FI_DEV_ECC_INFOROM_VER", "DCGM_FI_DEV_POWER_INFOROM_VER",
+            "DCGM_FI_DEV_INFOROM_IMAGE_VER", "DCGM_FI_DEV_VBIOS_VERSION")
 
 COUNTERS_CASES: dict[str, Loads | Refused] = {
     "etc_default-counters.csv": Loads(None, ("DCGM_FI_DEV_VGPU_LICENSE_STATUS",)),
@@ -91,16 +81,16 @@ COUNTERS_CASES: dict[str, Loads | Refused] = {
     # 1.x names, served under those names; the PCIe byte counters are listed twice.
     "etc_1.x-compatibility-metrics.csv": Loads(None, ("dcgm_fi_prof_pcie_tx_bytes",
                                                       "dcgm_fi_prof_pcie_rx_bytes")),
-    "parse/all_fields_uncommented.csv": Loads(None, NOT_YET),
+    "parse/all_fields_uncommented.csv": Loads(None, NOT_READ),
     "parse/x_valid_gpu_temp.csv": Loads(("DCGM_FI_DEV_GPU_TEMP",)),
     "parse/x_legacy_name.csv": Loads(("dcgm_gpu_temp",)),
     "parse/x_duplicate.csv": Loads(("DCGM_FI_DEV_GPU_TEMP",), ("DCGM_FI_DEV_GPU_TEMP",)),
     "parse/x_ecc_clock_events.csv": Loads(
-        ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
-        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",)),
+        ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+         "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")),
     "parse/x_ecc_throttle.csv": Loads(
-        ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS"),
-        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",)),
+        ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+         "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")),
     "parse/x_exp_xid_count.csv": Loads(("DCGM_FI_DEV_GPU_TEMP",),
                                        ("DCGM_EXP_XID_ERRORS_COUNT",)),
     "parse/x_label_fields.csv": Loads(("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_NVML_VERSION",

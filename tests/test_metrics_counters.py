@@ -96,14 +96,14 @@ def test_1x_names_and_deprecated_aliases_keep_their_names() -> None:
         "dcgm_sm_clock, gauge, SM clock frequency (in MHz).\n"
         "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS, gauge, throttle\n"
         "DCGM_FI_DEV_CLOCKS_EVENT_REASONS, gauge, clock event reasons\n"
-        "dcgm_power_violation, counter, not read yet\n", "1.x.csv")
+        "dcgm_pcie_tx_throughput, counter, not read\n", "1.x.csv")
     assert [(c.name, c.field) for c in parsed.metrics] == [
         ("dcgm_sm_clock", "DCGM_FI_DEV_SM_CLOCK"),
         ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
         ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
     ]
     assert [(c.name, c.field) for c, _ in parsed.skipped] == [
-        ("dcgm_power_violation", "DCGM_FI_DEV_POWER_VIOLATION")]
+        ("dcgm_pcie_tx_throughput", "DCGM_FI_DEV_PCIE_TX_THROUGHPUT")]
 
 
 def test_a_name_listed_twice_keeps_the_first_line_and_warns_once() -> None:

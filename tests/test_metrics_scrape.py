@@ -172,6 +172,57 @@ def test_an_nvml_error_on_one_gpu_leaves_the_others_reporting(tmp_path: Path) ->
     assert b'"5": "GPU 5: cannot read the temperature: NVML error 999 (unknown error)"' in health
 
 
+class EccNvml(CountingNvml):
+    """NVML whose field values give GPU `gpu` `count` uncorrected (double-bit) ECC errors since
+    the driver loaded, as a GPU with failing memory reports them."""
+
+    def __init__(self, inner: Any, gpu: int, count: int) -> None:
+        super().__init__(inner)
+        self.gpu, self.count = gpu, count
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if name != "nvmlDeviceGetFieldValues":
+            return found
+
+        def values(handle: Any, ids: list[Any]) -> Any:
+            answered = found(handle, ids)
+            if self._inner.nvmlDeviceGetIndex(handle) == self.gpu:
+                for value in answered:
+                    if value.fieldId == pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL:
+                        value.value.ullVal = self.count
+            return answered
+
+        return values
+
+
+def test_ecc_errors_and_throttle_time_come_from_nvml_field_values(tmp_path: Path) -> None:
+    counters = tmp_path / "counters.csv"
+    counters.write_text(
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL, counter, Total number of double-bit volatile ECC "
+        "errors.\nDCGM_FI_DEV_POWER_VIOLATION, counter, Throttling duration (in ns).\n"
+        "DCGM_FI_DEV_RETIRED_DBE, counter, Retired pages (double-bit).\n")
+    backend = simulated_backend("dgx-a100", tmp_path / "sim.json")
+    settings = ExporterSettings(address="127.0.0.1", port=0, interval_s=0.05,
+                                pod_resources_socket=None, counters=counters)
+    exporter = Exporter(lambda: Node(replace(backend, nvml=EccNvml(backend.nvml, 2, 3))),
+                        settings)
+    exporter.start()
+    try:
+        for _ in range(3):
+            text = fresh_scrape(exporter)
+        _, _, health = fetch(exporter.port, "/health")
+    finally:
+        exporter.stop()
+    ecc = {labels["gpu"]: v for labels, v in rows(text, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")}
+    assert ecc == {str(i): (3 if i == 2 else 0) for i in range(8)}
+    assert len(rows(text, "DCGM_FI_DEV_POWER_VIOLATION")) == 8
+    # A100s remap rows instead of retiring pages: no row, and /health says why.
+    assert rows(text, "DCGM_FI_DEV_RETIRED_DBE") == []
+    assert b"line 3: DCGM_FI_DEV_RETIRED_DBE is not exported on this node: GPUs from Ampere " \
+           b"on remap rows" in health
+
+
 def test_not_supported_is_absent_not_zero(tmp_path: Path) -> None:
     backend = simulated_backend("dgx-a100", tmp_path / "sim.json")
     failing = FailingNvml(backend.nvml, gpu=1, code=pynvml.NVML_ERROR_NOT_SUPPORTED,

@@ -1,7 +1,7 @@
 """GPU telemetry through the seam: frozen samples of every GPU and GPU instance of a node.
 
 `TelemetryReader` reads what an exporter reports — clocks (and why they are held down),
-temperatures, power, energy,
+temperatures, power, energy, ECC errors, retired pages, NVLink errors, throttle time,
 PCIe replays, utilisation, encoder/decoder use, framebuffer memory (per GPU and per MIG GPU
 instance), remapped rows, NVLink traffic, per-process use, the last XID, and the profiling
 metrics of GPM (Hopper and later) — and returns them as `NodeSample`. A value the GPU does
@@ -48,7 +48,23 @@ GPM_METRICS = (
     ("pcie_tx_mib_per_s", "NVML_GPM_METRIC_PCIE_TX_PER_SEC"),
     ("pcie_rx_mib_per_s", "NVML_GPM_METRIC_PCIE_RX_PER_SEC"),
 )
+# Error and throttle counters read in the same field-value query as memory temperature, by
+# NVML's names; a GPU that does not keep one (retired pages on Ampere and later, which remap
+# rows instead; NVLink errors without NVLink) leaves it out.
+COUNTER_FIELDS = (
+    "NVML_FI_DEV_ECC_SBE_VOL_TOTAL", "NVML_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_SBE_AGG_TOTAL", "NVML_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "NVML_FI_DEV_RETIRED_SBE", "NVML_FI_DEV_RETIRED_DBE", "NVML_FI_DEV_RETIRED_PENDING",
+    "NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_PERF_POLICY_POWER", "NVML_FI_DEV_PERF_POLICY_THERMAL",
+    "NVML_FI_DEV_PERF_POLICY_SYNC_BOOST", "NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT",
+    "NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION", "NVML_FI_DEV_PERF_POLICY_RELIABILITY",
+)
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+_EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_LOST: Mapping[int, str] = MappingProxyType({})
 _EMPTY_XIDS: Mapping[int, int] = MappingProxyType({})
 
@@ -122,6 +138,9 @@ class GpuSample:
     processes: tuple[ProcessUse, ...] = ()
     profiling: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     taken_at: float = 0.0  # time.monotonic()
+    # ECC errors, retired pages, NVLink errors, throttle time (ns): `COUNTER_FIELDS` the GPU
+    # reported, by NVML's field names.
+    counters: Mapping[str, int] = field(default_factory=lambda: _EMPTY_COUNTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +371,8 @@ class TelemetryReader:
             processes=self._process_use(index, h, processes, mig),
             profiling=self._profiling(index, gpu, h, None),
             taken_at=time.monotonic(),
+            counters=MappingProxyType({name: fields[name] for name in COUNTER_FIELDS
+                                       if name in fields}),
         )
 
     def _memory(self, index: int, handle: Any) -> Memory | None:
@@ -381,12 +402,14 @@ class TelemetryReader:
         return RemappedRows(int(correctable), int(uncorrectable), bool(pending), bool(failed))
 
     def _field_values(self, index: int, handle: Any) -> dict[str, int]:
-        """Memory temperature and NVLink traffic, in one NVML field-value query."""
+        """Memory temperature, NVLink traffic and the error and throttle counters, in one
+        NVML field-value query."""
         nvml = self.nvml
         wanted = (
             ("memory_temp", "NVML_FI_DEV_MEMORY_TEMP", 0),
             ("nvlink_raw_tx", "NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX", _ALL_LINKS),
             ("nvlink_raw_rx", "NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX", _ALL_LINKS),
+            *((name, name, 0) for name in COUNTER_FIELDS),
         )
         known = [(name, getattr(nvml, const), scope) for name, const, scope in wanted
                  if hasattr(nvml, const)]

@@ -24,6 +24,9 @@ _NOT_REPORTED = "no GPU of this node reports it to NVML"
 _NO_GPM = ("NVML gives profiling fields only as GPM metrics, on Hopper and later GPUs, and "
            "Tessera does not run DCGM's profiling module")
 _MIG_UTIL = "NVML reports no utilisation for a GPU in MIG mode"
+_RETIRED = ("GPUs from Ampere on remap rows instead of retiring pages (see "
+            "DCGM_FI_DEV_*_REMAPPED_ROWS); NVML reports no retired pages for them")
+_NO_NVLINK = "no GPU of this node has NVLink"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,14 @@ def _rows(attr: str) -> GpuReader:
     def read(s: GpuSample) -> float | None:
         rows = s.remapped_rows
         return None if rows is None else float(getattr(rows, attr))
+
+    return read
+
+
+def _counter(nvml_field: str) -> GpuReader:
+    def read(s: GpuSample) -> float | None:
+        value = s.counters.get(nvml_field)
+        return None if value is None else float(value)
 
     return read
 
@@ -142,6 +153,21 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field(NVLINK_BANDWIDTH_TOTAL, "MB/s"),
     *(_both(name, unit, _gpm(metric, convert), _NO_GPM)
       for name, metric, convert, unit in _PROF),
+    # NVML's field values of the same meaning (ECC since the driver loaded / over the GPU's
+    # life; page retirement, which GPUs from Ampere on replace by row remapping; NVLink error
+    # totals over all links; time throttled by each policy, in ns as NVML counts it).
+    *(_field(f"DCGM_FI_DEV_ECC_{bits}_{scope}_TOTAL", "errors",
+             _counter(f"NVML_FI_DEV_ECC_{bits}_{scope}_TOTAL"))
+      for bits in ("SBE", "DBE") for scope in ("VOL", "AGG")),
+    *(_field(f"DCGM_FI_DEV_RETIRED_{kind}", "pages", _counter(f"NVML_FI_DEV_RETIRED_{kind}"),
+             _RETIRED) for kind in ("SBE", "DBE", "PENDING")),
+    *(_field(f"DCGM_FI_DEV_NVLINK_{kind}_ERROR_COUNT_TOTAL", "errors",
+             _counter(f"NVML_FI_DEV_NVLINK_{kind}_ERROR_COUNT_TOTAL"), _NO_NVLINK)
+      for kind in ("CRC_FLIT", "CRC_DATA", "REPLAY", "RECOVERY")),
+    *(_field(f"DCGM_FI_DEV_{dcgm}_VIOLATION", "ns", _counter(f"NVML_FI_DEV_PERF_POLICY_{nvml}"))
+      for dcgm, nvml in (("POWER", "POWER"), ("THERMAL", "THERMAL"),
+                         ("SYNC_BOOST", "SYNC_BOOST"), ("BOARD_LIMIT", "BOARD_LIMIT"),
+                         ("LOW_UTIL", "LOW_UTILIZATION"), ("RELIABILITY", "RELIABILITY"))),
 )}
 
 # "label" fields: text added as a label to every GPU row.
@@ -162,13 +188,6 @@ NOT_EXPORTED: Mapping[str, str] = {
     "DCGM_EXP_XID_ERRORS_COUNT": "computed by dcgm-exporter itself, not a DCGM field",
     "DCGM_EXP_GPU_HEALTH_STATUS": "computed by dcgm-exporter itself; see tessera_gpu_responding",
     "DCGM_EXP_P2P_STATUS": "computed by dcgm-exporter itself, not a DCGM field",
-    **{f"DCGM_FI_DEV_{kind}_VIOLATION": _NOT_YET for kind in (
-        "POWER", "THERMAL", "SYNC_BOOST", "BOARD_LIMIT", "LOW_UTIL", "RELIABILITY")},
-    **{f"DCGM_FI_DEV_ECC_{bits}_{scope}_TOTAL": _NOT_YET
-       for bits in ("SBE", "DBE") for scope in ("VOL", "AGG")},
-    **{f"DCGM_FI_DEV_RETIRED_{kind}": _NOT_YET for kind in ("SBE", "DBE", "PENDING")},
-    **{f"DCGM_FI_DEV_NVLINK_{kind}_ERROR_COUNT_TOTAL": _NOT_YET
-       for kind in ("CRC_FLIT", "CRC_DATA", "REPLAY", "RECOVERY")},
     **{f"DCGM_FI_DEV_NVLINK_BANDWIDTH_L{link}": _NOT_YET for link in range(18)},
     **dict.fromkeys((
         "DCGM_FI_DEV_BRAND", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_OEM_INFOROM_VER",
