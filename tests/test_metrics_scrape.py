@@ -278,6 +278,37 @@ def test_a_gpu_that_falls_off_the_bus_drops_out_and_shows_in_health(
     assert rows(back, "DCGM_FI_DEV_XID_ERRORS", gpu="3")[0][1] == 79
 
 
+def test_xid_errors_are_counted_per_gpu_and_xid_over_a_window(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path) -> None:
+    _, control = dgx_a100
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_FI_DEV_XID_ERRORS, gauge, Value of the last XID error.\n"
+                        "DCGM_EXP_XID_ERRORS_COUNT, gauge, Count of XID errors within the "
+                        "window\n")
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", counters=counters,
+                          xid_window_s=2.0) as exporter:
+        quiet = fresh_scrape(exporter)
+        for gpu, xid in ((1, 13), (1, 13), (1, 31), (4, 79)):
+            control.raise_xid(gpu, xid)
+        counted = fresh_scrape(exporter)
+        _, _, health = fetch(exporter.port, "/health")
+        deadline = time.monotonic() + 20
+        later = counted
+        while rows(later, "DCGM_EXP_XID_ERRORS_COUNT") and time.monotonic() < deadline:
+            later = fresh_scrape(exporter)
+    assert rows(quiet, "DCGM_EXP_XID_ERRORS_COUNT") == []  # no XID, no row: no news
+    found = [(labels["gpu"], labels["xid"], labels["window_size_in_ms"], value)
+             for labels, value in rows(counted, "DCGM_EXP_XID_ERRORS_COUNT")]
+    assert found == [("1", "13", "2000", 2), ("1", "31", "2000", 1), ("4", "79", "2000", 1)]
+    # The GPU that fell off the bus keeps its identity on the count, as on its XID row.
+    gone = rows(counted, "DCGM_EXP_XID_ERRORS_COUNT", gpu="4")[0][0]
+    assert gone["modelName"] == "NVIDIA A100-SXM4-80GB"
+    assert b"DCGM_EXP_XID_ERRORS_COUNT" not in health  # an empty count is not "unsupplied"
+    # Out of the window, the counts go; the last XID stays, as DCGM keeps it.
+    assert rows(later, "DCGM_EXP_XID_ERRORS_COUNT") == []
+    assert rows(later, "DCGM_FI_DEV_XID_ERRORS", gpu="1")[0][1] == 31
+
+
 @pytest.fixture
 def kubelet() -> Any:
     with short_dir() as directory, FakePodResources(directory / "kubelet.sock") as server:

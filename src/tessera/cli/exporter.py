@@ -20,9 +20,11 @@ from tessera.metrics.devices import parse_devices
 from tessera.metrics.exporter import (
     DEFAULT_INTERVAL_S,
     DEFAULT_PORT,
+    DEFAULT_XID_WINDOW_S,
     default_hostname,
     listen,
     sampling_interval,
+    xid_window,
 )
 
 log = logging.getLogger("tessera.metrics")
@@ -56,6 +58,10 @@ def exporter(
         "f", "--devices", "-d", envvar="DCGM_EXPORTER_DEVICES_STR",
         help="Which devices get rows, as dcgm-exporter's -d: f (GPU instances on MIG GPUs, "
              "else GPUs), g (GPUs), i (GPU instances), g:0,2-3 (those GPUs)."),
+    xid_window_ms: int = typer.Option(
+        round(DEFAULT_XID_WINDOW_S * 1000), "--xid-count-window-size",
+        envvar="DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", metavar="MS",
+        help="The window DCGM_EXP_XID_ERRORS_COUNT counts XIDs over, in milliseconds."),
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket", "--pod-resources-kubelet-socket",
         help="The kubelet's PodResources socket, for pod/namespace/container labels."),
@@ -84,6 +90,7 @@ def exporter(
             address=host, port=listen_port,
             interval_s=sampling_interval(interval, collect_interval_ms),
             counters=counters, devices=parse_devices(devices),
+            xid_window_s=xid_window(xid_window_ms),
             pod_resources_socket=pod_resources_socket if attribute else None,
             hostname=default_hostname(),
         )

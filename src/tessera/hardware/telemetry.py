@@ -67,6 +67,7 @@ _EMPTY: Mapping[str, float] = MappingProxyType({})
 _EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_LOST: Mapping[int, str] = MappingProxyType({})
 _EMPTY_XIDS: Mapping[int, int] = MappingProxyType({})
+_MAX_XIDS_PER_READ = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,8 @@ class NodeSample:
     taken_at: float = 0.0  # time.monotonic()
     # GPU index -> the last XID of a GPU that gave no sample (what it died of, often 79)
     lost_xids: Mapping[int, int] = field(default_factory=lambda: _EMPTY_XIDS)
+    # (GPU index, XID) of every XID event since the previous read, in arrival order
+    xids: tuple[tuple[int, int], ...] = ()
 
 
 class _Gpm:
@@ -256,7 +259,7 @@ class TelemetryReader:
     def read(self) -> NodeSample:
         """Every GPU that answers, and why the others did not. Raises `HardwareError` only
         when NVML itself cannot be asked (cannot count GPUs)."""
-        self._drain_xids()
+        xids = self._drain_xids()
         count = self.node.gpu_count()
         samples: list[GpuSample] = []
         lost: dict[int, str] = {}
@@ -280,6 +283,7 @@ class TelemetryReader:
             lost=MappingProxyType(lost),
             taken_at=time.monotonic(),
             lost_xids=MappingProxyType(lost_xids),
+            xids=xids,
         )
 
     def _nvml_version(self) -> str:
@@ -287,11 +291,15 @@ class TelemetryReader:
             value = self.nvml.nvmlSystemGetNVMLVersion()
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    def _drain_xids(self) -> None:
+    def _drain_xids(self) -> tuple[tuple[int, int], ...]:
         if self._xids is None:
-            return
-        while (event := self._xids.wait(0)) is not None:
+            return ()
+        drained: list[tuple[int, int]] = []
+        # Bounded: a GPU storming XIDs cannot hold up a read (the rest wait for the next).
+        while len(drained) < _MAX_XIDS_PER_READ and (event := self._xids.wait(0)) is not None:
             self._last_xid[event.gpu] = event.xid
+            drained.append((event.gpu, event.xid))
+        return tuple(drained)
 
     def _optional(self, read: Callable[..., T], *args: Any) -> T | None:
         """The value, or None where the GPU does not report it."""

@@ -40,6 +40,7 @@ class Field:
     gpu: GpuReader | None = None
     instance: InstanceReader | None = None
     unsupplied: str = _NOT_REPORTED
+    sparse: bool = False  # rows only when something happened (no row is no news)
 
 
 def _memory(attr: str) -> tuple[GpuReader, InstanceReader]:
@@ -121,6 +122,8 @@ _PROF = (
 
 NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
 XID_ERRORS = "DCGM_FI_DEV_XID_ERRORS"
+# Computed by the exporter, as dcgm-exporter does: XIDs per GPU and XID value over a window.
+XID_ERRORS_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
 
 FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_SM_CLOCK", "MHz", lambda s: _optional(s.sm_clock_mhz)),
@@ -151,6 +154,7 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_ROW_REMAP_FAILURE", "bool", _rows("failed")),
     # A rate between two samples (see `tessera.metrics.rows`); no single reading gives it.
     _field(NVLINK_BANDWIDTH_TOTAL, "MB/s"),
+    Field(XID_ERRORS_COUNT, "XIDs", sparse=True),
     *(_both(name, unit, _gpm(metric, convert), _NO_GPM)
       for name, metric, convert, unit in _PROF),
     # NVML's field values of the same meaning (ECC since the driver loaded / over the GPU's
@@ -185,7 +189,6 @@ NOT_EXPORTED: Mapping[str, str] = {
     "DCGM_FI_DEV_PCIE_RX_THROUGHPUT": "NVML gives a 20 ms throughput sample, not DCGM's byte "
                                       "counter; DCGM_FI_PROF_PCIE_RX_BYTES is exported on Hopper",
     "DCGM_EXP_CLOCK_EVENTS_COUNT": "computed by dcgm-exporter itself, not a DCGM field",
-    "DCGM_EXP_XID_ERRORS_COUNT": "computed by dcgm-exporter itself, not a DCGM field",
     "DCGM_EXP_GPU_HEALTH_STATUS": "computed by dcgm-exporter itself; see tessera_gpu_responding",
     "DCGM_EXP_P2P_STATUS": "computed by dcgm-exporter itself, not a DCGM field",
     **{f"DCGM_FI_DEV_NVLINK_BANDWIDTH_L{link}": _NOT_YET for link in range(18)},

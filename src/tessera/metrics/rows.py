@@ -38,7 +38,14 @@ from tessera.hardware.telemetry import GpuInstanceSample, GpuSample, NodeSample,
 from tessera.metrics.counters import Counter, Counters
 from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, Labels
-from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NVLINK_BANDWIDTH_TOTAL, XID_ERRORS, Field
+from tessera.metrics.fields import (
+    FIELDS,
+    LABEL_FIELDS,
+    NVLINK_BANDWIDTH_TOTAL,
+    XID_ERRORS,
+    XID_ERRORS_COUNT,
+    Field,
+)
 from tessera.metrics.pods import DeviceHolders, Holder
 from tessera.metrics.state import MIG_CONFIG_STATES, TesseraState
 
@@ -59,6 +66,8 @@ class Inputs:
     pod_resources_up: bool | None = None  # None: pods are not attributed
     devices: Devices = FLEXIBLE
     sampler_restarts: int | None = None  # None: not sampled by a running sampler
+    xid_counts: Mapping[tuple[int, int], int] = field(default_factory=dict)  # (GPU, XID) -> n
+    xid_window_ms: int = 300_000  # the window xid_counts cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +189,8 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
                 _emit(samples, device, spec.instance(gi))
             else:
                 _emit(samples, device, _gpu_value(inputs, spec, g))
+        if counter.field == XID_ERRORS_COUNT:
+            samples.extend(_xid_counts(inputs, tail))
         if counter.field == XID_ERRORS:
             for known, xid in lost:
                 gone = _device(inputs, gpu_labels(known), tail,
@@ -191,12 +202,27 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
     return tuple(out)
 
 
+def _xid_counts(inputs: Inputs, tail: Labels) -> list[tuple[Labels, float]]:
+    """dcgm-exporter's DCGM_EXP_XID_ERRORS_COUNT: one row per GPU and XID seen in the window,
+    on the GPU (XIDs are the GPU's, MIG or not), with `window_size_in_ms` and `xid`."""
+    gpus = {g.gpu.index: g.gpu for g in inputs.sample.gpus}
+    out: list[tuple[Labels, float]] = []
+    for (index, xid), count in sorted(inputs.xid_counts.items()):
+        gpu = gpus.get(index) or inputs.known_gpus.get(index)
+        if gpu is None or not inputs.devices.covers(index):
+            continue
+        out.append((gpu_labels(gpu) + tail + (("window_size_in_ms", str(inputs.xid_window_ms)),
+                                              ("xid", str(xid))), float(count)))
+    return out
+
+
 def unsupplied(counters: Counters, built: Sequence[Family]) -> list[tuple[Counter, str]]:
     """The counters file's metrics that have no row at all, with why a node may not supply
-    them. Meaningful only for a sample that has rows (some GPU answered)."""
+    them (fields with rows only for events are never listed). Meaningful only for a sample
+    that has rows (some GPU answered)."""
     by_name = {f.name: f for f in built}
     return [(c, FIELDS[c.field].unsupplied) for c in counters.metrics
-            if not by_name[c.name].samples]
+            if not by_name[c.name].samples and not FIELDS[c.field].sparse]
 
 
 def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:

@@ -19,6 +19,7 @@ import gzip
 import logging
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 _KIB = 1024
 _MB = 1_000_000
 MAX_BACKOFF_S = 60.0
+MAX_XIDS_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Sampler:
         owners: ContainerOwners | None = None,
         state: StateProvider | None = None,
         devices: Devices = FLEXIBLE,
+        xid_window_s: float = 300.0,
     ) -> None:
         self.open_node = open_node
         self.counters = counters
@@ -112,6 +115,7 @@ class Sampler:
         self.owners = owners
         self.state = state
         self.devices = devices
+        self.xid_window_s = xid_window_s
         self.latest: Snapshot | None = None
         self._node: Node | None = None
         self._reader: TelemetryReader | None = None
@@ -126,6 +130,9 @@ class Sampler:
         self._restarts = 0
         self._rounds_with_gpus = 0
         self._unsupplied: tuple[str, ...] = ()
+        # (time.monotonic(), GPU, XID) of the XIDs within the window; bounded so a GPU
+        # storming XIDs cannot grow it without end (the count then says "at least").
+        self._xids: deque[tuple[float, int, int]] = deque(maxlen=MAX_XIDS_KEPT)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -203,6 +210,7 @@ class Sampler:
         pods_up = self._read_pods(problems) if self.pods is not None else None
         owners = self._owners(sample)
         nvlink = self._nvlink_rates(sample)
+        xid_counts = self._xid_counts(sample)
         state = self._read_state(problems)
         sampled = time.perf_counter()
         built = families(Inputs(
@@ -210,6 +218,7 @@ class Sampler:
             holders=self._holders, owners=owners, nvlink_mb_per_s=nvlink,
             known_gpus=dict(self._known), tessera=state, sample_seconds=sampled - started,
             pod_resources_up=pods_up, devices=self.devices, sampler_restarts=self._restarts,
+            xid_counts=xid_counts, xid_window_ms=round(self.xid_window_s * 1000),
         ))
         self._note_unsupplied(sample, built)
         body = render(built)
@@ -312,6 +321,13 @@ class Sampler:
         self.owners.refresh()
         found = {pid: self.owners.owner(pid) for pid in held}
         return {pid: holder for pid, holder in found.items() if holder is not None}
+
+    def _xid_counts(self, sample: NodeSample) -> dict[tuple[int, int], int]:
+        """(GPU, XID) -> how many arrived within the last `xid_window_s`."""
+        self._xids.extend((sample.taken_at, gpu, xid) for gpu, xid in sample.xids)
+        while self._xids and self._xids[0][0] < sample.taken_at - self.xid_window_s:
+            self._xids.popleft()
+        return dict(Counter((gpu, xid) for _, gpu, xid in self._xids))
 
     def _nvlink_rates(self, sample: NodeSample) -> dict[str, float]:
         """MB/s over NVLink (TX + RX, all links) since the previous sample of each GPU."""
