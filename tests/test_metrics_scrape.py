@@ -18,6 +18,7 @@ from metrics_support import (
     ContainerFixtures,
     fetch,
     fresh_scrape,
+    nvidia_input,
     parse,
     promtool_problems,
     rows,
@@ -351,6 +352,27 @@ def test_pods_arriving_and_leaving_relabel_their_gpus(
     assert len(rows(churned, "DCGM_FI_DEV_DEC_UTIL")) == 8
     assert [labels["pod"] for labels, _ in rows(churned, "DCGM_FI_DEV_DEC_UTIL")
             if "pod" in labels] == ["job-39"]
+
+
+def test_old_namespace_serves_dcgm_exporter_1x_names_and_labels(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path,
+        kubelet: FakePodResources) -> None:
+    node, _ = dgx_a100
+    uuid = node.gpu(2).uuid
+    kubelet.set_pods([_gpu_pod("ml", "train-0", uuid)])
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", old_namespace=True,
+                          counters=nvidia_input("etc_1.x-compatibility-metrics.csv"),
+                          pod_resources_socket=kubelet.socket) as exporter:
+        text = fresh_scrape(exporter)
+    held = rows(text, "dcgm_gpu_temp", gpu="2")
+    assert [(labels["uuid"], labels["pod_name"], labels["pod_namespace"],
+             labels["container_name"]) for labels, _ in held] == [(uuid, "train-0", "ml", "main")]
+    assert _label_names(text, "dcgm_gpu_temp")[2] == [
+        "gpu", "uuid", "pci_bus_id", "device", "modelName", "Hostname", "pod_name",
+        "pod_namespace", "container_name"]
+    assert [labels for labels, _ in rows(text, "dcgm_fb_used") if "UUID" in labels
+            or "pod" in labels] == []
+    assert rows(text, "tessera_gpu_responding", uuid=uuid)[0][1] == 1  # joins on `uuid` too
 
 
 def test_a_kubelet_that_stops_answering_keeps_the_last_attribution(

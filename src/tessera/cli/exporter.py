@@ -62,6 +62,9 @@ def exporter(
         round(DEFAULT_XID_WINDOW_S * 1000), "--xid-count-window-size",
         envvar="DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", metavar="MS",
         help="The window DCGM_EXP_XID_ERRORS_COUNT counts XIDs over, in milliseconds."),
+    old_namespace: bool = typer.Option(
+        False, "--use-old-namespace", "-o", envvar="DCGM_EXPORTER_USE_OLD_NAMESPACE",
+        help="dcgm-exporter 1.x's label names: uuid, pod_name, pod_namespace, container_name."),
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket", "--pod-resources-kubelet-socket",
         help="The kubelet's PodResources socket, for pod/namespace/container labels."),
@@ -90,7 +93,7 @@ def exporter(
             address=host, port=listen_port,
             interval_s=sampling_interval(interval, collect_interval_ms),
             counters=counters, devices=parse_devices(devices),
-            xid_window_s=xid_window(xid_window_ms),
+            xid_window_s=xid_window(xid_window_ms), old_namespace=old_namespace,
             pod_resources_socket=pod_resources_socket if attribute else None,
             hostname=default_hostname(),
         )

@@ -29,6 +29,7 @@ from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.http import MetricsServer
 from tessera.metrics.owners import CONTAINER_LOGS, PROC_ROOT, ContainerOwners
 from tessera.metrics.pods import PodResourcesClient
+from tessera.metrics.rows import CURRENT_NAMES, OLD_NAMESPACE_NAMES
 from tessera.metrics.sampler import Sampler, Snapshot
 from tessera.metrics.state import StateProvider
 
@@ -149,6 +150,7 @@ class ExporterSettings:
     container_logs: Path = CONTAINER_LOGS
     devices: Devices = FLEXIBLE  # which devices get rows: dcgm-exporter's -d
     xid_window_s: float = DEFAULT_XID_WINDOW_S  # DCGM_EXP_XID_ERRORS_COUNT's window
+    old_namespace: bool = False  # dcgm-exporter 1.x's label names (uuid, pod_name, ...)
 
 
 class Exporter:
@@ -172,6 +174,7 @@ class Exporter:
                     if socket_path is not None else None),
             state=state, devices=self.settings.devices,
             xid_window_s=self.settings.xid_window_s,
+            names=OLD_NAMESPACE_NAMES if self.settings.old_namespace else CURRENT_NAMES,
         )
         self._server: MetricsServer | None = None
         self._serving: threading.Thread | None = None

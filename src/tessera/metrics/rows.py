@@ -5,7 +5,8 @@ Rows follow dcgm-exporter's shape, so its dashboards and PromQL carry over:
 - Labels, in dcgm-exporter's order: `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`,
   (`GPU_I_PROFILE`, `GPU_I_ID` for a MIG GPU instance), `Hostname`, the counters file's label
   fields (`DCGM_FI_DRIVER_VERSION`), then `pod`, `namespace`, `container` for a device a
-  container holds.
+  container holds (`uuid`, `pod_name`, `pod_namespace`, `container_name` in dcgm-exporter's
+  `--use-old-namespace` mode).
 - Which devices have rows is dcgm-exporter's `-d` (`tessera.metrics.devices`); by default a
   GPU in MIG mode has one row per GPU instance and no GPU row: fields NVML reports per
   instance (framebuffer memory, profiling) carry the instance's value, GPU-wide fields
@@ -51,6 +52,20 @@ from tessera.metrics.state import MIG_CONFIG_STATES, TesseraState
 
 
 @dataclass(frozen=True, slots=True)
+class LabelNames:
+    """The label names that differ in dcgm-exporter's `--use-old-namespace` (1.x) mode."""
+
+    uuid: str = "UUID"
+    pod: str = "pod"
+    namespace: str = "namespace"
+    container: str = "container"
+
+
+CURRENT_NAMES = LabelNames()
+OLD_NAMESPACE_NAMES = LabelNames("uuid", "pod_name", "pod_namespace", "container_name")
+
+
+@dataclass(frozen=True, slots=True)
 class Inputs:
     """Everything one set of metric families is made of."""
 
@@ -68,6 +83,7 @@ class Inputs:
     sampler_restarts: int | None = None  # None: not sampled by a running sampler
     xid_counts: Mapping[tuple[int, int], int] = field(default_factory=dict)  # (GPU, XID) -> n
     xid_window_ms: int = 300_000  # the window xid_counts cover
+    names: LabelNames = CURRENT_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +102,22 @@ class _Device:
     samples_processes: bool  # NVML samples each process's share of the SMs here
 
 
-def gpu_labels(gpu: Gpu) -> Labels:
+def gpu_labels(gpu: Gpu, names: LabelNames = CURRENT_NAMES) -> Labels:
     minor = gpu.minor_number if gpu.minor_number is not None else gpu.index
-    return (("gpu", str(gpu.index)), ("UUID", gpu.uuid), ("pci_bus_id", gpu.bus_id),
+    return (("gpu", str(gpu.index)), (names.uuid, gpu.uuid), ("pci_bus_id", gpu.bus_id),
             ("device", f"nvidia{minor}"), ("modelName", gpu.name))
 
 
-def _pod_labels(holder: Holder) -> Labels:
-    return (("pod", holder.pod), ("namespace", holder.namespace),
-            ("container", holder.container))
+def _pod_labels(holder: Holder, names: LabelNames) -> Labels:
+    return ((names.pod, holder.pod), (names.namespace, holder.namespace),
+            (names.container, holder.container))
 
 
 def _device(inputs: Inputs, base: Labels, tail: Labels, holders: Sequence[Holder],
             processes: tuple[ProcessUse, ...], samples_processes: bool) -> _Device:
     if not holders:
         return _Device((_Row(base + tail, None),), processes, False, False)
-    rows = tuple(_Row(base + tail + _pod_labels(h), h) for h in holders)
+    rows = tuple(_Row(base + tail + _pod_labels(h, inputs.names), h) for h in holders)
     owned = set(holders)
     attributable = all(inputs.owners.get(p.pid) in owned for p in processes)
     sampled = samples_processes and all(p.sm_util is not None for p in processes)
@@ -167,7 +183,7 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
     # the whole GPU).
     entities: list[tuple[GpuSample, _Device, GpuInstanceSample | None]] = []
     for g in sample.gpus:
-        base = gpu_labels(g.gpu)
+        base = gpu_labels(g.gpu, inputs.names)
         layout = inputs.devices.rows(g)
         if layout == "gpu":
             entities.append((g, _device(inputs, base, tail, inputs.holders.get(g.gpu.uuid, ()),
@@ -193,7 +209,7 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
             samples.extend(_xid_counts(inputs, tail))
         if counter.field == XID_ERRORS:
             for known, xid in lost:
-                gone = _device(inputs, gpu_labels(known), tail,
+                gone = _device(inputs, gpu_labels(known, inputs.names), tail,
                                inputs.holders.get(known.uuid, ()), (), False)
                 _emit(samples, gone, float(xid))
         out.append(Family(counter.name, counter.kind, counter.help, tuple(samples)))
@@ -211,8 +227,8 @@ def _xid_counts(inputs: Inputs, tail: Labels) -> list[tuple[Labels, float]]:
         gpu = gpus.get(index) or inputs.known_gpus.get(index)
         if gpu is None or not inputs.devices.covers(index):
             continue
-        out.append((gpu_labels(gpu) + tail + (("window_size_in_ms", str(inputs.xid_window_ms)),
-                                              ("xid", str(xid))), float(count)))
+        out.append((gpu_labels(gpu, inputs.names) + tail + (
+            ("window_size_in_ms", str(inputs.xid_window_ms)), ("xid", str(xid))), float(count)))
     return out
 
 
@@ -227,11 +243,12 @@ def unsupplied(counters: Counters, built: Sequence[Family]) -> list[tuple[Counte
 
 def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:
     sample = inputs.sample
-    responding: list[tuple[Labels, float]] = [(gpu_labels(g.gpu) + host, 1.0)
+    responding: list[tuple[Labels, float]] = [(gpu_labels(g.gpu, inputs.names) + host, 1.0)
                                               for g in sample.gpus]
     for index in sorted(sample.lost):
         known = inputs.known_gpus.get(index)
-        labels = gpu_labels(known) if known is not None else (("gpu", str(index)),)
+        labels = (gpu_labels(known, inputs.names) if known is not None
+                  else (("gpu", str(index)),))
         responding.append((labels + host, 0.0))
     out = [Family("tessera_gpu_responding", "gauge",
                   "1 while the GPU answers NVML, 0 once it stops (e.g. fell off the bus).",

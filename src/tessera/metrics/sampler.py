@@ -33,7 +33,7 @@ from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, render
 from tessera.metrics.owners import ContainerOwners
 from tessera.metrics.pods import Holder, PodResourcesClient
-from tessera.metrics.rows import Inputs, families, unsupplied
+from tessera.metrics.rows import CURRENT_NAMES, Inputs, LabelNames, families, unsupplied
 from tessera.metrics.state import StateProvider, TesseraState
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class Sampler:
         state: StateProvider | None = None,
         devices: Devices = FLEXIBLE,
         xid_window_s: float = 300.0,
+        names: LabelNames = CURRENT_NAMES,
     ) -> None:
         self.open_node = open_node
         self.counters = counters
@@ -116,6 +117,7 @@ class Sampler:
         self.state = state
         self.devices = devices
         self.xid_window_s = xid_window_s
+        self.names = names
         self.latest: Snapshot | None = None
         self._node: Node | None = None
         self._reader: TelemetryReader | None = None
@@ -219,6 +221,7 @@ class Sampler:
             known_gpus=dict(self._known), tessera=state, sample_seconds=sampled - started,
             pod_resources_up=pods_up, devices=self.devices, sampler_restarts=self._restarts,
             xid_counts=xid_counts, xid_window_ms=round(self.xid_window_s * 1000),
+            names=self.names,
         ))
         self._note_unsupplied(sample, built)
         body = render(built)
