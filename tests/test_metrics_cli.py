@@ -137,6 +137,8 @@ def test_dcgm_exporters_flags_configure_the_exporter(tmp_path: Path) -> None:
     (["-d", "i:3"], "error: --devices 'i:3': `i:<ids>` names DCGM's GPU-instance entity IDs"),
     (["--xid-count-window-size", "10"], "error: --xid-count-window-size: a window of 10 ms is "
                                         "not between 1000 and 86400000 ms"),
+    (["--clock-events-count-window-size", "99999999999"],
+     "error: --clock-events-count-window-size: a window of 99999999999 ms"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                             message: str) -> None:

@@ -1,6 +1,6 @@
 """The exporter when things break: a sampler round that fails (restart with backoff, /health
-says so), a sampler that stops, a sample too old to serve, and counters fields the node
-cannot supply (named once, never silently absent)."""
+says so), a sampler that stops, a sample too old to serve, counters fields the node cannot
+supply (named once, never silently absent), and an XID storm (bounded memory)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tessera.metrics import Exporter, ExporterSettings
 from tessera.metrics.devices import parse_devices
 from tessera.metrics.http import MetricsServer, health_document
 from tessera.metrics.sampler import MAX_BACKOFF_S, SamplerStatus, backoff_s
+from tessera.metrics.windows import EventWindow
 
 
 class WedgingNvml:
@@ -187,3 +188,13 @@ def test_a_devices_choice_that_misses_is_named(tmp_path: Path, devices: str,
         status, health = _health(exporter.port)
     assert status == 200
     assert note in health["notes"]
+
+
+def test_an_event_window_forgets_old_events_and_stays_bounded() -> None:
+    window: EventWindow[str] = EventWindow(10.0, max_kept=6)
+    window.add(0.0, ["a"] * 3)
+    window.add(5.0, ["b"] * 2)
+    assert window.counts(6.0) == {"a": 3, "b": 2}
+    assert window.counts(12.0) == {"b": 2}
+    window.add(12.0, ["storm"] * 1000)  # an XID storm: only the newest are kept
+    assert window.counts(12.0) == {"storm": 6}

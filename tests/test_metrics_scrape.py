@@ -310,6 +310,33 @@ def test_xid_errors_are_counted_per_gpu_and_xid_over_a_window(
     assert rows(later, "DCGM_FI_DEV_XID_ERRORS", gpu="1")[0][1] == 31
 
 
+def test_clock_events_are_counted_per_gpu_and_reason_over_a_window(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path) -> None:
+    _, control = dgx_a100
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_EXP_CLOCK_EVENTS_COUNT, gauge, Count of clock events within "
+                        "the window\n")
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", counters=counters,
+                          clock_events_window_s=1.0, interval_s=0.05) as exporter:
+        idle = fresh_scrape(exporter)
+        job = control.start_process("0")
+        deadline = time.monotonic() + 20
+        busy = fresh_scrape(exporter)
+        while rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT", gpu="0") and (
+                time.monotonic() < deadline):
+            busy = fresh_scrape(exporter)
+    control.stop_process(job.pid)
+    counted = rows(idle, "DCGM_EXP_CLOCK_EVENTS_COUNT")
+    # Idle GPUs: NVML's "GPU idle" reason in every sample of the window.
+    assert sorted(labels["gpu"] for labels, _ in counted) == [str(i) for i in range(8)]
+    assert {(labels["clock_event"], labels["window_size_in_ms"]) for labels, _ in counted} == {
+        ("gpu_idle", "1000")}
+    assert all(value >= 1 for _, value in counted)
+    # Once GPU 0 has work and a window has passed, it has no idle samples left to count.
+    assert rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT", gpu="0") == []
+    assert len(rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT")) == 7
+
+
 @pytest.fixture
 def kubelet() -> Any:
     with short_dir() as directory, FakePodResources(directory / "kubelet.sock") as server:

@@ -20,11 +20,11 @@ from tessera.metrics.devices import parse_devices
 from tessera.metrics.exporter import (
     DEFAULT_INTERVAL_S,
     DEFAULT_PORT,
-    DEFAULT_XID_WINDOW_S,
+    DEFAULT_WINDOW_S,
+    count_window,
     default_hostname,
     listen,
     sampling_interval,
-    xid_window,
 )
 
 log = logging.getLogger("tessera.metrics")
@@ -59,9 +59,13 @@ def exporter(
         help="Which devices get rows, as dcgm-exporter's -d: f (GPU instances on MIG GPUs, "
              "else GPUs), g (GPUs), i (GPU instances), g:0,2-3 (those GPUs)."),
     xid_window_ms: int = typer.Option(
-        round(DEFAULT_XID_WINDOW_S * 1000), "--xid-count-window-size",
+        round(DEFAULT_WINDOW_S * 1000), "--xid-count-window-size",
         envvar="DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", metavar="MS",
         help="The window DCGM_EXP_XID_ERRORS_COUNT counts XIDs over, in milliseconds."),
+    clock_events_window_ms: int = typer.Option(
+        round(DEFAULT_WINDOW_S * 1000), "--clock-events-count-window-size",
+        envvar="DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE", metavar="MS",
+        help="The window DCGM_EXP_CLOCK_EVENTS_COUNT counts over, in milliseconds."),
     old_namespace: bool = typer.Option(
         False, "--use-old-namespace", "-o", envvar="DCGM_EXPORTER_USE_OLD_NAMESPACE",
         help="dcgm-exporter 1.x's label names: uuid, pod_name, pod_namespace, container_name."),
@@ -93,7 +97,10 @@ def exporter(
             address=host, port=listen_port,
             interval_s=sampling_interval(interval, collect_interval_ms),
             counters=counters, devices=parse_devices(devices),
-            xid_window_s=xid_window(xid_window_ms), old_namespace=old_namespace,
+            xid_window_s=count_window(xid_window_ms, "--xid-count-window-size"),
+            clock_events_window_s=count_window(clock_events_window_ms,
+                                               "--clock-events-count-window-size"),
+            old_namespace=old_namespace,
             pod_resources_socket=pod_resources_socket if attribute else None,
             hostname=default_hostname(),
         )

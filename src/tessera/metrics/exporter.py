@@ -35,8 +35,8 @@ from tessera.metrics.state import StateProvider
 
 DEFAULT_PORT = 9400
 DEFAULT_INTERVAL_S = 15.0
-DEFAULT_XID_WINDOW_S = 300.0  # dcgm-exporter's --xid-count-window-size, 5 minutes
-MAX_XID_WINDOW_S = 86_400.0
+DEFAULT_WINDOW_S = 300.0  # dcgm-exporter's --xid/--clock-events-count-window-size, 5 min
+MAX_WINDOW_S = 86_400.0
 MIN_INTERVAL_S = 0.01
 MAX_INTERVAL_S = 3600.0  # sampling less often than hourly only repeats stale values
 
@@ -99,16 +99,16 @@ def sampling_interval(seconds: float | None, milliseconds: int | None) -> float:
     return chosen
 
 
-def xid_window(milliseconds: int) -> float:
-    """`--xid-count-window-size` (milliseconds, as dcgm-exporter's) in seconds, bounded."""
-    if not 1000 <= milliseconds <= MAX_XID_WINDOW_S * 1000:
-        raise ConfigError(f"--xid-count-window-size: a window of {milliseconds} ms is not "
-                          "between 1000 and 86400000 ms")
+def count_window(milliseconds: int, what: str) -> float:
+    """A `--*-count-window-size` (milliseconds, as dcgm-exporter's) in seconds, bounded."""
+    if not 1000 <= milliseconds <= MAX_WINDOW_S * 1000:
+        raise ConfigError(f"{what}: a window of {milliseconds} ms is not between 1000 and "
+                          "86400000 ms")
     return milliseconds / 1000
 
 
-def check_xid_window(seconds: float, what: str = "--xid-count-window-size") -> None:
-    if not math.isfinite(seconds) or not 1 <= seconds <= MAX_XID_WINDOW_S:
+def check_window(seconds: float, what: str) -> None:
+    if not math.isfinite(seconds) or not 1 <= seconds <= MAX_WINDOW_S:
         raise ConfigError(f"{what}: a window of {seconds:g} s is not between 1 s and a day; "
                           "give milliseconds between 1000 and 86400000")
 
@@ -149,7 +149,8 @@ class ExporterSettings:
     proc_root: Path = PROC_ROOT
     container_logs: Path = CONTAINER_LOGS
     devices: Devices = FLEXIBLE  # which devices get rows: dcgm-exporter's -d
-    xid_window_s: float = DEFAULT_XID_WINDOW_S  # DCGM_EXP_XID_ERRORS_COUNT's window
+    xid_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_XID_ERRORS_COUNT's window
+    clock_events_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_CLOCK_EVENTS_COUNT's
     old_namespace: bool = False  # dcgm-exporter 1.x's label names (uuid, pod_name, ...)
 
 
@@ -161,7 +162,8 @@ class Exporter:
         self.settings = settings or ExporterSettings()
         check_port(self.settings.port)
         check_interval(self.settings.interval_s)
-        check_xid_window(self.settings.xid_window_s)
+        check_window(self.settings.xid_window_s, "--xid-count-window-size")
+        check_window(self.settings.clock_events_window_s, "--clock-events-count-window-size")
         path = self.settings.counters
         self.counters = (counters_file.load(path) if path is not None
                          else counters_file.default_counters())
@@ -174,6 +176,7 @@ class Exporter:
                     if socket_path is not None else None),
             state=state, devices=self.settings.devices,
             xid_window_s=self.settings.xid_window_s,
+            clock_events_window_s=self.settings.clock_events_window_s,
             names=OLD_NAMESPACE_NAMES if self.settings.old_namespace else CURRENT_NAMES,
         )
         self._server: MetricsServer | None = None

@@ -122,8 +122,21 @@ _PROF = (
 
 NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
 XID_ERRORS = "DCGM_FI_DEV_XID_ERRORS"
-# Computed by the exporter, as dcgm-exporter does: XIDs per GPU and XID value over a window.
+# Computed by the exporter, as dcgm-exporter does: XIDs per GPU and XID value over a window,
+# and samples per GPU and clock event reason over a window.
 XID_ERRORS_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+CLOCK_EVENTS_COUNT = "DCGM_EXP_CLOCK_EVENTS_COUNT"
+# The bits of DCGM's (and NVML's) clock event reasons, by dcgm-exporter's `clock_event` names.
+CLOCK_EVENT_BITS: Mapping[int, str] = {
+    0x001: "gpu_idle", 0x002: "clocks_setting", 0x004: "power_cap", 0x008: "hw_slowdown",
+    0x010: "sync_boost", 0x020: "sw_thermal", 0x040: "hw_thermal", 0x080: "hw_power_brake",
+    0x100: "display_clocks",
+}
+
+
+def clock_events(reasons: int) -> list[str]:
+    """The named reasons set in a clock event bitmask, lowest bit first."""
+    return [name for bit, name in sorted(CLOCK_EVENT_BITS.items()) if reasons & bit]
 
 FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_SM_CLOCK", "MHz", lambda s: _optional(s.sm_clock_mhz)),
@@ -155,6 +168,7 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     # A rate between two samples (see `tessera.metrics.rows`); no single reading gives it.
     _field(NVLINK_BANDWIDTH_TOTAL, "MB/s"),
     Field(XID_ERRORS_COUNT, "XIDs", sparse=True),
+    Field(CLOCK_EVENTS_COUNT, "samples", sparse=True),
     *(_both(name, unit, _gpm(metric, convert), _NO_GPM)
       for name, metric, convert, unit in _PROF),
     # NVML's field values of the same meaning (ECC since the driver loaded / over the GPU's
@@ -188,7 +202,6 @@ NOT_EXPORTED: Mapping[str, str] = {
                                       "counter; DCGM_FI_PROF_PCIE_TX_BYTES is exported on Hopper",
     "DCGM_FI_DEV_PCIE_RX_THROUGHPUT": "NVML gives a 20 ms throughput sample, not DCGM's byte "
                                       "counter; DCGM_FI_PROF_PCIE_RX_BYTES is exported on Hopper",
-    "DCGM_EXP_CLOCK_EVENTS_COUNT": "computed by dcgm-exporter itself, not a DCGM field",
     "DCGM_EXP_GPU_HEALTH_STATUS": "computed by dcgm-exporter itself; see tessera_gpu_responding",
     "DCGM_EXP_P2P_STATUS": "computed by dcgm-exporter itself, not a DCGM field",
     **{f"DCGM_FI_DEV_NVLINK_BANDWIDTH_L{link}": _NOT_YET for link in range(18)},

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tessera.hardware.model import Gpu
 from tessera.hardware.telemetry import GpuInstanceSample, GpuSample, NodeSample, ProcessUse
@@ -40,6 +41,7 @@ from tessera.metrics.counters import Counter, Counters
 from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, Labels
 from tessera.metrics.fields import (
+    CLOCK_EVENTS_COUNT,
     FIELDS,
     LABEL_FIELDS,
     NVLINK_BANDWIDTH_TOTAL,
@@ -49,6 +51,8 @@ from tessera.metrics.fields import (
 )
 from tessera.metrics.pods import DeviceHolders, Holder
 from tessera.metrics.state import MIG_CONFIG_STATES, TesseraState
+
+K = TypeVar("K", int, str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,9 @@ class Inputs:
     sampler_restarts: int | None = None  # None: not sampled by a running sampler
     xid_counts: Mapping[tuple[int, int], int] = field(default_factory=dict)  # (GPU, XID) -> n
     xid_window_ms: int = 300_000  # the window xid_counts cover
+    # (GPU, clock event reason) -> samples it was set in
+    clock_event_counts: Mapping[tuple[int, str], int] = field(default_factory=dict)
+    clock_events_window_ms: int = 300_000
     names: LabelNames = CURRENT_NAMES
 
 
@@ -206,7 +213,11 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
             else:
                 _emit(samples, device, _gpu_value(inputs, spec, g))
         if counter.field == XID_ERRORS_COUNT:
-            samples.extend(_xid_counts(inputs, tail))
+            samples.extend(_windowed(inputs, tail, inputs.xid_counts, inputs.xid_window_ms,
+                                     "xid"))
+        if counter.field == CLOCK_EVENTS_COUNT:
+            samples.extend(_windowed(inputs, tail, inputs.clock_event_counts,
+                                     inputs.clock_events_window_ms, "clock_event"))
         if counter.field == XID_ERRORS:
             for known, xid in lost:
                 gone = _device(inputs, gpu_labels(known, inputs.names), tail,
@@ -218,17 +229,20 @@ def families(inputs: Inputs) -> tuple[Family, ...]:
     return tuple(out)
 
 
-def _xid_counts(inputs: Inputs, tail: Labels) -> list[tuple[Labels, float]]:
-    """dcgm-exporter's DCGM_EXP_XID_ERRORS_COUNT: one row per GPU and XID seen in the window,
-    on the GPU (XIDs are the GPU's, MIG or not), with `window_size_in_ms` and `xid`."""
+def _windowed(inputs: Inputs, tail: Labels, counts: Mapping[tuple[int, K], int],
+              window_ms: int, key: str) -> list[tuple[Labels, float]]:
+    """dcgm-exporter's windowed counts (`DCGM_EXP_XID_ERRORS_COUNT`, `..._CLOCK_EVENTS_COUNT`):
+    one row per GPU and XID (or clock event reason) seen in the window, on the GPU (the events
+    are the GPU's, MIG or not), with `window_size_in_ms` and the `key` label."""
     gpus = {g.gpu.index: g.gpu for g in inputs.sample.gpus}
     out: list[tuple[Labels, float]] = []
-    for (index, xid), count in sorted(inputs.xid_counts.items()):
+    for (index, value), count in sorted(counts.items(), key=lambda item: (item[0][0],
+                                                                          str(item[0][1]))):
         gpu = gpus.get(index) or inputs.known_gpus.get(index)
         if gpu is None or not inputs.devices.covers(index):
             continue
-        out.append((gpu_labels(gpu, inputs.names) + tail + (
-            ("window_size_in_ms", str(inputs.xid_window_ms)), ("xid", str(xid))), float(count)))
+        extra = (("window_size_in_ms", str(window_ms)), (key, str(value)))
+        out.append((gpu_labels(gpu, inputs.names) + tail + extra, float(count)))
     return out
 
 

@@ -19,7 +19,6 @@ import gzip
 import logging
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,16 +30,17 @@ from tessera.hardware.telemetry import NodeSample, TelemetryReader
 from tessera.metrics.counters import Counters
 from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, render
+from tessera.metrics.fields import clock_events
 from tessera.metrics.owners import ContainerOwners
 from tessera.metrics.pods import Holder, PodResourcesClient
 from tessera.metrics.rows import CURRENT_NAMES, Inputs, LabelNames, families, unsupplied
 from tessera.metrics.state import StateProvider, TesseraState
+from tessera.metrics.windows import EventWindow
 
 log = logging.getLogger(__name__)
 _KIB = 1024
 _MB = 1_000_000
 MAX_BACKOFF_S = 60.0
-MAX_XIDS_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,7 @@ class Sampler:
         state: StateProvider | None = None,
         devices: Devices = FLEXIBLE,
         xid_window_s: float = 300.0,
+        clock_events_window_s: float = 300.0,
         names: LabelNames = CURRENT_NAMES,
     ) -> None:
         self.open_node = open_node
@@ -116,7 +117,6 @@ class Sampler:
         self.owners = owners
         self.state = state
         self.devices = devices
-        self.xid_window_s = xid_window_s
         self.names = names
         self.latest: Snapshot | None = None
         self._node: Node | None = None
@@ -132,9 +132,9 @@ class Sampler:
         self._restarts = 0
         self._rounds_with_gpus = 0
         self._unsupplied: tuple[str, ...] = ()
-        # (time.monotonic(), GPU, XID) of the XIDs within the window; bounded so a GPU
-        # storming XIDs cannot grow it without end (the count then says "at least").
-        self._xids: deque[tuple[float, int, int]] = deque(maxlen=MAX_XIDS_KEPT)
+        self._xids: EventWindow[tuple[int, int]] = EventWindow(xid_window_s)  # (GPU, XID)
+        # (GPU, reason) for each sample a clock event reason was set in
+        self._clock_events: EventWindow[tuple[int, str]] = EventWindow(clock_events_window_s)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -212,7 +212,10 @@ class Sampler:
         pods_up = self._read_pods(problems) if self.pods is not None else None
         owners = self._owners(sample)
         nvlink = self._nvlink_rates(sample)
-        xid_counts = self._xid_counts(sample)
+        self._xids.add(sample.taken_at, sample.xids)
+        self._clock_events.add(sample.taken_at, (
+            (g.gpu.index, reason) for g in sample.gpus if g.clocks_event_reasons is not None
+            for reason in clock_events(g.clocks_event_reasons)))
         state = self._read_state(problems)
         sampled = time.perf_counter()
         built = families(Inputs(
@@ -220,7 +223,10 @@ class Sampler:
             holders=self._holders, owners=owners, nvlink_mb_per_s=nvlink,
             known_gpus=dict(self._known), tessera=state, sample_seconds=sampled - started,
             pod_resources_up=pods_up, devices=self.devices, sampler_restarts=self._restarts,
-            xid_counts=xid_counts, xid_window_ms=round(self.xid_window_s * 1000),
+            xid_counts=self._xids.counts(sample.taken_at),
+            xid_window_ms=round(self._xids.window_s * 1000),
+            clock_event_counts=self._clock_events.counts(sample.taken_at),
+            clock_events_window_ms=round(self._clock_events.window_s * 1000),
             names=self.names,
         ))
         self._note_unsupplied(sample, built)
@@ -324,13 +330,6 @@ class Sampler:
         self.owners.refresh()
         found = {pid: self.owners.owner(pid) for pid in held}
         return {pid: holder for pid, holder in found.items() if holder is not None}
-
-    def _xid_counts(self, sample: NodeSample) -> dict[tuple[int, int], int]:
-        """(GPU, XID) -> how many arrived within the last `xid_window_s`."""
-        self._xids.extend((sample.taken_at, gpu, xid) for gpu, xid in sample.xids)
-        while self._xids and self._xids[0][0] < sample.taken_at - self.xid_window_s:
-            self._xids.popleft()
-        return dict(Counter((gpu, xid) for _, gpu, xid in self._xids))
 
     def _nvlink_rates(self, sample: NodeSample) -> dict[str, float]:
         """MB/s over NVLink (TX + RX, all links) since the previous sample of each GPU."""
