@@ -18,10 +18,10 @@ from helpers import make_node
 from metrics_support import fetch, fresh_scrape, rows, running_exporter
 from tessera.hardware.backend import simulated_backend
 from tessera.hardware.node import Node
-from tessera.metrics import Exporter, ExporterSettings
+from tessera.metrics import Exporter, ExporterSettings, counters
 from tessera.metrics.devices import parse_devices
 from tessera.metrics.http import MetricsServer, health_document
-from tessera.metrics.sampler import MAX_BACKOFF_S, SamplerStatus, backoff_s
+from tessera.metrics.sampler import MAX_BACKOFF_S, Sampler, SamplerStatus, backoff_s
 from tessera.metrics.windows import EventWindow
 
 
@@ -198,3 +198,23 @@ def test_an_event_window_forgets_old_events_and_stays_bounded() -> None:
     assert window.counts(12.0) == {"b": 2}
     window.add(12.0, ["storm"] * 1000)  # an XID storm: only the newest are kept
     assert window.counts(12.0) == {"storm": 6}
+
+
+def test_a_field_is_named_at_the_first_sample_a_rate_at_the_second(tmp_path: Path) -> None:
+    make_node("dgx-a100", tmp_path / "sim.json")[0].close()
+    wanted = counters.parse("DCGM_FI_DEV_GPU_TEMP, gauge, temperature\n"
+                            "DCGM_FI_DEV_RETIRED_DBE, counter, retired pages\n"
+                            "DCGM_FI_PROF_GR_ENGINE_ACTIVE, gauge, graphics engine\n",
+                            "counters.csv")
+    sampler = Sampler(lambda: Node(simulated_backend("dgx-a100", tmp_path / "sim.json")),
+                      wanted, hostname="node", interval_s=1.0)
+    try:
+        first = sampler.sample().health.notes
+        second = sampler.sample().health.notes
+    finally:
+        sampler.close()
+    assert [n.split(": ")[1] for n in first] == [
+        "DCGM_FI_DEV_RETIRED_DBE is not exported on this node"]
+    assert [n.split(": ")[1] for n in second] == [
+        "DCGM_FI_DEV_RETIRED_DBE is not exported on this node",
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE is not exported on this node"]

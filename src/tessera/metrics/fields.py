@@ -41,6 +41,7 @@ class Field:
     instance: InstanceReader | None = None
     unsupplied: str = _NOT_REPORTED
     sparse: bool = False  # rows only when something happened (no row is no news)
+    rate: bool = False  # a difference between two samples: nothing before the second
 
 
 def _memory(attr: str) -> tuple[GpuReader, InstanceReader]:
@@ -101,8 +102,8 @@ def _field(name: str, unit: str, gpu: GpuReader | None = None,
 
 
 def _both(name: str, unit: str, readers: tuple[GpuReader, InstanceReader],
-          unsupplied: str = _NOT_REPORTED) -> Field:
-    return Field(name, unit, readers[0], readers[1], unsupplied)
+          unsupplied: str = _NOT_REPORTED, rate: bool = False) -> Field:
+    return Field(name, unit, readers[0], readers[1], unsupplied, rate=rate)
 
 
 # The DCGM profiling fields, from NVML's GPM metrics (percentages -> DCGM's 0..1 ratios;
@@ -166,10 +167,10 @@ FIELDS: Mapping[str, Field] = {f.name: f for f in (
     _field("DCGM_FI_DEV_ROW_REMAP_PENDING", "bool", _rows("pending")),
     _field("DCGM_FI_DEV_ROW_REMAP_FAILURE", "bool", _rows("failed")),
     # A rate between two samples (see `tessera.metrics.rows`); no single reading gives it.
-    _field(NVLINK_BANDWIDTH_TOTAL, "MB/s"),
+    Field(NVLINK_BANDWIDTH_TOTAL, "MB/s", rate=True),
     Field(XID_ERRORS_COUNT, "XIDs", sparse=True),
     Field(CLOCK_EVENTS_COUNT, "samples", sparse=True),
-    *(_both(name, unit, _gpm(metric, convert), _NO_GPM)
+    *(_both(name, unit, _gpm(metric, convert), _NO_GPM, rate=True)  # GPM: two samples
       for name, metric, convert, unit in _PROF),
     # NVML's field values of the same meaning (ECC since the driver loaded / over the GPU's
     # life; page retirement, which GPUs from Ampere on replace by row remapping; NVLink error

@@ -246,13 +246,15 @@ def _windowed(inputs: Inputs, tail: Labels, counts: Mapping[tuple[int, K], int],
     return out
 
 
-def unsupplied(counters: Counters, built: Sequence[Family]) -> list[tuple[Counter, str]]:
+def unsupplied(counters: Counters, built: Sequence[Family], *,
+               rates_known: bool = True) -> list[tuple[Counter, str]]:
     """The counters file's metrics that have no row at all, with why a node may not supply
-    them (fields with rows only for events are never listed). Meaningful only for a sample
-    that has rows (some GPU answered)."""
+    them; fields with rows only for events are never listed, rates only once `rates_known`
+    (from the second sample on). Meaningful only for a sample that has rows."""
     by_name = {f.name: f for f in built}
     return [(c, FIELDS[c.field].unsupplied) for c in counters.metrics
-            if not by_name[c.name].samples and not FIELDS[c.field].sparse]
+            if not by_name[c.name].samples and not FIELDS[c.field].sparse
+            and (rates_known or not FIELDS[c.field].rate)]
 
 
 def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:

@@ -248,15 +248,13 @@ class Sampler:
         return snapshot
 
     def _note_unsupplied(self, sample: NodeSample, built: tuple[Family, ...]) -> None:
-        """Name what the counters file asks for and this node does not give, from the second
-        round with GPUs on (rates and GPM metrics need two samples), in the log when it
-        changes: fields no GPU supplies, GPUs `--devices` names that are not here, and a
-        `--devices` that selects nothing at all."""
+        """Name what the counters file asks for and this node does not give, in the log when
+        it changes: fields no GPU supplies (from the first round with GPUs; rates and GPM
+        metrics, which need two samples, from the second), GPUs `--devices` names that are
+        not here, and a `--devices` that selects nothing at all."""
         if not sample.gpus:
             return
         self._rounds_with_gpus += 1
-        if self._rounds_with_gpus < 2:
-            return
         notes: list[str] = []
         present = {g.gpu.index for g in sample.gpus} | set(sample.lost)
         missing = sorted((self.devices.gpus or frozenset()) - present)
@@ -270,7 +268,8 @@ class Sampler:
         else:
             notes.extend(f"{self.counters.source}, line {c.line}: {c.name} is not exported on "
                          f"this node: {reason}"
-                         for c, reason in unsupplied(self.counters, built))
+                         for c, reason in unsupplied(self.counters, built,
+                                                     rates_known=self._rounds_with_gpus > 1))
         if tuple(notes) != self._unsupplied:
             for note in notes:
                 if note not in self._unsupplied:
