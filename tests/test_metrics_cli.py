@@ -14,7 +14,7 @@ from helpers import make_node
 from metrics_support import fetch, free_port, nvidia_input, parse, rows
 from tessera.errors import ConfigError
 from tessera.metrics.devices import Devices, parse_devices
-from tessera.metrics.exporter import listen, sampling_interval
+from tessera.metrics.flags import listen, sampling_interval
 
 TESSERA = [sys.executable, "-c", "from tessera.cli.main import main; main()"]
 # This checkout's code, whatever the interpreter has installed.

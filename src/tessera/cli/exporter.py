@@ -17,12 +17,12 @@ from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import POD_RESOURCES_SOCKET
 from tessera.metrics import Exporter, ExporterSettings
 from tessera.metrics.devices import parse_devices
-from tessera.metrics.exporter import (
+from tessera.metrics.exporter import default_hostname
+from tessera.metrics.flags import (
     DEFAULT_INTERVAL_S,
     DEFAULT_PORT,
     DEFAULT_WINDOW_S,
     count_window,
-    default_hostname,
     listen,
     sampling_interval,
 )
