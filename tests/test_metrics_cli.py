@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers import make_node
 from metrics_support import fetch, free_port, nvidia_input, parse, rows
@@ -196,3 +198,9 @@ def test_devices_parse_dcgm_exporters_forms() -> None:
     for bad in ("", "x", "g:", "g:a", "g:3-1", "g:0-5000", "i:0"):
         with pytest.raises(ConfigError, match="--devices"):
             parse_devices(bad)
+
+
+@given(st.frozensets(st.integers(0, 1023), min_size=1, max_size=40))
+def test_devices_read_back_as_written(gpus: frozenset[int]) -> None:
+    chosen = Devices("g", gpus)
+    assert parse_devices(str(chosen)) == chosen

@@ -200,6 +200,41 @@ def test_an_event_window_forgets_old_events_and_stays_bounded() -> None:
     assert window.counts(12.0) == {"storm": 6}
 
 
+class NoNvmlVersion:
+    """NVML without nvmlSystemGetNVMLVersion, as an old driver's library."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if name == "nvmlSystemGetNVMLVersion":
+            def missing() -> Any:
+                raise self._inner.NVMLError(self._inner.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+            return missing
+        return found
+
+
+def test_a_label_field_the_node_lacks_is_named(tmp_path: Path) -> None:
+    backend = simulated_backend("dgx-a100", tmp_path / "sim.json")
+    wanted = counters.parse("DCGM_FI_DEV_GPU_TEMP, gauge, temperature\n"
+                            "DCGM_FI_NVML_VERSION, label, NVML version\n"
+                            "DCGM_FI_DRIVER_VERSION, label, driver version\n", "labels.csv")
+    sampler = Sampler(lambda: Node(replace(backend, nvml=NoNvmlVersion(backend.nvml))),
+                      wanted, hostname="node", interval_s=1.0)
+    try:
+        snapshot = sampler.sample()
+    finally:
+        sampler.close()
+    assert snapshot.health.notes == (
+        "labels.csv, line 2: the label DCGM_FI_NVML_VERSION is not on this node's rows: NVML "
+        "does not report it here",)
+    temperature = next(f for f in snapshot.families if f.name == "DCGM_FI_DEV_GPU_TEMP")
+    assert all(dict(labels).keys() >= {"DCGM_FI_DRIVER_VERSION"} and
+               "DCGM_FI_NVML_VERSION" not in dict(labels) for labels, _ in temperature.samples)
+
+
 def test_a_field_is_named_at_the_first_sample_a_rate_at_the_second(tmp_path: Path) -> None:
     make_node("dgx-a100", tmp_path / "sim.json")[0].close()
     wanted = counters.parse("DCGM_FI_DEV_GPU_TEMP, gauge, temperature\n"

@@ -30,7 +30,7 @@ from tessera.hardware.telemetry import NodeSample, TelemetryReader
 from tessera.metrics.counters import Counters
 from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, render
-from tessera.metrics.fields import clock_events
+from tessera.metrics.fields import LABEL_FIELDS, clock_events
 from tessera.metrics.owners import ContainerOwners
 from tessera.metrics.pods import Holder, PodResourcesClient
 from tessera.metrics.rows import CURRENT_NAMES, Inputs, LabelNames, families, unsupplied
@@ -270,6 +270,9 @@ class Sampler:
                          f"this node: {reason}"
                          for c, reason in unsupplied(self.counters, built,
                                                      rates_known=self._rounds_with_gpus > 1))
+        notes.extend(f"{self.counters.source}, line {c.line}: the label {c.name} is not on "
+                     "this node's rows: NVML does not report it here"
+                     for c in self.counters.labels if LABEL_FIELDS[c.field](sample) is None)
         if tuple(notes) != self._unsupplied:
             for note in notes:
                 if note not in self._unsupplied:
