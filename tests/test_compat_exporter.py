@@ -2,8 +2,8 @@
 
 Two parts, each case stating what dcgm-exporter (4.8.2, `internal/pkg/counters`
 `ExtractCounters`, `internal/pkg/devicemonitoring` for the row layout) does with the input and
-asserting Tessera does the same — or, for the one deliberate difference, what Tessera does
-instead and that it says so:
+asserting Tessera does the same — or, for a deliberate difference (listed in the README's
+dcgm-exporter table), what Tessera does instead and that it says so:
 
 - Every counters CSV NVIDIA ships or tests with (`etc/*.csv`, the integration test's copy and
   the `parse/` cases): loaded or refused as dcgm-exporter does; every name dcgm-exporter
