@@ -27,6 +27,17 @@ from tessera.metrics import Exporter, ExporterSettings
 from tessera.metrics.state import StateProvider
 
 ALLOW_NO_PROMETHEUS = "TESSERA_ALLOW_NO_PROMETHEUS"
+# NVIDIA's own dcgm-exporter inputs (counters CSVs, parse cases, its Grafana dashboard), kept
+# unchanged beside the repository as CI lays it out.
+NVIDIA_EXPORTER_INPUTS = (Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+                          / "nvidia-inputs" / "exporter")
+
+
+def nvidia_input(name: str) -> Path:
+    """One of NVIDIA's exporter inputs; the test fails, naming the folder, if it is missing."""
+    path = NVIDIA_EXPORTER_INPUTS / name
+    assert path.exists(), f"NVIDIA's exporter inputs are missing: expected {path}"
+    return path
 Rows = list[tuple[dict[str, str], float]]
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tessera.errors import ConfigError
 from tessera.metrics import counters
 from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NOT_EXPORTED
+from tessera.metrics.legacy import LEGACY_NAMES
 
 # dcgm-exporter's dcp-metrics-included.csv style: `,,` comment tails, padding, a space
 # before a comma, label rows, commented-out rows.
@@ -79,14 +80,58 @@ def test_the_default_is_dcgm_exporters_default_list() -> None:
                                               "text; give it the type label"),
     ("DCGM_FI_DEV_GPU_UTIL, label, util", "counters.csv, line 2: DCGM_FI_DEV_GPU_UTIL is a "
                                           "number"),
-    ("DCGM_FI_DEV_GPU_TEMP, gauge, again", "counters.csv, line 2: DCGM_FI_DEV_GPU_TEMP is "
-                                           "already listed on line 1"),
+    ("dcgm_gpu_tmp, gauge, typo", "counters.csv, line 2: unknown DCGM field 'dcgm_gpu_tmp'"),
+    ("DCGM_EXP_XID_ERRORS_COUNTXXX, gauge, x", "counters.csv, line 2: unknown DCGM field "
+                                               "'DCGM_EXP_XID_ERRORS_COUNTXXX'"),
 ])
 def test_a_bad_line_is_named(line: str, message: str) -> None:
     text = f"DCGM_FI_DEV_GPU_TEMP, gauge, GPU temperature (in C).\n{line}\n"
     with pytest.raises(ConfigError) as raised:
         counters.parse(text, "counters.csv")
     assert str(raised.value).startswith(message)
+
+
+def test_1x_names_and_deprecated_aliases_keep_their_names() -> None:
+    parsed = counters.parse(
+        "dcgm_sm_clock, gauge, SM clock frequency (in MHz).\n"
+        "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS, gauge, throttle\n"
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS, gauge, clock event reasons\n"
+        "dcgm_pcie_tx_throughput, counter, not read\n", "1.x.csv")
+    assert [(c.name, c.field) for c in parsed.metrics] == [
+        ("dcgm_sm_clock", "DCGM_FI_DEV_SM_CLOCK"),
+        ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
+        ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
+    ]
+    assert [(c.name, c.field) for c, _ in parsed.skipped] == [
+        ("dcgm_pcie_tx_throughput", "DCGM_FI_DEV_PCIE_TX_THROUGHPUT")]
+
+
+def test_a_name_listed_twice_keeps_the_first_line_and_warns_once() -> None:
+    parsed = counters.parse("DCGM_FI_DEV_GPU_TEMP, gauge, temperature\n"
+                            "DCGM_FI_DEV_GPU_TEMP, counter, temperature again\n"
+                            "DCGM_FI_DEV_GPU_TEMP, gauge, and again\n", "twice.csv")
+    assert [(c.name, c.kind, c.help, c.line) for c in parsed.metrics] == [
+        ("DCGM_FI_DEV_GPU_TEMP", "gauge", "temperature", 1)]
+    assert parsed.warnings() == [
+        "twice.csv, line 2: skipping DCGM_FI_DEV_GPU_TEMP: already listed on line 1, which is "
+        "used; remove one of the two lines",
+        "twice.csv, line 3: skipping DCGM_FI_DEV_GPU_TEMP: already listed on line 1, which is "
+        "used; remove one of the two lines"]
+
+
+def test_a_file_that_is_not_text_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"DCGM_FI_DEV_GPU_TEMP, gauge, GPU temperature\n"
+                     b"DCGM_FI_DEV_SM_CLOCK, gauge, SM clock (in \xb5s)\n")
+    with pytest.raises(ConfigError, match=r"latin1\.csv, line 2: not UTF-8 text"):
+        counters.load(path)
+
+
+def test_a_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_bytes(b"# padding\n" * (counters.MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(ConfigError, match=r"huge\.csv is over 1024 KiB"):
+        counters.load(path)
 
 
 def test_a_missing_file_says_which(tmp_path: Path) -> None:
@@ -109,8 +154,8 @@ _HELP = st.text(st.characters(blacklist_characters=",\n\r", blacklist_categories
 
 
 @given(
-    st.lists(st.sampled_from(_NUMBERS + _TEXT + sorted(NOT_EXPORTED)), unique=True,
-             max_size=15),
+    st.lists(st.sampled_from(_NUMBERS + _TEXT + sorted(NOT_EXPORTED) + sorted(LEGACY_NAMES)),
+             unique=True, max_size=15),
     st.data(),
 )
 def test_any_well_formed_file_reads_back_field_for_field(fields: list[str],
@@ -127,6 +172,6 @@ def test_any_well_formed_file_reads_back_field_for_field(fields: list[str],
         if data.draw(st.booleans()):
             lines.append(f"# {name}, {kind}, commented out")
     parsed = counters.parse("\n".join(lines))
-    got = [(c.field, c.kind, c.help) for c in (*parsed.metrics, *parsed.labels)]
-    got += [(c.field, c.kind, c.help) for c, _ in parsed.skipped]
+    got = [(c.name, c.kind, c.help) for c in (*parsed.metrics, *parsed.labels)]
+    got += [(c.name, c.kind, c.help) for c, _ in parsed.skipped]
     assert sorted(got) == sorted(expected)

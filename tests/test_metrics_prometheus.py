@@ -183,3 +183,7 @@ def test_prometheus_answers_the_operators_queries(
     assert _by(by_title["GPU utilization per deployment"][0], "deployment") == {
         "train": 60, "notebook": 10, "infer": 50, "frontend": 50}
     assert len(by_title["MIG memory used"][0]) == 14
+    # Per GPU, MIG or not: each instance's memory counted once (GPU 6's batch job, 4000 MiB).
+    used = _by(by_title["Framebuffer memory used"][0], "gpu")
+    assert sorted(used, key=int) == [str(i) for i in range(8)]
+    assert used["6"] == 4000

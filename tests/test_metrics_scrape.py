@@ -18,6 +18,7 @@ from metrics_support import (
     ContainerFixtures,
     fetch,
     fresh_scrape,
+    nvidia_input,
     parse,
     promtool_problems,
     rows,
@@ -31,6 +32,7 @@ from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
 from tessera.kubeletapi.testing import FakePodResources
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.metrics.devices import parse_devices
 from tessera.metrics.http import health_document
 
 GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname",
@@ -171,6 +173,57 @@ def test_an_nvml_error_on_one_gpu_leaves_the_others_reporting(tmp_path: Path) ->
     assert b'"5": "GPU 5: cannot read the temperature: NVML error 999 (unknown error)"' in health
 
 
+class EccNvml(CountingNvml):
+    """NVML whose field values give GPU `gpu` `count` uncorrected (double-bit) ECC errors since
+    the driver loaded, as a GPU with failing memory reports them."""
+
+    def __init__(self, inner: Any, gpu: int, count: int) -> None:
+        super().__init__(inner)
+        self.gpu, self.count = gpu, count
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if name != "nvmlDeviceGetFieldValues":
+            return found
+
+        def values(handle: Any, ids: list[Any]) -> Any:
+            answered = found(handle, ids)
+            if self._inner.nvmlDeviceGetIndex(handle) == self.gpu:
+                for value in answered:
+                    if value.fieldId == pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL:
+                        value.value.ullVal = self.count
+            return answered
+
+        return values
+
+
+def test_ecc_errors_and_throttle_time_come_from_nvml_field_values(tmp_path: Path) -> None:
+    counters = tmp_path / "counters.csv"
+    counters.write_text(
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL, counter, Total number of double-bit volatile ECC "
+        "errors.\nDCGM_FI_DEV_POWER_VIOLATION, counter, Throttling duration (in ns).\n"
+        "DCGM_FI_DEV_RETIRED_DBE, counter, Retired pages (double-bit).\n")
+    backend = simulated_backend("dgx-a100", tmp_path / "sim.json")
+    settings = ExporterSettings(address="127.0.0.1", port=0, interval_s=0.05,
+                                pod_resources_socket=None, counters=counters)
+    exporter = Exporter(lambda: Node(replace(backend, nvml=EccNvml(backend.nvml, 2, 3))),
+                        settings)
+    exporter.start()
+    try:
+        for _ in range(3):
+            text = fresh_scrape(exporter)
+        _, _, health = fetch(exporter.port, "/health")
+    finally:
+        exporter.stop()
+    ecc = {labels["gpu"]: v for labels, v in rows(text, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")}
+    assert ecc == {str(i): (3 if i == 2 else 0) for i in range(8)}
+    assert len(rows(text, "DCGM_FI_DEV_POWER_VIOLATION")) == 8
+    # A100s remap rows instead of retiring pages: no row, and /health says why.
+    assert rows(text, "DCGM_FI_DEV_RETIRED_DBE") == []
+    assert b"line 3: DCGM_FI_DEV_RETIRED_DBE is not exported on this node: GPUs from Ampere " \
+           b"on remap rows" in health
+
+
 def test_not_supported_is_absent_not_zero(tmp_path: Path) -> None:
     backend = simulated_backend("dgx-a100", tmp_path / "sim.json")
     failing = FailingNvml(backend.nvml, gpu=1, code=pynvml.NVML_ERROR_NOT_SUPPORTED,
@@ -212,11 +265,76 @@ def test_a_gpu_that_falls_off_the_bus_drops_out_and_shows_in_health(
     gone = rows(lost, "tessera_gpu_responding", gpu="3")
     assert gone[0][1] == 0
     assert gone[0][0]["UUID"] == uuid
+    # The XID it fell off with stays, so `DCGM_FI_DEV_XID_ERRORS > 0` alerts fire for it.
+    died = rows(lost, "DCGM_FI_DEV_XID_ERRORS", gpu="3")
+    assert [(labels["UUID"], labels["modelName"], value) for labels, value in died] == [
+        (uuid, "NVIDIA A100-SXM4-80GB", 79)]
+    assert [labels["gpu"] for labels, value in rows(lost, "DCGM_FI_DEV_XID_ERRORS")
+            if value > 0] == ["3"]
+    assert len(rows(lost, "DCGM_FI_DEV_XID_ERRORS")) == 8
     assert status == 200
     assert b"GPU 3: cannot get a handle: NVML error 15 (the GPU has fallen off the bus) " \
            b"(last XID 79)" in health
     assert len(rows(back, "DCGM_FI_DEV_GPU_TEMP")) == 8
     assert rows(back, "DCGM_FI_DEV_XID_ERRORS", gpu="3")[0][1] == 79
+
+
+def test_xid_errors_are_counted_per_gpu_and_xid_over_a_window(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path) -> None:
+    _, control = dgx_a100
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_FI_DEV_XID_ERRORS, gauge, Value of the last XID error.\n"
+                        "DCGM_EXP_XID_ERRORS_COUNT, gauge, Count of XID errors within the "
+                        "window\n")
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", counters=counters,
+                          xid_window_s=2.0) as exporter:
+        quiet = fresh_scrape(exporter)
+        for gpu, xid in ((1, 13), (1, 13), (1, 31), (4, 79)):
+            control.raise_xid(gpu, xid)
+        counted = fresh_scrape(exporter)
+        _, _, health = fetch(exporter.port, "/health")
+        deadline = time.monotonic() + 20
+        later = counted
+        while rows(later, "DCGM_EXP_XID_ERRORS_COUNT") and time.monotonic() < deadline:
+            later = fresh_scrape(exporter)
+    assert rows(quiet, "DCGM_EXP_XID_ERRORS_COUNT") == []  # no XID, no row: no news
+    found = [(labels["gpu"], labels["xid"], labels["window_size_in_ms"], value)
+             for labels, value in rows(counted, "DCGM_EXP_XID_ERRORS_COUNT")]
+    assert found == [("1", "13", "2000", 2), ("1", "31", "2000", 1), ("4", "79", "2000", 1)]
+    # The GPU that fell off the bus keeps its identity on the count, as on its XID row.
+    gone = rows(counted, "DCGM_EXP_XID_ERRORS_COUNT", gpu="4")[0][0]
+    assert gone["modelName"] == "NVIDIA A100-SXM4-80GB"
+    assert b"DCGM_EXP_XID_ERRORS_COUNT" not in health  # an empty count is not "unsupplied"
+    # Out of the window, the counts go; the last XID stays, as DCGM keeps it.
+    assert rows(later, "DCGM_EXP_XID_ERRORS_COUNT") == []
+    assert rows(later, "DCGM_FI_DEV_XID_ERRORS", gpu="1")[0][1] == 31
+
+
+def test_clock_events_are_counted_per_gpu_and_reason_over_a_window(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path) -> None:
+    _, control = dgx_a100
+    counters = tmp_path / "counters.csv"
+    counters.write_text("DCGM_EXP_CLOCK_EVENTS_COUNT, gauge, Count of clock events within "
+                        "the window\n")
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", counters=counters,
+                          clock_events_window_s=1.0, interval_s=0.05) as exporter:
+        idle = fresh_scrape(exporter)
+        job = control.start_process("0")
+        deadline = time.monotonic() + 20
+        busy = fresh_scrape(exporter)
+        while rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT", gpu="0") and (
+                time.monotonic() < deadline):
+            busy = fresh_scrape(exporter)
+    control.stop_process(job.pid)
+    counted = rows(idle, "DCGM_EXP_CLOCK_EVENTS_COUNT")
+    # Idle GPUs: NVML's "GPU idle" reason in every sample of the window.
+    assert sorted(labels["gpu"] for labels, _ in counted) == [str(i) for i in range(8)]
+    assert {(labels["clock_event"], labels["window_size_in_ms"]) for labels, _ in counted} == {
+        ("gpu_idle", "1000")}
+    assert all(value >= 1 for _, value in counted)
+    # Once GPU 0 has work and a window has passed, it has no idle samples left to count.
+    assert rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT", gpu="0") == []
+    assert len(rows(busy, "DCGM_EXP_CLOCK_EVENTS_COUNT")) == 7
 
 
 @pytest.fixture
@@ -261,6 +379,27 @@ def test_pods_arriving_and_leaving_relabel_their_gpus(
     assert len(rows(churned, "DCGM_FI_DEV_DEC_UTIL")) == 8
     assert [labels["pod"] for labels, _ in rows(churned, "DCGM_FI_DEV_DEC_UTIL")
             if "pod" in labels] == ["job-39"]
+
+
+def test_old_namespace_serves_dcgm_exporter_1x_names_and_labels(
+        dgx_a100: tuple[Node, SimulatorControl], tmp_path: Path,
+        kubelet: FakePodResources) -> None:
+    node, _ = dgx_a100
+    uuid = node.gpu(2).uuid
+    kubelet.set_pods([_gpu_pod("ml", "train-0", uuid)])
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json", old_namespace=True,
+                          counters=nvidia_input("etc_1.x-compatibility-metrics.csv"),
+                          pod_resources_socket=kubelet.socket) as exporter:
+        text = fresh_scrape(exporter)
+    held = rows(text, "dcgm_gpu_temp", gpu="2")
+    assert [(labels["uuid"], labels["pod_name"], labels["pod_namespace"],
+             labels["container_name"]) for labels, _ in held] == [(uuid, "train-0", "ml", "main")]
+    assert _label_names(text, "dcgm_gpu_temp")[2] == [
+        "gpu", "uuid", "pci_bus_id", "device", "modelName", "Hostname", "pod_name",
+        "pod_namespace", "container_name"]
+    assert [labels for labels, _ in rows(text, "dcgm_fb_used") if "UUID" in labels
+            or "pod" in labels] == []
+    assert rows(text, "tessera_gpu_responding", uuid=uuid)[0][1] == 1  # joins on `uuid` too
 
 
 def test_a_kubelet_that_stops_answering_keeps_the_last_attribution(
@@ -340,8 +479,13 @@ def test_mig_layout_changes_between_scrapes(dgx_a100: tuple[Node, SimulatorContr
                  if "GPU_I_ID" in labels]
     assert [(i["GPU_I_PROFILE"], i["GPU_I_ID"]) for i in instances] == [
         ("1g.10gb", str(gi)) for gi in (7, 8, 9, 10, 11, 12, 13)]
-    assert _label_names(sliced, "DCGM_FI_DEV_FB_USED")[1][:7] == [
+    assert _label_names(sliced, "DCGM_FI_DEV_FB_USED")[0][:7] == [
         "gpu", "UUID", "pci_bus_id", "device", "modelName", "GPU_I_PROFILE", "GPU_I_ID"]
+    # dcgm-exporter's default layout: a MIG GPU has instance rows only, so summing FB_USED
+    # by GPU counts each MiB once.
+    assert [labels for labels, _ in rows(sliced, "DCGM_FI_DEV_FB_USED", gpu="0")
+            if "GPU_I_ID" not in labels] == []
+    assert sum(v for _, v in rows(sliced, "DCGM_FI_DEV_FB_USED", gpu="0")) == 2500
     held = rows(sliced, "DCGM_FI_DEV_FB_USED", gpu="0", pod="small")
     assert [(labels["GPU_I_ID"], value) for labels, value in held] == [
         (str(devices[2].gpu_instance_id), 2500)]
@@ -349,11 +493,44 @@ def test_mig_layout_changes_between_scrapes(dgx_a100: tuple[Node, SimulatorContr
     assert rows(sliced, "DCGM_FI_DEV_FB_TOTAL") == []  # not in the default list
     # In MIG mode NVML reports no utilisation for the GPU: no row rather than a made-up 0.
     assert rows(sliced, "DCGM_FI_DEV_GPU_UTIL", gpu="0") == []
-    assert len(rows(sliced, "DCGM_FI_DEV_GPU_TEMP", gpu="0")) == 1  # GPU-wide, once
+    # GPU-wide fields carry the GPU's value on each instance's row, with its pod.
+    temps = rows(sliced, "DCGM_FI_DEV_GPU_TEMP", gpu="0")
+    assert sorted(int(labels["GPU_I_ID"]) for labels, _ in temps) == list(range(7, 14))
+    assert len({v for _, v in temps}) == 1
+    assert [labels["GPU_I_ID"] for labels, _ in temps if labels.get("pod") == "small"] == [
+        str(devices[2].gpu_instance_id)]
     assert [(labels["GPU_I_PROFILE"], labels["GPU_I_ID"])
             for labels, _ in rows(resliced, "DCGM_FI_DEV_FB_FREE", gpu="0")
             if "GPU_I_ID" in labels] == [("3g.40gb", "1"), ("3g.40gb", "2")]
     assert rows(resliced, "DCGM_FI_DEV_FB_USED", pod="small") == []
+
+
+@pytest.mark.parametrize(("devices", "gpu0", "gpu1"), [
+    # GPU 0 in MIG mode with 1g.10gb x7, GPU 1 whole: which rows each gets.
+    ("f", [str(gi) for gi in range(7, 14)], [None]),
+    ("g", [None], [None]),
+    ("i", [str(gi) for gi in range(7, 14)], []),
+    ("g:1", [], [None]),
+])
+def test_devices_choose_gpu_or_instance_rows(dgx_a100: tuple[Node, SimulatorControl],
+                                             tmp_path: Path, devices: str,
+                                             gpu0: list[str | None],
+                                             gpu1: list[str | None]) -> None:
+    node, control = dgx_a100
+    apply_devices(node, {"1g.10gb": 7}, gpus="[0]")
+    job = control.start_process(node.mig_devices(0)[1].uuid, memory_mib=3000)
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json",
+                          devices=parse_devices(devices)) as exporter:
+        text = fresh_scrape(exporter)
+    control.stop_process(job.pid)
+    for gpu, expected in (("0", gpu0), ("1", gpu1)):
+        for family in ("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"):
+            found = [labels.get("GPU_I_ID") for labels, _ in rows(text, family, gpu=gpu)]
+            assert sorted(found, key=lambda i: int(i or -1)) == expected, (family, gpu)
+    used = sum(v for _, v in rows(text, "DCGM_FI_DEV_FB_USED", gpu="0"))
+    assert used == (0 if devices == "g:1" else 3000)  # each MiB counted once, any layout
+    # Lost from no layout: every GPU still says whether it answers.
+    assert len(rows(text, "tessera_gpu_responding")) == 8
 
 
 def test_hopper_exports_profiling_ratios_per_instance(tmp_path: Path) -> None:
@@ -370,9 +547,8 @@ def test_hopper_exports_profiling_ratios_per_instance(tmp_path: Path) -> None:
     assert rows(text, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", gpu="0", GPU_I_ID=gi)[0][1] == 0.35
     assert rows(text, "DCGM_FI_PROF_DRAM_ACTIVE", gpu="0", GPU_I_ID=gi)[0][1] == 0.4
     assert rows(text, "DCGM_FI_PROF_PCIE_TX_BYTES", gpu="0")[0][1] == 0
-    gpu_row = [v for labels, v in rows(text, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", gpu="0")
-               if "GPU_I_ID" not in labels]
-    assert gpu_row == [pytest.approx(0.1)]
+    assert [labels for labels, _ in rows(text, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", gpu="0")
+            if "GPU_I_ID" not in labels] == []  # instance rows only, as dcgm-exporter's -d f
     assert promtool_problems(text) == []
     node.close()
 

@@ -1,6 +1,7 @@
 """GPU telemetry through the seam: frozen samples of every GPU and GPU instance of a node.
 
-`TelemetryReader` reads what an exporter reports — clocks, temperatures, power, energy,
+`TelemetryReader` reads what an exporter reports — clocks (and why they are held down),
+temperatures, power, energy, ECC errors, retired pages, NVLink errors, throttle time,
 PCIe replays, utilisation, encoder/decoder use, framebuffer memory (per GPU and per MIG GPU
 instance), remapped rows, NVLink traffic, per-process use, the last XID, and the profiling
 metrics of GPM (Hopper and later) — and returns them as `NodeSample`. A value the GPU does
@@ -47,8 +48,26 @@ GPM_METRICS = (
     ("pcie_tx_mib_per_s", "NVML_GPM_METRIC_PCIE_TX_PER_SEC"),
     ("pcie_rx_mib_per_s", "NVML_GPM_METRIC_PCIE_RX_PER_SEC"),
 )
+# Error and throttle counters read in the same field-value query as memory temperature, by
+# NVML's names; a GPU that does not keep one (retired pages on Ampere and later, which remap
+# rows instead; NVLink errors without NVLink) leaves it out.
+COUNTER_FIELDS = (
+    "NVML_FI_DEV_ECC_SBE_VOL_TOTAL", "NVML_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "NVML_FI_DEV_ECC_SBE_AGG_TOTAL", "NVML_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "NVML_FI_DEV_RETIRED_SBE", "NVML_FI_DEV_RETIRED_DBE", "NVML_FI_DEV_RETIRED_PENDING",
+    "NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL",
+    "NVML_FI_DEV_PERF_POLICY_POWER", "NVML_FI_DEV_PERF_POLICY_THERMAL",
+    "NVML_FI_DEV_PERF_POLICY_SYNC_BOOST", "NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT",
+    "NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION", "NVML_FI_DEV_PERF_POLICY_RELIABILITY",
+)
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+_EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_LOST: Mapping[int, str] = MappingProxyType({})
+_EMPTY_XIDS: Mapping[int, int] = MappingProxyType({})
+_MAX_XIDS_PER_READ = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +120,7 @@ class GpuSample:
     gpu: Gpu
     sm_clock_mhz: int | None = None
     memory_clock_mhz: int | None = None
+    clocks_event_reasons: int | None = None  # NVML's bitmask: idle, power cap, thermal, ...
     gpu_temp_c: int | None = None
     memory_temp_c: int | None = None
     power_w: float | None = None
@@ -119,6 +139,9 @@ class GpuSample:
     processes: tuple[ProcessUse, ...] = ()
     profiling: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     taken_at: float = 0.0  # time.monotonic()
+    # ECC errors, retired pages, NVLink errors, throttle time (ns): `COUNTER_FIELDS` the GPU
+    # reported, by NVML's field names.
+    counters: Mapping[str, int] = field(default_factory=lambda: _EMPTY_COUNTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +152,10 @@ class NodeSample:
     # GPU index -> why it gave no sample
     lost: Mapping[int, str] = field(default_factory=lambda: _EMPTY_LOST)
     taken_at: float = 0.0  # time.monotonic()
+    # GPU index -> the last XID of a GPU that gave no sample (what it died of, often 79)
+    lost_xids: Mapping[int, int] = field(default_factory=lambda: _EMPTY_XIDS)
+    # (GPU index, XID) of every XID event since the previous read, in arrival order
+    xids: tuple[tuple[int, int], ...] = ()
 
 
 class _Gpm:
@@ -232,16 +259,19 @@ class TelemetryReader:
     def read(self) -> NodeSample:
         """Every GPU that answers, and why the others did not. Raises `HardwareError` only
         when NVML itself cannot be asked (cannot count GPUs)."""
-        self._drain_xids()
+        xids = self._drain_xids()
         count = self.node.gpu_count()
         samples: list[GpuSample] = []
         lost: dict[int, str] = {}
+        lost_xids: dict[int, int] = {}
         for index in range(count):
             try:
                 samples.append(self._read_gpu_settled(index))
             except HardwareError as e:
                 xid = self._last_xid.get(index)
                 lost[index] = f"{e} (last XID {xid})" if xid is not None else str(e)
+                if xid is not None:
+                    lost_xids[index] = xid
         if self._gpm is not None:
             self._gpm.keep({(s.gpu.index, None) for s in samples} | {
                 (s.gpu.index, gi.id) for s in samples for gi in s.gpu_instances
@@ -252,6 +282,8 @@ class TelemetryReader:
             gpus=tuple(samples),
             lost=MappingProxyType(lost),
             taken_at=time.monotonic(),
+            lost_xids=MappingProxyType(lost_xids),
+            xids=xids,
         )
 
     def _nvml_version(self) -> str:
@@ -259,11 +291,15 @@ class TelemetryReader:
             value = self.nvml.nvmlSystemGetNVMLVersion()
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    def _drain_xids(self) -> None:
+    def _drain_xids(self) -> tuple[tuple[int, int], ...]:
         if self._xids is None:
-            return
-        while (event := self._xids.wait(0)) is not None:
+            return ()
+        drained: list[tuple[int, int]] = []
+        # Bounded: a GPU storming XIDs cannot hold up a read (the rest wait for the next).
+        while len(drained) < _MAX_XIDS_PER_READ and (event := self._xids.wait(0)) is not None:
             self._last_xid[event.gpu] = event.xid
+            drained.append((event.gpu, event.xid))
+        return tuple(drained)
 
     def _optional(self, read: Callable[..., T], *args: Any) -> T | None:
         """The value, or None where the GPU does not report it."""
@@ -316,6 +352,9 @@ class TelemetryReader:
                                         "nvmlDeviceGetClockInfo", h, nvml.NVML_CLOCK_SM),
             memory_clock_mhz=self._optional(self._call, "read the memory clock", index,
                                             "nvmlDeviceGetClockInfo", h, nvml.NVML_CLOCK_MEM),
+            clocks_event_reasons=self._optional(self._call, "read the clock event reasons",
+                                                index, "nvmlDeviceGetCurrentClocksEventReasons",
+                                                h),
             gpu_temp_c=self._optional(self._call, "read the temperature", index,
                                       "nvmlDeviceGetTemperature", h, nvml.NVML_TEMPERATURE_GPU),
             memory_temp_c=fields.get("memory_temp"),
@@ -340,6 +379,8 @@ class TelemetryReader:
             processes=self._process_use(index, h, processes, mig),
             profiling=self._profiling(index, gpu, h, None),
             taken_at=time.monotonic(),
+            counters=MappingProxyType({name: fields[name] for name in COUNTER_FIELDS
+                                       if name in fields}),
         )
 
     def _memory(self, index: int, handle: Any) -> Memory | None:
@@ -369,12 +410,14 @@ class TelemetryReader:
         return RemappedRows(int(correctable), int(uncorrectable), bool(pending), bool(failed))
 
     def _field_values(self, index: int, handle: Any) -> dict[str, int]:
-        """Memory temperature and NVLink traffic, in one NVML field-value query."""
+        """Memory temperature, NVLink traffic and the error and throttle counters, in one
+        NVML field-value query."""
         nvml = self.nvml
         wanted = (
             ("memory_temp", "NVML_FI_DEV_MEMORY_TEMP", 0),
             ("nvlink_raw_tx", "NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX", _ALL_LINKS),
             ("nvlink_raw_rx", "NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX", _ALL_LINKS),
+            *((name, name, 0) for name in COUNTER_FIELDS),
         )
         known = [(name, getattr(nvml, const), scope) for name, const, scope in wanted
                  if hasattr(nvml, const)]

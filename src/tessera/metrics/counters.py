@@ -3,10 +3,13 @@
 One field per line, `<DCGM field>, <type>, <help text>` with exactly two commas; `#` starts a
 comment line; whitespace around each part is ignored. Types are `gauge` and `counter` (a
 metric family, typed as written) and `label` (text added as a label to every GPU row).
-dcgm-exporter's own files (`default-counters.csv`, `dcp-metrics-included.csv`) read
-unchanged. A malformed line, an unknown field, a wrong type or a field listed twice is a
-`ConfigError` naming the file and line; a DCGM field Tessera does not fill is skipped with
-the reason, as dcgm-exporter skips fields a node cannot supply.
+Every counters file dcgm-exporter ships reads unchanged, its 1.x names (`dcgm_sm_clock`) and
+DCGM's deprecated aliases included (`tessera.metrics.legacy`): the metric keeps the name the
+file gives it. A malformed line, an unknown field or a wrong type is a `ConfigError` naming
+the file and line. A name listed twice keeps its first line and the second is skipped with
+a warning (dcgm-exporter does not check; serving both would give Prometheus one family twice);
+a DCGM field Tessera does not fill is skipped with the reason, as dcgm-exporter skips fields
+a node cannot supply.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Literal
 
 from tessera.errors import ConfigError
 from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NOT_EXPORTED
+from tessera.metrics.legacy import canonical
 
 Kind = Literal["gauge", "counter", "label"]
 _KINDS: tuple[Kind, ...] = ("gauge", "counter", "label")
+MAX_FILE_BYTES = 1024 * 1024  # NVIDIA's largest shipped file is 6 KiB
 
 # dcgm-exporter's default list (etc/default-counters.csv of 4.8.2): Tessera's default too.
 DEFAULT_COUNTERS = """\
@@ -83,8 +88,10 @@ DCGM_FI_PROF_PCIE_RX_BYTES,      gauge, Rate of data received over PCIe (in byte
 
 @dataclass(frozen=True, slots=True)
 class Counter:
-    """One line of a counters file."""
+    """One line of a counters file: `name` as written (the metric's name), `field` the DCGM
+    field it stands for under its current name."""
 
+    name: str
     field: str
     kind: Kind
     help: str
@@ -102,7 +109,7 @@ class Counters:
     skipped: tuple[tuple[Counter, str], ...] = ()
 
     def warnings(self) -> list[str]:
-        return [f"{self.source}, line {c.line}: skipping {c.field}: {reason}"
+        return [f"{self.source}, line {c.line}: skipping {c.name}: {reason}"
                 for c, reason in self.skipped]
 
 
@@ -118,10 +125,11 @@ def parse(text: str, source: str = "counters") -> Counters:
         if not line or line.startswith("#"):
             continue
         counter = _counter(line, number, source)
-        if counter.field in seen:
-            raise ConfigError(f"{source}, line {number}: {counter.field} is already listed on "
-                              f"line {seen[counter.field]}; keep one of the two lines")
-        seen[counter.field] = number
+        if counter.name in seen:
+            skipped.append((counter, f"already listed on line {seen[counter.name]}, which is "
+                                     "used; remove one of the two lines"))
+            continue
+        seen[counter.name] = number
         if counter.field in NOT_EXPORTED:
             skipped.append((counter, NOT_EXPORTED[counter.field]))
         elif counter.kind == "label":
@@ -138,24 +146,25 @@ def _counter(line: str, number: int, source: str) -> Counter:
         raise ConfigError(
             f"{where}: expected `<DCGM field>, <type>, <help text>` (exactly two commas), "
             f"got {line!r}")
-    field, kind, help_text = parts
+    name, kind, help_text = parts
+    field = canonical(name)
     if kind not in _KINDS:
-        raise ConfigError(f"{where}: type {kind!r} of {field} is not one of gauge, counter, "
+        raise ConfigError(f"{where}: type {kind!r} of {name} is not one of gauge, counter, "
                           "label")
     if field in LABEL_FIELDS:
         if kind != "label":
-            raise ConfigError(f"{where}: {field} is text; give it the type label")
+            raise ConfigError(f"{where}: {name} is text; give it the type label")
     elif field in FIELDS:
         if kind == "label":
-            raise ConfigError(f"{where}: {field} is a number; give it the type gauge or "
+            raise ConfigError(f"{where}: {name} is a number; give it the type gauge or "
                               "counter")
     elif field not in NOT_EXPORTED:
         raise ConfigError(
-            f"{where}: unknown DCGM field {field!r}; fix the name or remove the line (the "
+            f"{where}: unknown DCGM field {name!r}; fix the name or remove the line (the "
             "fields Tessera exports are listed in the README's metrics section)")
     if not help_text:
-        help_text = field
-    return Counter(field=field, kind=kind, help=help_text, line=number)
+        help_text = name
+    return Counter(name=name, field=field, kind=kind, help=help_text, line=number)
 
 
 def default_counters() -> Counters:
@@ -165,8 +174,18 @@ def default_counters() -> Counters:
 def load(path: Path) -> Counters:
     """Read a counters file (a ConfigMap mounted as a file works the same)."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"cannot read the counters file {path}: {e.strerror or e}; give an "
-                          "existing file with --counters") from e
+                          "existing file with --collectors") from e
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"the counters file {path} is over {MAX_FILE_BYTES // 1024} KiB; a "
+                          "counters file lists at most a few hundred fields")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte {e.start}); save the "
+                          "counters file as UTF-8") from e
     return parse(text, str(path))

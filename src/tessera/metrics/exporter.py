@@ -24,13 +24,18 @@ from tessera.errors import ConfigError
 from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import POD_RESOURCES_SOCKET
 from tessera.metrics import counters as counters_file
+from tessera.metrics import flags
+from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.http import MetricsServer
 from tessera.metrics.owners import CONTAINER_LOGS, PROC_ROOT, ContainerOwners
 from tessera.metrics.pods import PodResourcesClient
+from tessera.metrics.rows import CURRENT_NAMES, OLD_NAMESPACE_NAMES
 from tessera.metrics.sampler import Sampler, Snapshot
 from tessera.metrics.state import StateProvider
 
-DEFAULT_PORT = 9400
+DEFAULT_PORT = flags.DEFAULT_PORT
+DEFAULT_INTERVAL_S = flags.DEFAULT_INTERVAL_S
+DEFAULT_WINDOW_S = flags.DEFAULT_WINDOW_S
 
 
 def default_hostname() -> str:
@@ -49,12 +54,16 @@ class ExporterSettings:
 
     address: str = ""  # every interface, as dcgm-exporter's ":9400"
     port: int = DEFAULT_PORT
-    interval_s: float = 15.0
+    interval_s: float = DEFAULT_INTERVAL_S
     counters: Path | None = None  # None: dcgm-exporter's default list
     pod_resources_socket: Path | None = POD_RESOURCES_SOCKET
     hostname: str = field(default_factory=default_hostname)
     proc_root: Path = PROC_ROOT
     container_logs: Path = CONTAINER_LOGS
+    devices: Devices = FLEXIBLE  # which devices get rows: dcgm-exporter's -d
+    xid_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_XID_ERRORS_COUNT's window
+    clock_events_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_CLOCK_EVENTS_COUNT's
+    old_namespace: bool = False  # dcgm-exporter 1.x's label names (uuid, pod_name, ...)
 
 
 class Exporter:
@@ -63,9 +72,11 @@ class Exporter:
     def __init__(self, open_node: Callable[[], Node], settings: ExporterSettings | None = None,
                  state: StateProvider | None = None) -> None:
         self.settings = settings or ExporterSettings()
-        if self.settings.interval_s <= 0:
-            raise ConfigError(f"sampling interval {self.settings.interval_s} s is not positive; "
-                              "give --interval a number of seconds above 0")
+        flags.check_port(self.settings.port)
+        flags.check_interval(self.settings.interval_s)
+        flags.check_window(self.settings.xid_window_s, "--xid-count-window-size")
+        flags.check_window(self.settings.clock_events_window_s,
+                           "--clock-events-count-window-size")
         path = self.settings.counters
         self.counters = (counters_file.load(path) if path is not None
                          else counters_file.default_counters())
@@ -76,7 +87,10 @@ class Exporter:
             pods=PodResourcesClient(socket_path) if socket_path is not None else None,
             owners=(ContainerOwners(self.settings.proc_root, self.settings.container_logs)
                     if socket_path is not None else None),
-            state=state,
+            state=state, devices=self.settings.devices,
+            xid_window_s=self.settings.xid_window_s,
+            clock_events_window_s=self.settings.clock_events_window_s,
+            names=OLD_NAMESPACE_NAMES if self.settings.old_namespace else CURRENT_NAMES,
         )
         self._server: MetricsServer | None = None
         self._serving: threading.Thread | None = None
@@ -97,7 +111,8 @@ class Exporter:
         address = (self.settings.address, self.settings.port)
         stale_after = max(3 * self.settings.interval_s, 30.0)
         try:
-            self._server = MetricsServer(address, lambda: self.sampler.latest, stale_after)
+            self._server = MetricsServer(address, lambda: self.sampler.latest, stale_after,
+                                         self.sampler.status)
         except OSError as e:
             raise ConfigError(
                 f"cannot listen on {self.settings.address or '*'}:{self.settings.port}: "

@@ -5,6 +5,12 @@ the latest `Snapshot` — its exposition text already rendered (and gzipped) —
 the same however many GPUs, instances and pods there are, and never wait on a GPU. A GPU that
 stops answering drops out of the next snapshot and is named in its `Health`; the others keep
 reporting. If NVML cannot be opened at all, the sampler keeps trying every interval.
+
+A round that fails outright (any exception) is not the end of sampling: the thread drops its
+NVML session, waits (the interval, doubling per failure in a row, at most a minute) and starts
+over, and `status()` says so meanwhile, so /health answers 503 rather than a process serving
+an old sample as if it were current. A field of the counters file that no GPU of the node
+supplies is named once in the log and stays named in `Health.notes`.
 """
 
 from __future__ import annotations
@@ -22,15 +28,19 @@ from tessera.hardware.model import Gpu
 from tessera.hardware.node import Node
 from tessera.hardware.telemetry import NodeSample, TelemetryReader
 from tessera.metrics.counters import Counters
+from tessera.metrics.devices import FLEXIBLE, Devices
 from tessera.metrics.exposition import Family, render
+from tessera.metrics.fields import LABEL_FIELDS, clock_events
 from tessera.metrics.owners import ContainerOwners
 from tessera.metrics.pods import Holder, PodResourcesClient
-from tessera.metrics.rows import Inputs, families
+from tessera.metrics.rows import CURRENT_NAMES, Inputs, LabelNames, families, unsupplied
 from tessera.metrics.state import StateProvider, TesseraState
+from tessera.metrics.windows import EventWindow
 
 log = logging.getLogger(__name__)
 _KIB = 1024
 _MB = 1_000_000
+MAX_BACKOFF_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,23 @@ class Snapshot:
         return sum(len(f.samples) for f in self.families)
 
 
+def backoff_s(interval_s: float, failures_in_a_row: int) -> float:
+    """How long to wait after a failed round: the interval, doubling per failure in a row,
+    at most a minute (or the interval, if that is longer)."""
+    doubled = interval_s * 2.0 ** min(max(failures_in_a_row, 1) - 1, 16)
+    return min(doubled, max(MAX_BACKOFF_S, interval_s))
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerStatus:
+    """Whether the sampler is sampling: its thread runs and its last round succeeded."""
+
+    running: bool
+    failure: str | None = None  # why the last round failed; None: it succeeded
+    failures_in_a_row: int = 0
+    restarts: int = 0  # times sampling resumed after failing
+
+
 class Sampler:
     """Samples a node in a background thread (`start`/`stop`), or on demand (`sample`)."""
 
@@ -77,6 +104,10 @@ class Sampler:
         pods: PodResourcesClient | None = None,
         owners: ContainerOwners | None = None,
         state: StateProvider | None = None,
+        devices: Devices = FLEXIBLE,
+        xid_window_s: float = 300.0,
+        clock_events_window_s: float = 300.0,
+        names: LabelNames = CURRENT_NAMES,
     ) -> None:
         self.open_node = open_node
         self.counters = counters
@@ -85,6 +116,8 @@ class Sampler:
         self.pods = pods
         self.owners = owners
         self.state = state
+        self.devices = devices
+        self.names = names
         self.latest: Snapshot | None = None
         self._node: Node | None = None
         self._reader: TelemetryReader | None = None
@@ -94,6 +127,14 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampled = threading.Condition()
+        self._failure: str | None = None
+        self._failures_in_a_row = 0
+        self._restarts = 0
+        self._rounds_with_gpus = 0
+        self._unsupplied: tuple[str, ...] = ()
+        self._xids: EventWindow[tuple[int, int]] = EventWindow(xid_window_s)  # (GPU, XID)
+        # (GPU, reason) for each sample a clock event reason was set in
+        self._clock_events: EventWindow[tuple[int, str]] = EventWindow(clock_events_window_s)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -115,9 +156,35 @@ class Sampler:
             started = time.monotonic()
             try:
                 self.sample()
-            except Exception:  # one bad round must not end sampling; the next may succeed
-                log.exception("sampling failed; trying again in %.1f s", self.interval_s)
+            except Exception as e:  # a bad round must not end sampling: start over
+                self._stop.wait(self._failed(e))
+                continue
+            if self._failure is not None:
+                log.info("sampling again after %d failed rounds", self._failures_in_a_row)
+                self._failure, self._failures_in_a_row = None, 0
+                self._restarts += 1
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def _failed(self, error: Exception) -> float:
+        """Record a failed round, drop the NVML session; how long to wait before the next."""
+        self._failures_in_a_row += 1
+        delay = backoff_s(self.interval_s, self._failures_in_a_row)
+        self._failure = f"sampling failed: {type(error).__name__}: {error}"
+        # The traceback once per run of failures; after that the line says enough.
+        log.error("%s; starting over in %.1f s", self._failure, delay,
+                  exc_info=error if self._failures_in_a_row == 1 else None)
+        try:
+            self.close_gpus()
+        except Exception as e:  # a broken session may not close cleanly; it is dropped
+            log.warning("dropping the NVML session: %s", e)
+            self._reader = self._node = None
+        return delay
+
+    def status(self) -> SamplerStatus:
+        thread = self._thread
+        return SamplerStatus(running=thread is not None and thread.is_alive(),
+                             failure=self._failure, failures_in_a_row=self._failures_in_a_row,
+                             restarts=self._restarts)
 
     def wait_for(self, newer_than: float, timeout_s: float) -> Snapshot | None:
         """The first snapshot taken after `newer_than` (a time.monotonic()), or None."""
@@ -145,14 +212,24 @@ class Sampler:
         pods_up = self._read_pods(problems) if self.pods is not None else None
         owners = self._owners(sample)
         nvlink = self._nvlink_rates(sample)
+        self._xids.add(sample.taken_at, sample.xids)
+        self._clock_events.add(sample.taken_at, (
+            (g.gpu.index, reason) for g in sample.gpus if g.clocks_event_reasons is not None
+            for reason in clock_events(g.clocks_event_reasons)))
         state = self._read_state(problems)
         sampled = time.perf_counter()
         built = families(Inputs(
             sample=sample, counters=self.counters, hostname=self.hostname,
             holders=self._holders, owners=owners, nvlink_mb_per_s=nvlink,
             known_gpus=dict(self._known), tessera=state, sample_seconds=sampled - started,
-            pod_resources_up=pods_up,
+            pod_resources_up=pods_up, devices=self.devices, sampler_restarts=self._restarts,
+            xid_counts=self._xids.counts(sample.taken_at),
+            xid_window_ms=round(self._xids.window_s * 1000),
+            clock_event_counts=self._clock_events.counts(sample.taken_at),
+            clock_events_window_ms=round(self._clock_events.window_s * 1000),
+            names=self.names,
         ))
+        self._note_unsupplied(sample, built)
         body = render(built)
         gpus = {g.gpu.index: "ok" for g in sample.gpus} | dict(sample.lost)
         if self._reader is not None and self._reader.xid_error:
@@ -160,7 +237,8 @@ class Sampler:
         snapshot = Snapshot(
             families=built, body=body, gzipped=gzip.compress(body, compresslevel=6, mtime=0),
             health=Health(gpus=MappingProxyType(dict(sorted(gpus.items()))),
-                          problems=tuple(problems), notes=tuple(self.counters.warnings())),
+                          problems=tuple(problems),
+                          notes=(*self.counters.warnings(), *self._unsupplied)),
             taken_at=time.monotonic(), sample_seconds=sampled - started,
             render_seconds=time.perf_counter() - sampled,
         )
@@ -168,6 +246,38 @@ class Sampler:
             self.latest = snapshot
             self._sampled.notify_all()
         return snapshot
+
+    def _note_unsupplied(self, sample: NodeSample, built: tuple[Family, ...]) -> None:
+        """Name what the counters file asks for and this node does not give, in the log when
+        it changes: fields no GPU supplies (from the first round with GPUs; rates and GPM
+        metrics, which need two samples, from the second), GPUs `--devices` names that are
+        not here, and a `--devices` that selects nothing at all."""
+        if not sample.gpus:
+            return
+        self._rounds_with_gpus += 1
+        notes: list[str] = []
+        present = {g.gpu.index for g in sample.gpus} | set(sample.lost)
+        missing = sorted((self.devices.gpus or frozenset()) - present)
+        if missing:
+            notes.append(f"--devices {self.devices}: GPU {', '.join(map(str, missing))} "
+                         f"{'is' if len(missing) == 1 else 'are'} not on this node")
+        names = {c.name for c in self.counters.metrics}
+        if not any(f.samples for f in built if f.name in names):
+            notes.append(f"--devices {self.devices} selects no GPU or GPU instance of this "
+                         "node: no DCGM field has a row")
+        else:
+            notes.extend(f"{self.counters.source}, line {c.line}: {c.name} is not exported on "
+                         f"this node: {reason}"
+                         for c, reason in unsupplied(self.counters, built,
+                                                     rates_known=self._rounds_with_gpus > 1))
+        notes.extend(f"{self.counters.source}, line {c.line}: the label {c.name} is not on "
+                     "this node's rows: NVML does not report it here"
+                     for c in self.counters.labels if LABEL_FIELDS[c.field](sample) is None)
+        if tuple(notes) != self._unsupplied:
+            for note in notes:
+                if note not in self._unsupplied:
+                    log.warning("%s", note)
+            self._unsupplied = tuple(notes)
 
     def _read_gpus(self, problems: list[str]) -> NodeSample:
         try:

@@ -14,8 +14,9 @@ simulated state and the time, from one small model:
   control, which banks the energy drawn so far first).
 - Temperature follows power (35 C idle, 65 C at the limit); HBM memory runs 4 C warmer and
   GDDR products report no memory temperature. SM clocks idle at 210 MHz and run at the
-  product's maximum while any process runs.
-- No simulated work uses the video engines, PCIe retries or NVLink: their counters stay 0.
+  product's maximum while any process runs; the clock event reasons say "GPU idle" until then.
+- No simulated work uses the video engines, PCIe retries or NVLink: their counters stay 0;
+  so do ECC error counts, NVLink error counts and throttle (violation) time.
 - As NVML does (nvidia-smi shows N/A), no utilisation (GPU, memory, encoder, decoder, per
   process) is reported for a GPU in MIG mode; GPM (the profiling metrics) exists on Hopper
   and later only, per GPU and per GPU instance. Of GPM's metrics the model gives graphics,
@@ -177,6 +178,12 @@ class TelemetryMixin:
             return clocks[0] if running else IDLE_SM_CLOCK_MHZ
         raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
 
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        state, gpu, _, _ = self._device(handle)
+        if any(p.gpu == gpu.index for p in state.processes):
+            return int(pynvml.nvmlClocksEventReasonNone)
+        return int(pynvml.nvmlClocksEventReasonGpuIdle)  # the clocks idle at 210 MHz
+
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         state, gpu, _, _ = self._device(handle)
         if sensor != pynvml.NVML_TEMPERATURE_GPU:
@@ -271,9 +278,13 @@ class TelemetryMixin:
             if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and gpu.product not in GDDR_PRODUCTS:
                 value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 value.value.uiVal = self._gpu_temp(state, gpu) + HBM_EXTRA_C
-            elif field_id in _NVLINK_THROUGHPUT and self._machine.nvlink_peers(gpu.index):
+            elif field_id in _NVLINK_THROUGHPUT | _NVLINK_ERRORS and self._machine.nvlink_peers(
+                    gpu.index):
                 value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
                 value.value.ullVal = 0  # nothing in the model moves data over NVLink
+            elif field_id in _ALWAYS_ZERO:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = 0
             else:
                 value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return values
@@ -351,6 +362,22 @@ class TelemetryMixin:
 _NVLINK_THROUGHPUT = frozenset({
     pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
     pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX,
+})
+_NVLINK_ERRORS = frozenset({
+    pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+    pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+    pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
+    pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
+})
+# Counters every simulated GPU keeps and the model never raises: ECC errors (all the
+# products have ECC memory) and throttle time. Retired pages are absent: Ampere and later
+# remap rows instead, and NVML answers NOT_SUPPORTED for them there.
+_ALWAYS_ZERO = frozenset({
+    pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
+    pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL, pynvml.NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
+    pynvml.NVML_FI_DEV_PERF_POLICY_POWER, pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL,
+    pynvml.NVML_FI_DEV_PERF_POLICY_SYNC_BOOST, pynvml.NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT,
+    pynvml.NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION, pynvml.NVML_FI_DEV_PERF_POLICY_RELIABILITY,
 })
 
 
