@@ -27,7 +27,8 @@ async def test_plugin_command_serves_until_sigterm(tmp_path: Path) -> None:
     node.close()
     config = tmp_path / "plugin.yaml"
     config.write_text("sharing: {timeSlicing: {renameByDefault: true, "
-                      "resources: [{name: gpu, replicas: 2, devices: [3]}]}}")
+                      "resources: [{name: gpu, replicas: 2, devices: [3]}]}}\n"
+                      "tessera: {extensions: {devices: true}}")
     with short_dir() as directory:
         async with TestKubelet(directory) as kubelet:
             process = await _run("--simulate", "a30x4", "--sim-state", str(state), "plugin",

@@ -2,7 +2,8 @@
 
 Precedence is NVIDIA's: command line, then environment, then the file. Values are read as
 NVIDIA's Go flags read them (booleans as strconv.ParseBool), plus the health check variables
-DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS and the IMEX variables.
+DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS and the IMEX variables. The result is then
+checked as NVIDIA's `validateFlags` checks it (MPS needs an MPS root and no mixed strategy).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from tessera.errors import PluginConfigError
 from tessera.plugin.config.messages import _choices, _show
 from tessera.plugin.config.parse import _one_of, _strategies
-from tessera.plugin.config.rules import _strategy_warnings
+from tessera.plugin.config.rules import _check_flags, _strategy_warnings
 from tessera.plugin.config.values import (
     ALLOCATION_POLICIES,
     DEVICE_ID_STRATEGIES,
@@ -96,6 +97,7 @@ def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> 
 
     Precedence is NVIDIA's: command line, then environment, then the file. `cli` takes the
     field names of `Flags` and `PluginFlags`; None (and an empty variable) means "not set".
+    Raises `PluginConfigError` for a bad value, or for flags NVIDIA's plugin refuses.
     """
     unknown = sorted(set(cli) - set(_OVERRIDES))
     if unknown:
@@ -120,6 +122,7 @@ def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> 
         imex=_override_imex(config.imex, env),
     )
     kept = tuple(w for w in config.warnings if w not in _strategy_warnings(config))
+    _check_flags(updated)
     return replace(updated, warnings=kept + _strategy_warnings(updated))
 
 

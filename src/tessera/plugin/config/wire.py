@@ -1,8 +1,9 @@
-"""The wire format: what a config file may say, as strict pydantic models.
+"""The wire format: what a config file may say, as pydantic models.
 
-Unknown keys and wrongly typed values are refused here; `messages` turns pydantic's
-complaint into one error with the field path, and `parse` builds the values from a file
-that passed.
+Wrongly typed values are refused here; `messages` turns pydantic's complaint into one error
+with the field path, and `parse` builds the values from a file that passed. Keys nobody
+defines are kept aside (`extra="allow"`) and reported as warnings: NVIDIA's plugin ignores
+fields it does not know, so a field a newer NVIDIA release adds must not take a node down.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tessera.plugin.config.values import AllocationPolicy, DeviceIdStrategy, Mig
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
 
 class _PluginFlagsWire(_Wire):
@@ -99,9 +100,18 @@ class _HealthWire(_Wire):
     recover_after: Any = Field(None, alias="recoverAfter")
 
 
+class _ExtensionsWire(_Wire):
+    devices: bool | None = None
+    rename: bool | None = None
+    time_slicing_with_mps: bool | None = Field(None, alias="timeSlicingWithMps")
+    mps_with_mixed: bool | None = Field(None, alias="mpsWithMixed")
+    compute_splits: bool | None = Field(None, alias="computeSplits")
+
+
 class _TesseraWire(_Wire):
     exclude_devices: list[Any] | None = Field(None, alias="excludeDevices")
     health: _HealthWire | None = None
+    extensions: _ExtensionsWire | None = None
 
 
 class _FileWire(_Wire):
