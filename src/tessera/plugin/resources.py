@@ -260,9 +260,10 @@ def plan_resources(
             for name, devices in base.items()}
 
     claimed: dict[str, str] = {}  # physical ID -> "kind resource" that claimed it
-    shared_out: dict[str, list[AdvertisedDevice]] = {}
+    # Counted first and built after: an absurd count is refused before any list exists.
+    replicated: list[tuple[str, PhysicalDevice, int]] = []  # (advertised name, device, count)
     shared_meta: dict[str, tuple[str, bool]] = {}
-    listed: dict[str, int] = {}  # advertised name -> bytes of its replica IDs so far
+    listed: dict[str, int] = {}  # advertised name -> bytes of its replica IDs
     for sharing in config.sharing:
         for shared in sharing.resources:
             candidates = base.get(shared.name, [])
@@ -290,9 +291,7 @@ def plan_resources(
                 listed[target] = listed.get(target, 0) + replica_list_bytes(n, len(device.id))
                 if listed[target] > KUBELET_MESSAGE_LIMIT:
                     raise _too_many_replicas(sharing, shared, target, n, selected)
-                shared_out.setdefault(target, []).extend(
-                    AdvertisedDevice(replica_id(device.id, i), device, i, n) for i in range(n)
-                )
+                replicated.append((target, device, n))
                 previous = shared_meta.get(target)
                 meta = (sharing.kind, sharing.fail_requests_greater_than_one)
                 if previous is not None and previous != meta:
@@ -303,6 +302,10 @@ def plan_resources(
                     )
                 shared_meta[target] = meta
 
+    shared_out: dict[str, list[AdvertisedDevice]] = {}
+    for target, device, n in replicated:
+        shared_out.setdefault(target, []).extend(
+            AdvertisedDevice(replica_id(device.id, i), device, i, n) for i in range(n))
     resources: dict[str, list[AdvertisedDevice]] = {}
     for name, physical in base.items():
         whole = [AdvertisedDevice(d.id, d) for d in physical if d.id not in claimed]
