@@ -118,3 +118,4 @@ async def test_what_nvidia_refuses_at_start_exits_2_with_one_line(
     lines = [line for line in err.decode().splitlines() if "Traceback" in line or reason in line]
     assert len(lines) == 1, err.decode()
     assert "Traceback" not in lines[0]
+    assert "plugin.yaml" in lines[0], "the line names the file"

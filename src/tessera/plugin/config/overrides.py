@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from tessera.errors import PluginConfigError
-from tessera.plugin.config.messages import _choices, _show
+from tessera.plugin.config.messages import _choices, _show, _Where
 from tessera.plugin.config.parse import _one_of, _strategies
 from tessera.plugin.config.rules import _check_flags, _strategy_warnings
 from tessera.plugin.config.values import (
@@ -92,12 +92,20 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
 _PLUGIN_FIELDS = frozenset(f.name for f in fields(PluginFlags))
 
 
-def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> PluginConfig:
+def with_overrides(
+    config: PluginConfig,
+    env: Mapping[str, str],
+    *,
+    source: str = "<config>",
+    name: str | None = None,
+    **cli: Any,
+) -> PluginConfig:
     """`config` with NVIDIA's environment variables and command-line values applied.
 
     Precedence is NVIDIA's: command line, then environment, then the file. `cli` takes the
     field names of `Flags` and `PluginFlags`; None (and an empty variable) means "not set".
-    Raises `PluginConfigError` for a bad value, or for flags NVIDIA's plugin refuses.
+    Raises `PluginConfigError` for a bad value, or for flags NVIDIA's plugin refuses (named
+    as config `name` of the file `source`).
     """
     unknown = sorted(set(cli) - set(_OVERRIDES))
     if unknown:
@@ -122,7 +130,7 @@ def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> 
         imex=_override_imex(config.imex, env),
     )
     kept = tuple(w for w in config.warnings if w not in _strategy_warnings(config))
-    _check_flags(updated)
+    _check_flags(updated, _Where(source, name))
     return replace(updated, warnings=kept + _strategy_warnings(updated))
 
 

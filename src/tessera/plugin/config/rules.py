@@ -8,27 +8,27 @@ does not exist, which is worth a warning rather than an error.
 
 from __future__ import annotations
 
-from tessera.errors import PluginConfigError
+from tessera.plugin.config.messages import _Where
 from tessera.plugin.config.names import _is_mig_name
 from tessera.plugin.config.values import _KIND_KEYS, PluginConfig
 
 
-def _check_flags(config: PluginConfig) -> None:
+def _check_flags(config: PluginConfig, where: _Where) -> None:
     """Refuse, with NVIDIA's reasons, what NVIDIA's plugin refuses at start."""
     if not any(s.kind == "mps" for s in config.sharing):
         return
     if config.flags.mig_strategy == "mixed" and not config.extensions.mps_with_mixed:
-        raise PluginConfigError(
+        raise where.error(
             "using --mig-strategy=mixed is not supported with MPS: use migStrategy none or "
             "single, share with timeSlicing, or set tessera.extensions.mpsWithMixed: true to "
             "share whole GPUs with MPS beside the MIG devices",
-            field="sharing.mps",
+            "sharing.mps",
         )
     if not config.flags.mps_root:
-        raise PluginConfigError(
+        raise where.error(
             "using MPS requires --mps-root: set flags.mpsRoot in the config, MPS_ROOT or "
             "--mps-root (the Helm chart sets it when mps.enabled is true)",
-            field="flags.mpsRoot",
+            "flags.mpsRoot",
         )
 
 
