@@ -158,3 +158,18 @@ def test_devices_naming_nothing_on_this_node_are_warned_and_skipped() -> None:
         f"sharing.timeSlicing: nvidia.com/gpu devices entry '{missing}' names no such device "
         "on this node; skipped",
     ]
+
+
+def test_whole_devices_listed_beside_replicas_count_towards_the_message() -> None:
+    """GPU 0 at the ceiling under nvidia.com/gpu, GPUs 1-3 whole under the same name."""
+    text = ("tessera: {extensions: {devices: true}}\n"
+            "sharing: {timeSlicing: {resources: [{name: gpu, devices: [0], "
+            f"replicas: {MAX_REPLICAS_PER_DEVICE}}}]}}}}")
+    inv = inventory("a30x4")
+    with pytest.raises(PluginConfigError) as caught:
+        plan_resources(inv, parse(text))
+    assert "nvidia.com/gpu would list 3 whole devices beside its replicas" in caught.value.reason
+    renamed = text.replace("{timeSlicing: {", "{timeSlicing: {renameByDefault: true, ")
+    plan = plan_resources(inv, parse(renamed))
+    assert len(plan.resources["nvidia.com/gpu.shared"].devices) == MAX_REPLICAS_PER_DEVICE
+    assert len(plan.resources["nvidia.com/gpu"].devices) == 3

@@ -23,6 +23,7 @@ from tessera.plugin.config import (
     PluginConfig,
     SharedResource,
     Sharing,
+    device_entry_bytes,
     replica_ceiling,
     replica_list_bytes,
 )
@@ -302,6 +303,16 @@ def plan_resources(
                     )
                 shared_meta[target] = meta
 
+    for name, total in listed.items():
+        unshared = [d for d in base.get(name, []) if d.id not in claimed]
+        total += sum(device_entry_bytes(len(d.id)) for d in unshared)
+        if total > KUBELET_MESSAGE_LIMIT:  # replicas at the edge and whole devices beside
+            raise PluginConfigError(
+                f"{name} would list {len(unshared)} whole devices beside its replicas, more than "
+                "the 4 MiB message the kubelet reads it in holds: lower replicas, or rename "
+                "the shared devices (renameByDefault) so that each name has its own list",
+                field="sharing",
+            )
     shared_out: dict[str, list[AdvertisedDevice]] = {}
     for target, device, n in replicated:
         shared_out.setdefault(target, []).extend(

@@ -34,6 +34,7 @@ from tessera.plugin.config.limits import (
     KUBELET_MESSAGE_LIMIT,
     MAX_REPLICAS_PER_DEVICE,
     REPLICA_SEPARATOR,
+    device_entry_bytes,
     replica_ceiling,
     replica_list_bytes,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "Sharing",
     "SharingKind",
     "default_config",
+    "device_entry_bytes",
     "load_file",
     "load_set",
     "parse",
