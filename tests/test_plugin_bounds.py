@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers import make_node
-from plugin_support import apply_layout
+from plugin_support import apply_layout, rig
 from tessera.errors import PluginConfigError
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as pb
 from tessera.plugin.config import (
@@ -30,6 +31,7 @@ from tessera.plugin.inventory import Inventory, read_inventory
 from tessera.plugin.resources import plan_resources
 
 UUID = "GPU-b1028956-cfa2-0990-bf4a-5da9abb51763"
+GPU = "nvidia.com/gpu"
 
 
 def worst_case_response(replicas: int, device_id: str = UUID) -> pb.ListAndWatchResponse:
@@ -173,3 +175,19 @@ def test_whole_devices_listed_beside_replicas_count_towards_the_message() -> Non
     plan = plan_resources(inv, parse(renamed))
     assert len(plan.resources["nvidia.com/gpu.shared"].devices) == MAX_REPLICAS_PER_DEVICE
     assert len(plan.resources["nvidia.com/gpu"].devices) == 3
+
+
+async def test_a_resource_at_the_ceiling_reaches_the_kubelet_even_when_unhealthy(
+    tmp_path: Path,
+) -> None:
+    """Over real gRPC, whose default receive limit (4 MiB) the kubelet keeps: every device
+    of a resource at the node's ceiling arrives, and still does once a GPU is unhealthy."""
+    per_gpu = replica_ceiling(budget=KUBELET_MESSAGE_LIMIT // 4)
+    config = f"sharing: {{timeSlicing: {{resources: [{{name: gpu, replicas: {per_gpu}}}]}}}}"
+    async with rig("a30x4", tmp_path / "s.json", config) as r:
+        await r.kubelet.wait_for(lambda k: len(k.devices(GPU)) == 4 * per_gpu, timeout=60,
+                                 what="every replica")
+        r.control.raise_xid(0, 48)
+        await r.kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 3 * per_gpu, timeout=60,
+                                 what="GPU 0's replicas unhealthy")
+        assert len(r.kubelet.devices(GPU)) == 4 * per_gpu
