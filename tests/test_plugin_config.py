@@ -1090,6 +1090,25 @@ def test_imex_variables() -> None:
     assert imex == Imex((0,), True)
 
 
+def test_imex_options_win_over_the_variables() -> None:
+    env = {"IMEX_CHANNEL_IDS": "1", "IMEX_REQUIRED": "maybe"}
+    imex = with_overrides(default_config(), env, imex_channel_ids="0", imex_required=False).imex
+    assert imex == Imex((0,), False)
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), {}, imex_channel_ids="0,2")
+    assert caught.value.source == "option --imex-channel-ids"
+    assert "channelIDs must be [] or [0]; found 0,2" in caught.value.reason
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), env)
+    assert caught.value.source == "environment variable IMEX_CHANNEL_IDS"
+
+
+def test_a_refusal_of_the_flags_names_the_file_and_config() -> None:
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(parse(MPS_EXAMPLE), {}, source="configs/", config_name="mps")
+    assert (caught.value.source, caught.value.config) == ("configs/", "mps")
+
+
 # -- named configs ----------------------------------------------------------------------------
 
 

@@ -92,6 +92,12 @@ def plugin(
     shared_devices_allocation_policy: str | None = typer.Option(
         None, "--shared-devices-allocation-policy",
         help="distributed or packed replicas (SHARED_DEVICES_ALLOCATION_POLICY)."),
+    imex_channel_ids: str | None = typer.Option(
+        None, "--imex-channel-ids", help="IMEX channels to inject: empty or 0 "
+                                         "(IMEX_CHANNEL_IDS)."),
+    imex_required: bool | None = typer.Option(
+        None, "--imex-required/--no-imex-required",
+        help="Fail allocations when the IMEX channels are missing (IMEX_REQUIRED)."),
     refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS",
                                   help="How often to re-read the MIG layout."),
 ) -> None:
@@ -118,6 +124,8 @@ def plugin(
             "nvidia_ctk_path": nvidia_ctk_path,
             "container_driver_root": container_driver_root,
             "shared_devices_allocation_policy": shared_devices_allocation_policy,
+            "imex_channel_ids": imex_channel_ids,
+            "imex_required": imex_required,
         }.items() if value is not None
     }
     wiring = PluginSettings(

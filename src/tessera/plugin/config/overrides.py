@@ -97,15 +97,18 @@ def with_overrides(
     env: Mapping[str, str],
     *,
     source: str = "<config>",
-    name: str | None = None,
+    config_name: str | None = None,
+    imex_channel_ids: str | None = None,
+    imex_required: bool | str | None = None,
     **cli: Any,
 ) -> PluginConfig:
     """`config` with NVIDIA's environment variables and command-line values applied.
 
     Precedence is NVIDIA's: command line, then environment, then the file. `cli` takes the
-    field names of `Flags` and `PluginFlags`; None (and an empty variable) means "not set".
+    field names of `Flags` and `PluginFlags`, `imex_*` NVIDIA's --imex-channel-ids (a
+    comma-separated list) and --imex-required; None (and an empty variable) means "not set".
     Raises `PluginConfigError` for a bad value, or for flags NVIDIA's plugin refuses (named
-    as config `name` of the file `source`).
+    as config `config_name` of the file `source`).
     """
     unknown = sorted(set(cli) - set(_OVERRIDES))
     if unknown:
@@ -127,10 +130,10 @@ def with_overrides(
         config,
         flags=_override_flags(config.flags, values),
         health=_override_health(config.health, env),
-        imex=_override_imex(config.imex, env),
+        imex=_override_imex(config.imex, env, imex_channel_ids, imex_required),
     )
     kept = tuple(w for w in config.warnings if w not in _strategy_warnings(config))
-    _check_flags(updated, _Where(source, name))
+    _check_flags(updated, _Where(source, config_name))
     return replace(updated, warnings=kept + _strategy_warnings(updated))
 
 
@@ -180,19 +183,31 @@ def _env_xids(items: Iterable[str], keywords: set[str], variable: str) -> frozen
     return frozenset(xids)
 
 
-def _override_imex(imex: Imex, env: Mapping[str, str]) -> Imex:
-    items = _env_items(env, "IMEX_CHANNEL_IDS")
+def _override_imex(
+    imex: Imex, env: Mapping[str, str], cli_ids: str | None, cli_required: bool | str | None
+) -> Imex:
+    """IMEX_CHANNEL_IDS and IMEX_REQUIRED, under --imex-channel-ids and --imex-required."""
+    if cli_ids is not None:
+        origin = "option --imex-channel-ids"
+        items = [i.strip() for i in cli_ids.split(",") if i.strip()]
+    else:
+        origin = "environment variable IMEX_CHANNEL_IDS"
+        items = _env_items(env, "IMEX_CHANNEL_IDS")
     if items:
         if items != ["0"]:
             raise PluginConfigError(
                 f"invalid IMEX config: channelIDs must be [] or [0]; found {','.join(items)}",
-                source="environment variable IMEX_CHANNEL_IDS",
+                source=origin,
             )
         imex = replace(imex, channel_ids=(0,))
-    required = env.get("IMEX_REQUIRED", "").strip()
-    if required:
+    required: bool | str | None = cli_required
+    origin = "option --imex-required"
+    if required is None:
+        required = env.get("IMEX_REQUIRED", "").strip() or None
+        origin = "environment variable IMEX_REQUIRED"
+    if required is not None:
         try:
             imex = replace(imex, required=_to_bool(required))
         except ValueError as e:
-            raise PluginConfigError(str(e), source="environment variable IMEX_REQUIRED") from e
+            raise PluginConfigError(str(e), source=origin) from e
     return imex
