@@ -196,7 +196,7 @@ imex: {channelIDs: [0], required: true}
     assert config.flags == Flags(
         mig_strategy="mixed", fail_on_init_error=False, nvidia_driver_root="/run/nvidia/driver",
         nvidia_dev_root="/", mps_root="/var/mps", gdrcopy_enabled=True, gds_enabled=True,
-        mofed_enabled=True,
+        mofed_enabled=True, device_discovery_strategy="nvml",
         plugin=PluginFlags(
             pass_device_specs=True,
             device_list_strategy=("envvar", "cdi-annotations", "cdi-cri", "volume-mounts"),
@@ -509,6 +509,12 @@ def test_tegra_discovery_is_accepted_with_a_warning() -> None:
     (warning,) = parse("flags: {deviceDiscoveryStrategy: tegra}").warnings
     assert "NVML" in warning
     assert parse("flags: {deviceDiscoveryStrategy: auto}").warnings == ()
+    from_env = with_overrides(default_config(), {"DEVICE_DISCOVERY_STRATEGY": "tegra"})
+    assert from_env.flags.device_discovery_strategy == "tegra"
+    assert any("tegra is ignored" in w for w in from_env.warnings)
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), {}, device_discovery_strategy="bogus")
+    assert caught.value.source == "option --device-discovery-strategy"
 
 
 # -- rename -----------------------------------------------------------------------------------

@@ -92,6 +92,9 @@ def plugin(
     shared_devices_allocation_policy: str | None = typer.Option(
         None, "--shared-devices-allocation-policy",
         help="distributed or packed replicas (SHARED_DEVICES_ALLOCATION_POLICY)."),
+    device_discovery_strategy: str | None = typer.Option(
+        None, "--device-discovery-strategy",
+        help="auto, nvml or tegra (DEVICE_DISCOVERY_STRATEGY); Tessera reads NVML always."),
     imex_channel_ids: str | None = typer.Option(
         None, "--imex-channel-ids", help="IMEX channels to inject: empty or 0 "
                                          "(IMEX_CHANNEL_IDS)."),
@@ -124,6 +127,7 @@ def plugin(
             "nvidia_ctk_path": nvidia_ctk_path,
             "container_driver_root": container_driver_root,
             "shared_devices_allocation_policy": shared_devices_allocation_policy,
+            "device_discovery_strategy": device_discovery_strategy,
             "imex_channel_ids": imex_channel_ids,
             "imex_required": imex_required,
         }.items() if value is not None

@@ -19,6 +19,7 @@ from tessera.plugin.config.rules import _check_flags, _strategy_warnings
 from tessera.plugin.config.values import (
     ALLOCATION_POLICIES,
     DEVICE_ID_STRATEGIES,
+    DISCOVERY_STRATEGIES,
     MIG_STRATEGIES,
     DeviceListStrategy,
     Flags,
@@ -78,6 +79,10 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "gdrcopy_enabled": (("GDRCOPY_ENABLED",), _to_bool),
     "gds_enabled": (("GDS_ENABLED",), _to_bool),
     "mofed_enabled": (("MOFED_ENABLED",), _to_bool),
+    "device_discovery_strategy": (
+        ("DEVICE_DISCOVERY_STRATEGY",),
+        _to_choice(DISCOVERY_STRATEGIES),
+    ),
     "pass_device_specs": (("PASS_DEVICE_SPECS",), _to_bool),
     "device_list_strategy": (("DEVICE_LIST_STRATEGY",), _to_strategies),
     "device_id_strategy": (("DEVICE_ID_STRATEGY",), _to_choice(DEVICE_ID_STRATEGIES)),

@@ -139,10 +139,6 @@ def _flags(wire: _FlagsWire, where: _Where, warnings: list[str]) -> Flags:
     problem = None if sleep is None else go_duration_problem(sleep)
     if problem is not None:  # GFD's own flag, but NVIDIA's plugin refuses the file too
         raise where.error(problem, "flags.gfd.sleepInterval")
-    if wire.device_discovery_strategy == "tegra":
-        warnings.append(
-            "flags.deviceDiscoveryStrategy: tegra is ignored; Tessera finds devices through NVML"
-        )
     return Flags(
         mig_strategy=wire.mig_strategy or defaults.mig_strategy,
         fail_on_init_error=_given(wire.fail_on_init_error, defaults.fail_on_init_error),
@@ -152,6 +148,8 @@ def _flags(wire: _FlagsWire, where: _Where, warnings: list[str]) -> Flags:
         gdrcopy_enabled=bool(wire.gdrcopy_enabled),
         gds_enabled=bool(wire.gds_enabled),
         mofed_enabled=bool(wire.mofed_enabled),
+        device_discovery_strategy=wire.device_discovery_strategy
+        or defaults.device_discovery_strategy,
         plugin=PluginFlags(
             pass_device_specs=bool(plugin.pass_device_specs),
             device_list_strategy=_list_strategies(

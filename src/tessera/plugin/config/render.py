@@ -49,6 +49,7 @@ def _flags_json(flags: Flags) -> dict[str, Any]:
         "gdrcopyEnabled": flags.gdrcopy_enabled,
         "gdsEnabled": flags.gds_enabled,
         "mofedEnabled": flags.mofed_enabled,
+        "deviceDiscoveryStrategy": flags.device_discovery_strategy,
         "plugin": {
             "passDeviceSpecs": plugin.pass_device_specs,
             "deviceListStrategy": list(plugin.device_list_strategy),

@@ -33,10 +33,16 @@ def _check_flags(config: PluginConfig, where: _Where) -> None:
 
 
 def _strategy_warnings(config: PluginConfig) -> tuple[str, ...]:
-    """MIG resources exist only with the mixed strategy; sharing them otherwise does nothing."""
+    """MIG resources exist only with the mixed strategy; sharing them otherwise does nothing.
+    Tegra discovery is NVIDIA's own path for Jetson boards; Tessera reads NVML."""
+    tegra = (
+        ("flags.deviceDiscoveryStrategy: tegra is ignored; Tessera finds devices through NVML",)
+        if config.flags.device_discovery_strategy == "tegra"
+        else ()
+    )
     if config.flags.mig_strategy == "mixed":
-        return ()
-    return tuple(
+        return tegra
+    return tegra + tuple(
         f"sharing.{_KIND_KEYS[s.kind]}: {r.name} exists only with migStrategy mixed "
         f"(now {config.flags.mig_strategy}), so its sharing entry does nothing"
         for s in config.sharing

@@ -16,12 +16,14 @@ MigStrategy = Literal["none", "single", "mixed"]
 DeviceListStrategy = Literal["envvar", "volume-mounts", "cdi-annotations", "cdi-cri"]
 DeviceIdStrategy = Literal["uuid", "index"]
 AllocationPolicy = Literal["distributed", "packed"]
+DiscoveryStrategy = Literal["auto", "nvml", "tegra"]
 SharingKind = Literal["time-slicing", "mps"]
 
 MIG_STRATEGIES: tuple[MigStrategy, ...] = get_args(MigStrategy)
 DEVICE_LIST_STRATEGIES: tuple[DeviceListStrategy, ...] = get_args(DeviceListStrategy)
 DEVICE_ID_STRATEGIES: tuple[DeviceIdStrategy, ...] = get_args(DeviceIdStrategy)
 ALLOCATION_POLICIES: tuple[AllocationPolicy, ...] = get_args(AllocationPolicy)
+DISCOVERY_STRATEGIES: tuple[DiscoveryStrategy, ...] = get_args(DiscoveryStrategy)
 
 # Application errors, not GPU faults: NVIDIA's plugin never marks a device unhealthy for them.
 DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
@@ -125,6 +127,8 @@ class Flags:
     gdrcopy_enabled: bool = False
     gds_enabled: bool = False
     mofed_enabled: bool = False
+    # Checked and kept for the effective config; Tessera finds devices through NVML always.
+    device_discovery_strategy: DiscoveryStrategy = "auto"
     plugin: PluginFlags = PluginFlags()
 
 

@@ -8,11 +8,16 @@ fields it does not know, so a field a newer NVIDIA release adds must not take a 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tessera.plugin.config.values import AllocationPolicy, DeviceIdStrategy, MigStrategy
+from tessera.plugin.config.values import (
+    AllocationPolicy,
+    DeviceIdStrategy,
+    DiscoveryStrategy,
+    MigStrategy,
+)
 
 # Fields whose spelling is polymorphic (`devices`, `replicas`, names) are `Any` here and
 # checked by hand (in `parse`, `sharing` and `devices`), so their errors can carry NVIDIA's
@@ -53,7 +58,7 @@ class _FlagsWire(_Wire):
     gds_enabled: bool | None = Field(None, alias="gdsEnabled")
     mofed_enabled: bool | None = Field(None, alias="mofedEnabled")
     use_node_feature_api: bool | None = Field(None, alias="useNodeFeatureAPI")
-    device_discovery_strategy: Literal["auto", "nvml", "tegra"] | None = Field(
+    device_discovery_strategy: DiscoveryStrategy | None = Field(
         None, alias="deviceDiscoveryStrategy"
     )
     plugin: _PluginFlagsWire | None = None
