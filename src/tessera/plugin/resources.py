@@ -118,18 +118,18 @@ def _base_devices(
         whole = [v for v in inventory.gpus if not v.mig_enabled]
         if whole:
             raise PluginConfigError(
-                "all devices on the node must be configured with the same migEnabled value: "
-                "migStrategy 'single' needs every GPU in the same MIG mode, but MIG is enabled "
-                f"on GPU {_indices(mig)} and disabled on GPU {_indices(whole)}: enable MIG on "
+                "all devices on the node must be configured with the same migEnabled value "
+                "(migStrategy 'single' needs every GPU in the same MIG mode, but MIG is enabled "
+                f"on GPU {_indices(mig)} and disabled on GPU {_indices(whole)}): enable MIG on "
                 "all of them, or use migStrategy 'mixed'",
                 field="flags.migStrategy",
             )
         empty = [v for v in mig if not v.mig_devices]
         if empty:
             raise PluginConfigError(
-                f"device {empty[0].gpu.index} has no MIG devices configured: migStrategy "
-                f"'single': GPU {_indices(empty)} has MIG enabled but no MIG "
-                "devices: create instances (e.g. with `tessera mig apply`), or use 'mixed'",
+                f"device {empty[0].gpu.index} has no MIG devices configured (migStrategy "
+                f"'single'; MIG is enabled with no MIG devices on GPU {_indices(empty)}): "
+                "create instances (e.g. with `tessera mig apply`), or use 'mixed'",
                 field="flags.migStrategy",
             )
         profiles: dict[str, list[int]] = {}
@@ -142,9 +142,9 @@ def _base_devices(
             found = "; ".join(f"{p} on GPU {', '.join(map(str, g))}"
                               for p, g in sorted(profiles.items()))
             raise PluginConfigError(
-                "more than one MIG device type present on node: "
-                "migStrategy 'single' needs one MIG profile on the whole node, found "
-                f"{found}: apply a single-profile layout (e.g. all-1g.10gb), or use 'mixed'",
+                "more than one MIG device type present on node (migStrategy 'single' needs "
+                f"one MIG profile on the whole node, found {found}): apply a single-profile "
+                "layout (e.g. all-1g.10gb), or use 'mixed'",
                 field="flags.migStrategy",
             )
         out[GPU_RESOURCE] = [d for v in mig for d in v.mig_as_devices()]
