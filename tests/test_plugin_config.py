@@ -476,6 +476,15 @@ def test_unknown_keys_are_ignored_with_one_warning_naming_their_path(
     assert "ignored, as NVIDIA's plugin ignores fields it does not know" in warning
 
 
+def test_many_or_long_unknown_keys_give_few_short_warnings() -> None:
+    data: dict[str, Any] = {f"field{i}": i for i in range(5000)}
+    data["x" * 10_000] = 1
+    warnings = parse(data).warnings
+    assert len(warnings) == 11
+    assert warnings[-1] == "… and 4991 more unknown fields, also ignored"
+    assert all(len(w) < 1000 for w in warnings)
+
+
 def test_unknown_keys_leave_the_config_as_without_them() -> None:
     assert parse("bogus: 1\nflags: {migStrategy: mixed, bogusFlag: 2}") == parse(
         "flags: {migStrategy: mixed}")

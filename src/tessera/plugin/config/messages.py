@@ -72,8 +72,8 @@ def _unknown_fields(model: BaseModel, path: str = "") -> list[str]:
     for key in model.model_extra or {}:
         homes = _all_field_homes().get(str(key), [])
         reason = _unknown_key_reason(key, known, elsewhere=homes)
-        found.append(f"{_join(path, key)}: {reason} (ignored, as NVIDIA's plugin ignores "
-                     "fields it does not know)")
+        found.append(f"{_join(path, _clip(key))}: {reason} (ignored, as NVIDIA's plugin "
+                     "ignores fields it does not know)")
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
@@ -82,6 +82,18 @@ def _unknown_fields(model: BaseModel, path: str = "") -> list[str]:
                 where = _join(path, info.alias or name)
                 found.extend(_unknown_fields(item, where if index is None else f"{where}[{index}]"))
     return found
+
+
+_MAX_UNKNOWN_WARNINGS = 10
+
+
+def _unknown_field_warnings(model: BaseModel) -> list[str]:
+    """`_unknown_fields`, at most `_MAX_UNKNOWN_WARNINGS` of them and a count of the rest."""
+    found = _unknown_fields(model)
+    if len(found) <= _MAX_UNKNOWN_WARNINGS:
+        return found
+    rest = len(found) - _MAX_UNKNOWN_WARNINGS
+    return [*found[:_MAX_UNKNOWN_WARNINGS], f"… and {rest} more unknown fields, also ignored"]
 
 
 def _unknown_key_reason(key: Any, known: Sequence[str], *, elsewhere: Sequence[str]) -> str:

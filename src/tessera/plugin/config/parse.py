@@ -23,7 +23,7 @@ from tessera.plugin.config.messages import (
     _clip,
     _kind_of,
     _show,
-    _unknown_fields,
+    _unknown_field_warnings,
     _validation_error,
     _Where,
 )
@@ -112,7 +112,7 @@ def _load_yaml(text: str, where: _Where) -> Any:
 
 
 def _build(wire: _FileWire, where: _Where) -> PluginConfig:
-    warnings = _unknown_fields(wire)
+    warnings = _unknown_field_warnings(wire)
     flags = _flags(wire.flags or _FlagsWire(), where, warnings)
     if wire.resources is not None:
         _resources(wire.resources, where, warnings)
