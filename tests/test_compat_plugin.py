@@ -109,27 +109,24 @@ def default_name(case: dict[str, Any]) -> str | None:
 
 # -- the simulated nodes, one per preset and MIG layout --------------------------------------
 
-_STATES: dict[tuple[str, str | None], Path] = {}
-
-
 @pytest.fixture(scope="module")
-def node_states(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def node_states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each case's node state file, prepared once per preset and MIG layout."""
     root = tmp_path_factory.mktemp("compat-nodes")
+    prepared: dict[tuple[str, str | None], Path] = {}
     states: dict[str, Path] = {}
     for case in CASES:
         key = (case["preset"], None if case["mig"] is None else "/".join(case["mig"]))
-        if key not in _STATES:
-            state = root / f"node-{len(_STATES)}.json"
+        if key not in prepared:
+            state = root / f"node-{len(prepared)}.json"
             node, _ = make_node(case["preset"], state)
             if case["mig"] is not None:
                 mig_file, config_name = case["mig"]
                 engine.apply_config(node, spec.load_file(INPUTS / mig_file), config_name)
             node.close()
-            _STATES[key] = state
-        states[case["id"]] = _STATES[key]
-    yield states
-    _STATES.clear()
+            prepared[key] = state
+        states[case["id"]] = prepared[key]
+    return states
 
 
 def copy_state(state: Path, to: Path) -> Path:
