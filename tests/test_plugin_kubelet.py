@@ -352,6 +352,22 @@ async def test_config_change_applies_live_and_a_bad_one_keeps_the_last_good(
         assert len(r.kubelet.devices("nvidia.com/gpu.shared")) == 8
 
 
+async def test_a_live_config_with_a_field_this_version_lacks_applies_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A newer NVIDIA field must not stop a running node from taking the config."""
+    async with rig("a30x4", tmp_path / "s.json", "") as r:
+        await r.kubelet.wait_for(lambda k: len(k.devices(GPU)) == 4)
+        r.config_file.write_text("flags: {plugin: {futureFlag: on}}\nsharing: {timeSlicing: "
+                                 "{resources: [{name: gpu, replicas: 3, futureField: 1}]}}")
+        await r.kubelet.wait_for(lambda k: len(k.devices(GPU)) == 12, what="the new config")
+        assert r.plugin.config_error is None
+        logged = [m for m in caplog.messages if "unknown field" in m]
+        assert any("flags.plugin.futureFlag: unknown field 'futureFlag'" in m for m in logged)
+        assert any("sharing.timeSlicing.resources[0].futureField: unknown field" in m
+                   for m in logged)
+
+
 async def test_named_configs_are_selected_by_name(tmp_path: Path) -> None:
     configs = tmp_path / "configs"
     configs.mkdir()
