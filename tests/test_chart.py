@@ -25,6 +25,7 @@ from tessera.plugin.config import load_set
 
 TIME_SLICED = """\
 version: v1
+tessera: {extensions: {devices: true}}
 sharing:
   timeSlicing:
     renameByDefault: true
@@ -33,6 +34,7 @@ sharing:
 """
 MPS = """\
 version: v1
+tessera: {extensions: {devices: true}}
 sharing:
   mps:
     resources:

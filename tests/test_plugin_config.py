@@ -81,9 +81,21 @@ def fails(data: str | dict[str, Any], *, name: str | None = "sliced") -> PluginC
     return error
 
 
-def shared(resource: dict[str, Any], kind: str = "timeSlicing", **sharing: Any) -> dict[str, Any]:
-    """A file sharing one resource, so tests state only what they are about."""
-    return {"version": "v1", "sharing": {kind: {"resources": [resource], **sharing}}}
+def shared(
+    resource: dict[str, Any], kind: str = "timeSlicing", *, opt_in: tuple[str, ...] = (),
+    **sharing: Any,
+) -> dict[str, Any]:
+    """A file sharing one resource, so tests state only what they are about; `opt_in` names
+    the `tessera.extensions` it turns on."""
+    data: dict[str, Any] = {"version": "v1",
+                            "sharing": {kind: {"resources": [resource], **sharing}}}
+    if opt_in:
+        data["tessera"] = {"extensions": dict.fromkeys(opt_in, True)}
+    return data
+
+
+OPT_IN_BOTH_KINDS = (
+    "tessera: {extensions: {devices: true, rename: true, timeSlicingWithMps: true}}\n")
 
 
 def only_resource(config: PluginConfig) -> SharedResource:
@@ -184,7 +196,7 @@ imex: {channelIDs: [0], required: true}
     assert config.flags == Flags(
         mig_strategy="mixed", fail_on_init_error=False, nvidia_driver_root="/run/nvidia/driver",
         nvidia_dev_root="/", mps_root="/var/mps", gdrcopy_enabled=True, gds_enabled=True,
-        mofed_enabled=True,
+        mofed_enabled=True, device_discovery_strategy="nvml",
         plugin=PluginFlags(
             pass_device_specs=True,
             device_list_strategy=("envvar", "cdi-annotations", "cdi-cri", "volume-mounts"),
@@ -210,7 +222,7 @@ def test_defaults_are_nvidias() -> None:
     config = default_config()
     flags = config.flags
     assert (flags.mig_strategy, flags.fail_on_init_error, flags.nvidia_driver_root,
-            flags.nvidia_dev_root, flags.mps_root) == ("none", True, "/", "/", "/run/nvidia/mps")
+            flags.nvidia_dev_root, flags.mps_root) == ("none", True, "/", "/", "")
     assert (flags.gdrcopy_enabled, flags.gds_enabled, flags.mofed_enabled) == (False,) * 3
     assert flags.plugin == PluginFlags(
         pass_device_specs=False, device_list_strategy=("envvar",), device_id_strategy="uuid",
@@ -357,7 +369,8 @@ def test_a_resource_listed_twice_in_one_kind_is_refused_when_both_take_all() -> 
 def test_a_resource_listed_twice_with_own_devices_gives_per_gpu_replica_counts() -> None:
     config = parse({"sharing": {"timeSlicing": {"resources": [
         {"name": "gpu", "replicas": 2, "devices": [0, 1]},
-        {"name": "gpu", "replicas": 8, "devices": [2, 3]}]}}})
+        {"name": "gpu", "replicas": 8, "devices": [2, 3]}]}},
+        "tessera": {"extensions": {"devices": True}}})
     (sharing,) = config.sharing
     assert [(r.name, r.replicas.count) for r in sharing.resources] == [
         ("nvidia.com/gpu", 2), ("nvidia.com/gpu", 8)]
@@ -378,14 +391,30 @@ def test_shareable_resource_names_get_nvidias_prefix(name: str, full: str) -> No
     assert only_resource(parse(shared({"name": name, "replicas": 2}))).name == full
 
 
-@pytest.mark.parametrize(("name", "hint"), [
-    ("tpu", "use nvidia.com/gpu or nvidia.com/mig-<profile>"),
-    ("example.com/gpu", "use nvidia.com/gpu"),
-    ("nvidia.com/mig-1g", "use nvidia.com/gpu"),
-    ("mig-1g.10gb+me", "write '+' as '.': nvidia.com/mig-1g.10gb.me"),
-    ("mig-0g.10gb", "nvidia.com/mig-<profile>"),
+@pytest.mark.parametrize(("name", "full"), [
+    ("tpu", "nvidia.com/tpu"),
+    ("valid", "nvidia.com/valid"),
+    ("example.com/gpu", "example.com/gpu"),
+    ("nvidia.com/mig-1g", "nvidia.com/mig-1g"),
+    ("mig-0g.10gb", "nvidia.com/mig-0g.10gb"),
 ])
-def test_other_resource_names_cannot_be_shared(name: str, hint: str) -> None:
+def test_other_valid_names_are_accepted_and_warned_as_nvidia_skips_them(
+    name: str, full: str
+) -> None:
+    """NVIDIA's replicas_test accepts `name: valid`; its device map skips what matches nothing."""
+    config = parse(shared({"name": name, "replicas": 2}))
+    assert only_resource(config).name == full
+    (warning,) = config.warnings
+    assert warning.startswith(f"sharing.timeSlicing.resources[0].name: {full} is not a resource")
+    assert "nothing is shared under it" in warning
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("$invalid$", "invalid resource name '$invalid$'"),
+    ("mig-1g.10gb+me", "write '+' as '.': nvidia.com/mig-1g.10gb.me"),
+    ("a/b/c", "expected <domain>/<name>"),
+])
+def test_invalid_resource_names_cannot_be_shared(name: str, hint: str) -> None:
     error = fails(shared({"name": name, "replicas": 2}))
     assert error.field == "sharing.timeSlicing.resources[0].name"
     assert hint in error.reason
@@ -400,9 +429,12 @@ def test_resource_name_must_be_a_string() -> None:
 
 
 @pytest.mark.parametrize(("data", "field", "hint"), [
-    pytest.param(shared({"name": "gpu", "replica": 2}),
-                 "sharing.timeSlicing.resources[0].replica", "did you mean 'replicas'?",
+    pytest.param(shared({"name": "gpu", "replicas": 2, "renme": "gpu-shared"}),
+                 "sharing.timeSlicing.resources[0].renme", "did you mean 'rename'?",
                  id="typo"),
+    pytest.param(shared({"name": "gpu", "replicas": 2, "bogus": 1}),
+                 "sharing.timeSlicing.resources[0].bogus",
+                 "fields here: name, replicas, rename, devices", id="entry"),
     pytest.param("flags: {migstrategy: none}", "flags.migstrategy",
                  "did you mean 'migStrategy'?", id="case"),
     pytest.param("flags: {plugin: {deviceIdStrategy: uuid}}", "flags.plugin.deviceIdStrategy",
@@ -413,7 +445,8 @@ def test_resource_name_must_be_a_string() -> None:
                  "it belongs in sharing.timeSlicing or sharing.mps", id="misplaced-top"),
     pytest.param("sharing: {timeslicing: {resources: []}}", "sharing.timeslicing",
                  "did you mean 'timeSlicing'?", id="kind-case"),
-    pytest.param("sharing: {timeSlicing: {strategy: round-robin, resources: []}}",
+    pytest.param("sharing: {timeSlicing: {strategy: round-robin, "
+                 "resources: [{name: gpu, replicas: 2}]}}",
                  "sharing.timeSlicing.strategy",
                  "fields here: renameByDefault, failRequestsGreaterThanOne, resources",
                  id="removed-field"),
@@ -422,21 +455,46 @@ def test_resource_name_must_be_a_string() -> None:
                  "did you mean 'excludeDevices'?", id="tessera"),
     pytest.param("tessera: {health: {ignoredXIDs: [79]}}", "tessera.health.ignoredXIDs",
                  "did you mean 'ignoredXids'?", id="health-case"),
+    pytest.param("tessera: {extensions: {device: true}}", "tessera.extensions.device",
+                 "did you mean 'devices'?", id="extensions"),
     pytest.param("flags: {gfd: {sleep: 5s}}", "flags.gfd.sleep", "fields here: oneshot",
                  id="gfd"),
-    pytest.param(shared({"name": "gpu", "replicas": {"memPerReplica": "1Gi"}}),
-                 "sharing.timeSlicing.resources[0].replicas.memPerReplica",
-                 "did you mean 'memoryPerReplica'?", id="replicas-mapping"),
+    pytest.param("flags: {plugin: {bogus: 1}}", "flags.plugin.bogus",
+                 "fields here: passDeviceSpecs", id="plugin-flag"),
     pytest.param("bogus: 1", "bogus",
                  "fields here: version, flags, resources, sharing, imex, tessera", id="top"),
 ])
-def test_unknown_keys_are_refused_with_their_path(
+def test_unknown_keys_are_ignored_with_one_warning_naming_their_path(
     data: str | dict[str, Any], field: str, hint: str
 ) -> None:
-    error = fails(data)
-    assert error.field == field
-    assert error.reason.startswith(f"unknown field {field.rsplit('.', 1)[-1]!r}")
-    assert hint in error.reason
+    """NVIDIA's plugin ignores unknown fields, so a newer NVIDIA field never takes a node
+    down; the warning still catches a typo."""
+    config = parse(data)
+    (warning,) = [w for w in config.warnings if "unknown field" in w]
+    assert warning.startswith(f"{field}: unknown field {field.rsplit('.', 1)[-1]!r}")
+    assert hint in warning
+    assert "ignored, as NVIDIA's plugin ignores fields it does not know" in warning
+
+
+def test_many_or_long_unknown_keys_give_few_short_warnings() -> None:
+    data: dict[str, Any] = {f"field{i}": i for i in range(5000)}
+    data["x" * 10_000] = 1
+    warnings = parse(data).warnings
+    assert len(warnings) == 11
+    assert warnings[-1] == "… and 4991 more unknown fields, also ignored"
+    assert all(len(w) < 1000 for w in warnings)
+
+
+def test_unknown_keys_leave_the_config_as_without_them() -> None:
+    assert parse("bogus: 1\nflags: {migStrategy: mixed, bogusFlag: 2}") == parse(
+        "flags: {migStrategy: mixed}")
+
+
+def test_an_unknown_key_in_tesseras_replicas_mapping_is_refused() -> None:
+    """`replicas: {…}` is Tessera's own form (NVIDIA's plugin refuses it), kept strict."""
+    error = fails(shared({"name": "gpu", "replicas": {"memPerReplica": "1Gi"}}))
+    assert error.field == "sharing.timeSlicing.resources[0].replicas.memPerReplica"
+    assert "did you mean 'memoryPerReplica'?" in error.reason
 
 
 def test_keys_must_be_strings() -> None:
@@ -460,6 +518,12 @@ def test_tegra_discovery_is_accepted_with_a_warning() -> None:
     (warning,) = parse("flags: {deviceDiscoveryStrategy: tegra}").warnings
     assert "NVML" in warning
     assert parse("flags: {deviceDiscoveryStrategy: auto}").warnings == ()
+    from_env = with_overrides(default_config(), {"DEVICE_DISCOVERY_STRATEGY": "tegra"})
+    assert from_env.flags.device_discovery_strategy == "tegra"
+    assert any("tegra is ignored" in w for w in from_env.warnings)
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), {}, device_discovery_strategy="bogus")
+    assert caught.value.source == "option --device-discovery-strategy"
 
 
 # -- rename -----------------------------------------------------------------------------------
@@ -477,10 +541,48 @@ def test_tegra_discovery_is_accepted_with_a_warning() -> None:
     ({"name": "gpu", "rename": "nvidia.com/gpu"}, True, None),
     ({"name": "gpu", "rename": "gpu"}, False, None),
 ])
-def test_rename_resolution(resource: dict[str, Any], by_default: bool, rename: str | None) -> None:
-    config = parse(shared({**resource, "replicas": 2}, renameByDefault=by_default))
+def test_rename_resolution_with_the_rename_extension(
+    resource: dict[str, Any], by_default: bool, rename: str | None
+) -> None:
+    config = parse(shared({**resource, "replicas": 2}, renameByDefault=by_default,
+                          opt_in=("rename",)))
     assert only_resource(config).rename == rename
     assert only_resource(config).advertised_name == rename or only_resource(config).name
+
+
+@pytest.mark.parametrize(("rename", "by_default", "advertised", "warned"), [
+    (None, False, "nvidia.com/gpu", False),
+    (None, True, "nvidia.com/gpu.shared", False),
+    ("gpu-shared", False, "nvidia.com/gpu", True),  # rr_gpu_rename_no_default
+    ("gpu-shared", True, "nvidia.com/gpu.shared", True),  # rr_gpu_rename_with_default
+    ("gpu.shared", True, "nvidia.com/gpu.shared", False),
+    ("nvidia.com/gpu", True, "nvidia.com/gpu.shared", True),
+    ("nvidia.com/gpu", False, "nvidia.com/gpu", False),
+    ("mig-1g.10gb", False, "nvidia.com/gpu", True),  # dropped, so no clash to refuse
+])
+def test_rename_is_nvidias_by_default(
+    rename: str | None, by_default: bool, advertised: str, warned: bool
+) -> None:
+    """NVIDIA's plugin drops `rename`, giving `<name>.shared` under renameByDefault only."""
+    entry: dict[str, Any] = {"name": "gpu", "replicas": 2}
+    if rename is not None:
+        entry["rename"] = rename
+    config = parse(shared(entry, renameByDefault=by_default))
+    assert only_resource(config).advertised_name == advertised
+    warnings = [w for w in config.warnings if ".rename:" in w]
+    assert bool(warnings) == warned
+    if warned:
+        assert warnings[0].startswith(f"sharing.timeSlicing.resources[0].rename: ignored, "
+                                      f"{advertised} is advertised, as NVIDIA's plugin does")
+        assert "set tessera.extensions.rename: true" in warnings[0]
+
+
+def test_an_honoured_rename_warns_what_nvidia_would_advertise() -> None:
+    config = parse(shared({"name": "gpu", "replicas": 2, "rename": "gpu-shared"},
+                          opt_in=("rename",)))
+    assert only_resource(config).advertised_name == "nvidia.com/gpu-shared"
+    (warning,) = config.warnings
+    assert "NVIDIA's plugin drops `rename` and would advertise nvidia.com/gpu" in warning
 
 
 @pytest.mark.parametrize(("rename", "problem"), [
@@ -495,7 +597,7 @@ def test_rename_resolution(resource: dict[str, Any], by_default: bool, rename: s
     ("mig-1g.10gb", "the name unshared devices are advertised under"),
 ])
 def test_invalid_renames_are_refused(rename: str, problem: str) -> None:
-    error = fails(shared({"name": "gpu", "replicas": 2, "rename": rename}))
+    error = fails(shared({"name": "gpu", "replicas": 2, "rename": rename}, opt_in=("rename",)))
     assert error.field == "sharing.timeSlicing.resources[0].rename"
     assert problem in error.reason
 
@@ -505,14 +607,21 @@ def test_rename_must_be_a_string() -> None:
         shared({"name": "gpu", "replicas": 2, "rename": ["x"]})).reason
 
 
+def test_an_invalid_rename_is_refused_even_where_it_would_be_dropped() -> None:
+    error = fails(shared({"name": "gpu", "replicas": 2, "rename": "$invalid$"}))
+    assert error.field == "sharing.timeSlicing.resources[0].rename"  # rr_gpu_invalid_rename
+    assert "'$invalid$' is not a valid resource name" in error.reason
+
+
 def test_a_63_character_rename_is_fine() -> None:
-    config = parse(shared({"name": "gpu", "replicas": 2, "rename": "g" * 63}))
+    config = parse(shared({"name": "gpu", "replicas": 2, "rename": "g" * 63},
+                          opt_in=("rename",)))
     assert only_resource(config).rename == "nvidia.com/" + "g" * 63
 
 
 def test_entries_advertised_under_one_name_are_left_to_the_node() -> None:
     """Whether their devices overlap depends on the node, so parsing accepts them."""
-    config = parse("""
+    config = parse(OPT_IN_BOTH_KINDS + """
 sharing:
   timeSlicing: {resources: [{name: gpu, replicas: 2, devices: [0]}]}
   mps: {resources: [{name: gpu, replicas: 2, devices: [1]}]}
@@ -522,7 +631,7 @@ sharing:
 
 
 def test_time_slicing_and_mps_can_share_different_gpus_under_different_names() -> None:
-    config = parse("""
+    config = parse(OPT_IN_BOTH_KINDS + """
 sharing:
   timeSlicing:
     resources: [{name: gpu, replicas: 4, devices: [0, 1], rename: gpu-sliced}]
@@ -534,6 +643,26 @@ sharing:
         "nvidia.com/gpu-sliced", "nvidia.com/gpu-mps"]
     assert config.sharing_for("gpu") == (config.sharing[0], config.sharing[0].resources[0])
     assert config.sharing_for("nvidia.com/mig-1g.10gb") is None
+    assert any("NVIDIA's plugin would use mps alone" in w for w in config.warnings)
+
+
+def test_time_slicing_beside_mps_is_dropped_as_nvidia_does() -> None:
+    """NVIDIA's SharingStrategy(): MPS with replicas wins and timeSlicing is unused (ts_and_mps)."""
+    config = parse("""
+sharing:
+  timeSlicing: {resources: [{name: gpu, replicas: 4}]}
+  mps: {resources: [{name: gpu, replicas: 2}]}
+""")
+    assert [(s.kind, s.resources[0].replicas.count) for s in config.sharing] == [("mps", 2)]
+    (warning,) = config.warnings
+    assert warning.startswith("sharing.timeSlicing: ignored because sharing.mps is given too")
+    assert "tessera.extensions.timeSlicingWithMps: true" in warning
+
+
+def test_time_slicing_dropped_beside_mps_is_still_validated() -> None:
+    error = fails("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 1}]}, "
+                  "mps: {resources: [{name: gpu, replicas: 2}]}}")
+    assert error.field == "sharing.timeSlicing.resources[0].replicas"
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -548,18 +677,41 @@ sharing:
     ([GPU_UUID, MIG_UUID, LEGACY_MIG_UUID], DeviceSelector(all=False, refs=(
         DeviceRef(uuid=GPU_UUID), DeviceRef(uuid=MIG_UUID), DeviceRef(uuid=LEGACY_MIG_UUID)))),
 ])
-def test_devices_forms(devices: Any, selector: DeviceSelector) -> None:
+def test_devices_forms_with_the_devices_extension(devices: Any, selector: DeviceSelector) -> None:
     resource = {"name": "gpu", "replicas": 2}
     if devices is not None:
         resource["devices"] = devices
-    assert only_resource(parse(shared(resource))).devices == selector
+    assert only_resource(parse(shared(resource, opt_in=("devices",)))).devices == selector
+
+
+@pytest.mark.parametrize("devices", [3, [0, "1", "2:3"], [GPU_UUID, MIG_UUID]])
+def test_devices_are_checked_then_dropped_by_default(devices: Any) -> None:
+    """NVIDIA parses `devices`, then shares every device (devices_count2, devices_list_0, …)."""
+    config = parse(shared({"name": "gpu", "replicas": 2, "devices": devices}))
+    assert only_resource(config).devices == DeviceSelector()
+    (warning,) = config.warnings
+    assert warning == ("sharing.timeSlicing.resources[0].devices: ignored, every nvidia.com/gpu "
+                       "device is shared, as NVIDIA's plugin does; set "
+                       "tessera.extensions.devices: true to share only the devices listed")
+
+
+def test_honoured_devices_warn_what_nvidia_would_do() -> None:
+    config = parse(shared({"name": "gpu", "replicas": 2, "devices": [0]}, opt_in=("devices",)))
+    (warning,) = config.warnings
+    assert "NVIDIA's plugin ignores `devices` and would share every nvidia.com/gpu" in warning
+
+
+def test_null_devices_are_refused_with_nvidias_words() -> None:
+    error = fails("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, devices: }]}}")
+    assert error.field == "sharing.timeSlicing.resources[0].devices"
+    assert "devices set as '' but the only valid string input is 'all'" in error.reason
 
 
 @pytest.mark.parametrize("spelling", ["0", "12", "0:1", "7:6", GPU_UUID, MIG_UUID,
                                       LEGACY_MIG_UUID])
 def test_device_refs_print_as_written(spelling: str) -> None:
-    (ref,) = only_resource(parse(shared({"name": "gpu", "replicas": 2,
-                                         "devices": [spelling]}))).devices.refs
+    (ref,) = only_resource(parse(shared({"name": "gpu", "replicas": 2, "devices": [spelling]},
+                                        opt_in=("devices",)))).devices.refs
     assert str(ref) == spelling
 
 
@@ -869,12 +1021,41 @@ def test_unknown_command_line_names_are_a_programming_error() -> None:
         with_overrides(default_config(), {}, migStrategy="none")
 
 
-def test_mps_beside_the_mixed_strategy_is_accepted_for_whole_gpus() -> None:
-    # NVIDIA refuses this pair outright; Tessera refuses MPS only on MIG devices, when it
-    # plans resources for the devices actually present.
-    config = with_overrides(parse(MPS_EXAMPLE), {"MIG_STRATEGY": "mixed"})
+def test_mps_beside_the_mixed_strategy_is_refused_as_nvidia_does() -> None:
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(parse(MPS_EXAMPLE), {"MIG_STRATEGY": "mixed", "MPS_ROOT": "/run/mps"})
+    assert "using --mig-strategy=mixed is not supported with MPS" in str(caught.value)
+    assert "tessera.extensions.mpsWithMixed" in str(caught.value)
+
+
+def test_mps_beside_the_mixed_strategy_is_accepted_for_whole_gpus_with_the_extension() -> None:
+    # Tessera then refuses MPS only on MIG devices, when it plans resources for the devices
+    # actually present.
+    text = MPS_EXAMPLE + "\ntessera: {extensions: {mpsWithMixed: true}}"
+    config = with_overrides(parse(text), {"MIG_STRATEGY": "mixed", "MPS_ROOT": "/run/mps"})
     assert config.flags.mig_strategy == "mixed"
     assert [s.kind for s in config.sharing] == ["mps"]
+
+
+@pytest.mark.parametrize(("text", "env"), [
+    (MPS_EXAMPLE, {}),
+    (MPS_EXAMPLE + "\nflags: {mpsRoot: ''}", {}),
+])
+def test_mps_without_an_mps_root_is_refused_as_nvidia_does(
+    text: str, env: dict[str, str]
+) -> None:
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(parse(text), env)
+    assert caught.value.field == "flags.mpsRoot"
+    assert "using MPS requires --mps-root" in caught.value.reason
+    assert "MPS_ROOT" in caught.value.reason
+
+
+def test_mps_root_from_the_file_the_environment_or_the_command_line() -> None:
+    in_file = MPS_EXAMPLE + "\nflags: {mpsRoot: /run/nvidia/mps}"
+    assert with_overrides(parse(in_file), {}).flags.mps_root == "/run/nvidia/mps"
+    assert with_overrides(parse(MPS_EXAMPLE), {"MPS_ROOT": "/mps"}).flags.mps_root == "/mps"
+    assert with_overrides(parse(MPS_EXAMPLE), {}, mps_root="/cli").flags.mps_root == "/cli"
 
 
 def test_overrides_recompute_strategy_warnings_and_keep_the_others() -> None:
@@ -922,6 +1103,25 @@ def test_imex_variables() -> None:
     imex = with_overrides(default_config(), {"IMEX_CHANNEL_IDS": "0",
                                              "IMEX_REQUIRED": "true"}).imex
     assert imex == Imex((0,), True)
+
+
+def test_imex_options_win_over_the_variables() -> None:
+    env = {"IMEX_CHANNEL_IDS": "1", "IMEX_REQUIRED": "maybe"}
+    imex = with_overrides(default_config(), env, imex_channel_ids="0", imex_required=False).imex
+    assert imex == Imex((0,), False)
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), {}, imex_channel_ids="0,2")
+    assert caught.value.source == "option --imex-channel-ids"
+    assert "channelIDs must be [] or [0]; found 0,2" in caught.value.reason
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(default_config(), env)
+    assert caught.value.source == "environment variable IMEX_CHANNEL_IDS"
+
+
+def test_a_refusal_of_the_flags_names_the_file_and_config() -> None:
+    with pytest.raises(PluginConfigError) as caught:
+        with_overrides(parse(MPS_EXAMPLE), {}, source="configs/", config_name="mps")
+    assert (caught.value.source, caught.value.config) == ("configs/", "mps")
 
 
 # -- named configs ----------------------------------------------------------------------------

@@ -94,6 +94,7 @@ async def test_single_strategy_refuses_a_heterogeneous_layout(tmp_path: Path) ->
 # -- sharing ---------------------------------------------------------------------------------
 
 SLICE_4_TO_7 = """
+tessera: {extensions: {devices: true}}
 sharing:
   timeSlicing:
     renameByDefault: true
@@ -119,6 +120,7 @@ async def test_time_slicing_applies_to_the_gpus_named_only(tmp_path: Path) -> No
 
 async def test_rename_and_memory_derived_replicas(tmp_path: Path) -> None:
     config = """
+tessera: {extensions: {rename: true}}
 sharing:
   timeSlicing:
     resources:
@@ -179,6 +181,7 @@ async def test_mps_runs_a_supervised_daemon_and_caps_each_replica(tmp_path: Path
     mps_root = tmp_path / "mps"
     config = f"""
 flags: {{mpsRoot: {mps_root}}}
+tessera: {{extensions: {{devices: true}}}}
 sharing:
   mps:
     resources: [{{name: nvidia.com/gpu, replicas: 4, devices: [0, 1]}}]
@@ -221,11 +224,11 @@ sharing:
 
 
 async def test_mps_on_mig_devices_is_refused_with_a_reason(tmp_path: Path) -> None:
-    config = """
-flags: {migStrategy: single}
+    config = f"""
+flags: {{migStrategy: single, mpsRoot: {tmp_path / "mps"}}}
 sharing:
   mps:
-    resources: [{name: nvidia.com/gpu, replicas: 2}]
+    resources: [{{name: nvidia.com/gpu, replicas: 2}}]
 """
     with pytest.raises(PluginConfigError, match="MPS is not supported for MIG devices"):
         async with rig("a30x4", tmp_path / "s.json", config, layout="all-1g.6gb"):
@@ -349,6 +352,22 @@ async def test_config_change_applies_live_and_a_bad_one_keeps_the_last_good(
         assert len(r.kubelet.devices("nvidia.com/gpu.shared")) == 8
 
 
+async def test_a_live_config_with_a_field_this_version_lacks_applies_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A newer NVIDIA field must not stop a running node from taking the config."""
+    async with rig("a30x4", tmp_path / "s.json", "") as r:
+        await r.kubelet.wait_for(lambda k: len(k.devices(GPU)) == 4)
+        r.config_file.write_text("flags: {plugin: {futureFlag: on}}\nsharing: {timeSlicing: "
+                                 "{resources: [{name: gpu, replicas: 3, futureField: 1}]}}")
+        await r.kubelet.wait_for(lambda k: len(k.devices(GPU)) == 12, what="the new config")
+        assert r.plugin.config_error is None
+        logged = [m for m in caplog.messages if "unknown field" in m]
+        assert any("flags.plugin.futureFlag: unknown field 'futureFlag'" in m for m in logged)
+        assert any("sharing.timeSlicing.resources[0].futureField: unknown field" in m
+                   for m in logged)
+
+
 async def test_named_configs_are_selected_by_name(tmp_path: Path) -> None:
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -409,7 +428,8 @@ async def test_xid_on_a_mig_device_marks_only_that_device(tmp_path: Path) -> Non
 
 
 async def test_xid_on_a_gpu_marks_it_and_every_replica_at_once(tmp_path: Path) -> None:
-    config = SLICE_4_TO_7 + "tessera: {health: {recoverAfter: 1h}}"
+    config = SLICE_4_TO_7.replace("{extensions: {devices: true}}",
+                                  "{extensions: {devices: true}, health: {recoverAfter: 1h}}")
     async with rig("dgx-a100", tmp_path / "s.json", config) as r:
         shared = "nvidia.com/gpu.shared"
         await r.kubelet.wait_for(lambda k: len(k.healthy(shared)) == 16)
@@ -478,6 +498,7 @@ async def test_per_device_selection_by_uuid_and_mig_index_on_a_mixed_node(
         l40s = uuids(r.node)[3]
         r.config_file.write_text(f"""
 flags: {{migStrategy: mixed}}
+tessera: {{extensions: {{devices: true}}}}
 sharing:
   timeSlicing:
     renameByDefault: true

@@ -75,7 +75,7 @@ def test_sharing_partitions_devices_into_unique_short_ids(
     selector = f"devices: {devices}" if devices else ""
     config = parse(f"""
 flags: {{migStrategy: mixed}}
-tessera: {{excludeDevices: {excluded}}}
+tessera: {{excludeDevices: {excluded}, extensions: {{devices: true}}}}
 sharing:
   timeSlicing:
     renameByDefault: {str(rename).lower()}
@@ -114,6 +114,7 @@ def test_memory_per_replica_follows_each_gpus_memory() -> None:
 
 def test_per_gpu_replica_counts_under_one_name() -> None:
     config = parse("""
+tessera: {extensions: {devices: true}}
 sharing:
   timeSlicing:
     renameByDefault: true
@@ -129,6 +130,7 @@ sharing:
 
 def test_one_device_shared_twice_is_refused_naming_it() -> None:
     config = parse("""
+tessera: {extensions: {devices: true, timeSlicingWithMps: true}}
 sharing:
   timeSlicing: {resources: [{name: gpu, replicas: 2, devices: [0, 1]}]}
   mps: {resources: [{name: gpu, replicas: 2, devices: [1]}]}
@@ -139,6 +141,7 @@ sharing:
 
 def test_time_slicing_and_mps_on_different_gpus_of_one_node() -> None:
     config = parse("""
+tessera: {extensions: {devices: true, rename: true, timeSlicingWithMps: true}}
 sharing:
   timeSlicing: {renameByDefault: true, resources: [{name: gpu, replicas: 2, devices: [0]}]}
   mps: {resources: [{name: gpu, rename: gpu-mps, replicas: 4, devices: [2, 3]}]}

@@ -1,4 +1,9 @@
-"""`tessera plugin`: run the kubelet device plugin on its own (the agent embeds the same one)."""
+"""`tessera plugin`: run the kubelet device plugin on its own (the agent embeds the same one).
+
+Takes NVIDIA's flags under NVIDIA's names (and their older aliases), so a DaemonSet written
+for NVIDIA's plugin runs unchanged; their environment variables are read by the config
+layer (`with_overrides`), which also ranks flag over variable over file as NVIDIA does.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def plugin(
              "empty: serve without registering).",
     ),
     config: Path | None = typer.Option(
-        None, "--config", envvar="CONFIG_FILE",
+        None, "--config", "--config-file", envvar="CONFIG_FILE",
         help="Device plugin config (NVIDIA's v1 format): a file, or a directory of named "
              "configs such as a mounted ConfigMap.",
     ),
@@ -55,6 +60,47 @@ def plugin(
     fail_on_init_error: bool | None = typer.Option(
         None, "--fail-on-init-error/--no-fail-on-init-error",
         help="Exit when devices or config cannot be read at start (default), or wait."),
+    pass_device_specs: bool | None = typer.Option(
+        None, "--pass-device-specs/--no-pass-device-specs",
+        help="Give containers the GPUs' device nodes (PASS_DEVICE_SPECS)."),
+    nvidia_driver_root: str | None = typer.Option(
+        None, "--driver-root", "--nvidia-driver-root",
+        help="Root of the driver installation on the host (NVIDIA_DRIVER_ROOT)."),
+    nvidia_dev_root: str | None = typer.Option(
+        None, "--dev-root", "--nvidia-dev-root",
+        help="Host root of /dev/nvidia* (NVIDIA_DEV_ROOT; default: the driver root)."),
+    mps_root: str | None = typer.Option(
+        None, "--mps-root", help="Where MPS pipes and logs live on the host (MPS_ROOT); "
+                                 "required to share with MPS."),
+    gdrcopy_enabled: bool | None = typer.Option(
+        None, "--gdrcopy-enabled/--no-gdrcopy-enabled", help="NVIDIA_GDRCOPY=enabled "
+                                                             "(GDRCOPY_ENABLED)."),
+    gds_enabled: bool | None = typer.Option(
+        None, "--gds-enabled/--no-gds-enabled", help="NVIDIA_GDS=enabled (GDS_ENABLED)."),
+    mofed_enabled: bool | None = typer.Option(
+        None, "--mofed-enabled/--no-mofed-enabled", help="NVIDIA_MOFED=enabled "
+                                                         "(MOFED_ENABLED)."),
+    cdi_annotation_prefix: str | None = typer.Option(
+        None, "--cdi-annotation-prefix", help="CDI annotation prefix (CDI_ANNOTATION_PREFIX)."),
+    nvidia_ctk_path: str | None = typer.Option(
+        None, "--nvidia-cdi-hook-path", "--nvidia-ctk-path",
+        help="nvidia-cdi-hook / nvidia-ctk on the host (NVIDIA_CDI_HOOK_PATH)."),
+    container_driver_root: str | None = typer.Option(
+        None, "--driver-root-ctr-path", "--container-driver-root",
+        help="Where the host's driver root is mounted in this container "
+             "(DRIVER_ROOT_CTR_PATH)."),
+    shared_devices_allocation_policy: str | None = typer.Option(
+        None, "--shared-devices-allocation-policy",
+        help="distributed or packed replicas (SHARED_DEVICES_ALLOCATION_POLICY)."),
+    device_discovery_strategy: str | None = typer.Option(
+        None, "--device-discovery-strategy",
+        help="auto, nvml or tegra (DEVICE_DISCOVERY_STRATEGY); Tessera reads NVML always."),
+    imex_channel_ids: str | None = typer.Option(
+        None, "--imex-channel-ids", help="IMEX channels to inject: empty or 0 "
+                                         "(IMEX_CHANNEL_IDS)."),
+    imex_required: bool | None = typer.Option(
+        None, "--imex-required/--no-imex-required",
+        help="Fail allocations when the IMEX channels are missing (IMEX_REQUIRED)."),
     refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS",
                                   help="How often to re-read the MIG layout."),
 ) -> None:
@@ -70,6 +116,20 @@ def plugin(
             "device_list_strategy": device_list_strategy,
             "device_id_strategy": device_id_strategy,
             "fail_on_init_error": fail_on_init_error,
+            "pass_device_specs": pass_device_specs,
+            "nvidia_driver_root": nvidia_driver_root,
+            "nvidia_dev_root": nvidia_dev_root,
+            "mps_root": mps_root,
+            "gdrcopy_enabled": gdrcopy_enabled,
+            "gds_enabled": gds_enabled,
+            "mofed_enabled": mofed_enabled,
+            "cdi_annotation_prefix": cdi_annotation_prefix,
+            "nvidia_ctk_path": nvidia_ctk_path,
+            "container_driver_root": container_driver_root,
+            "shared_devices_allocation_policy": shared_devices_allocation_policy,
+            "device_discovery_strategy": device_discovery_strategy,
+            "imex_channel_ids": imex_channel_ids,
+            "imex_required": imex_required,
         }.items() if value is not None
     }
     wiring = PluginSettings(

@@ -248,7 +248,9 @@ class DevicePlugin:
             else:
                 self._config_set = load_set(path, default=self.settings.default_config)
                 name, config = self._config_set.select(self._config_name)
-            config = with_overrides(config, self.settings.env, **self.settings.overrides)
+            config = with_overrides(config, self.settings.env,
+                                    source=str(path or "<no config file>"), config_name=name,
+                                    **self.settings.overrides)
         except PluginConfigError as e:
             if initial:
                 raise

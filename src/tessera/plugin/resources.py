@@ -1,22 +1,36 @@
 """What to advertise: resource names, device IDs and replicas, from devices and config.
 
 Pure: `plan_resources(inventory, config)` applies the MIG strategy (none, single, mixed),
-exclusions, and time-slicing/MPS sharing — honouring per-resource `devices`, `rename` and
-memory-derived replica counts, which NVIDIA's plugin parses but ignores — and returns a
-`ResourcePlan`. Health is not part of the plan; the servers overlay it when they list.
+exclusions, and time-slicing/MPS sharing — per-resource `devices` and `rename` as the parsed
+config gives them (NVIDIA's meaning unless `tessera.extensions` opts in), memory-derived
+replica counts — and returns a `ResourcePlan`. Replica counts are checked against the
+kubelet's message size before any device list is built. Health is not part of the plan; the
+servers overlay it when they list.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tessera.errors import PluginConfigError
-from tessera.plugin.config import DeviceRef, DeviceSelector, PluginConfig, SharedResource, Sharing
+from tessera.plugin.config import (
+    KUBELET_MESSAGE_LIMIT,
+    REPLICA_SEPARATOR,
+    DeviceRef,
+    DeviceSelector,
+    PluginConfig,
+    SharedResource,
+    Sharing,
+    device_entry_bytes,
+    replica_ceiling,
+    replica_list_bytes,
+)
 from tessera.plugin.inventory import Inventory, PhysicalDevice
 
 GPU_RESOURCE = "nvidia.com/gpu"
-REPLICA_SEPARATOR = "::"
+_COMPUTE_SPLIT = re.compile(r"[0-9]+c\.")
 _MPS_MAX_REPLICAS_VOLTA_AND_LATER = 48  # NVIDIA's per-GPU MPS client limit
 _MPS_MAX_REPLICAS_OLDER = 16
 
@@ -89,7 +103,7 @@ class ResourcePlan:
 
 
 def _base_devices(
-    inventory: Inventory, strategy: str, warnings: list[str]
+    inventory: Inventory, strategy: str, warnings: list[str], *, compute_splits: bool = False
 ) -> dict[str, list[PhysicalDevice]]:
     """Physical devices by resource name before sharing, per NVIDIA's MIG strategies."""
     out: dict[str, list[PhysicalDevice]] = {}
@@ -104,16 +118,18 @@ def _base_devices(
         whole = [v for v in inventory.gpus if not v.mig_enabled]
         if whole:
             raise PluginConfigError(
-                "migStrategy 'single' needs every GPU in the same MIG mode, but MIG is enabled "
-                f"on GPU {_indices(mig)} and disabled on GPU {_indices(whole)}: enable MIG on "
+                "all devices on the node must be configured with the same migEnabled value "
+                "(migStrategy 'single' needs every GPU in the same MIG mode, but MIG is enabled "
+                f"on GPU {_indices(mig)} and disabled on GPU {_indices(whole)}): enable MIG on "
                 "all of them, or use migStrategy 'mixed'",
                 field="flags.migStrategy",
             )
         empty = [v for v in mig if not v.mig_devices]
         if empty:
             raise PluginConfigError(
-                f"migStrategy 'single': GPU {_indices(empty)} has MIG enabled but no MIG "
-                "devices: create instances (e.g. with `tessera mig apply`), or use 'mixed'",
+                f"device {empty[0].gpu.index} has no MIG devices configured (migStrategy "
+                f"'single'; MIG is enabled with no MIG devices on GPU {_indices(empty)}): "
+                "create instances (e.g. with `tessera mig apply`), or use 'mixed'",
                 field="flags.migStrategy",
             )
         profiles: dict[str, list[int]] = {}
@@ -126,8 +142,9 @@ def _base_devices(
             found = "; ".join(f"{p} on GPU {', '.join(map(str, g))}"
                               for p, g in sorted(profiles.items()))
             raise PluginConfigError(
-                "migStrategy 'single' needs one MIG profile on the whole node, found "
-                f"{found}: apply a single-profile layout (e.g. all-1g.10gb), or use 'mixed'",
+                "more than one MIG device type present on node (migStrategy 'single' needs "
+                f"one MIG profile on the whole node, found {found}): apply a single-profile "
+                "layout (e.g. all-1g.10gb), or use 'mixed'",
                 field="flags.migStrategy",
             )
         out[GPU_RESOURCE] = [d for v in mig for d in v.mig_as_devices()]
@@ -141,6 +158,16 @@ def _base_devices(
                             "nothing of it is advertised until instances exist")
         for d in v.mig_as_devices():
             assert d.profile is not None
+            if not compute_splits and _COMPUTE_SPLIT.match(d.profile):
+                # NVIDIA's mixed strategy names only whole GPU instances (C == G).
+                raise PluginConfigError(
+                    f"MIG profile '{d.profile}' does not match any resource patterns: GPU "
+                    f"{v.gpu.index} has compute instances that split a GPU instance, which "
+                    "NVIDIA's mixed strategy does not advertise; apply a layout without "
+                    "compute splits, or set tessera.extensions.computeSplits: true to "
+                    f"advertise {mig_resource_name(d.profile)}",
+                    field="flags.migStrategy",
+                )
             out.setdefault(mig_resource_name(d.profile), []).append(d)
     return out
 
@@ -223,7 +250,8 @@ def plan_resources(
     devices (single strategy on a mixed layout, MPS on MIG, one device shared twice).
     """
     warnings: list[str] = []
-    base = _base_devices(inventory, config.flags.mig_strategy, warnings)
+    base = _base_devices(inventory, config.flags.mig_strategy, warnings,
+                         compute_splits=config.extensions.compute_splits)
     everything = [d for devices in base.values() for d in devices]
     out_of_service = _excluded(everything, config.exclude, frozenset(excluded))
     for ref in config.exclude:
@@ -233,8 +261,10 @@ def plan_resources(
             for name, devices in base.items()}
 
     claimed: dict[str, str] = {}  # physical ID -> "kind resource" that claimed it
-    shared_out: dict[str, list[AdvertisedDevice]] = {}
+    # Counted first and built after: an absurd count is refused before any list exists.
+    replicated: list[tuple[str, PhysicalDevice, int]] = []  # (advertised name, device, count)
     shared_meta: dict[str, tuple[str, bool]] = {}
+    listed: dict[str, int] = {}  # advertised name -> bytes of its replica IDs
     for sharing in config.sharing:
         for shared in sharing.resources:
             candidates = base.get(shared.name, [])
@@ -243,7 +273,13 @@ def plan_resources(
                                 "node to share")
                 continue
             target = shared.rename or shared.name
-            for device in _select(shared.devices, candidates):
+            for ref in shared.devices.refs:
+                if not any(matches(ref, d) for d in candidates):
+                    # NVIDIA's device map skips such entries; one config serves many nodes.
+                    warnings.append(f"sharing.{_key(sharing)}: {shared.name} devices entry "
+                                    f"{str(ref)!r} names no such device on this node; skipped")
+            selected = _select(shared.devices, candidates)
+            for device in selected:
                 who = f"{_key(sharing)} {shared.name}"
                 if device.id in claimed:
                     raise PluginConfigError(
@@ -253,9 +289,10 @@ def plan_resources(
                     )
                 claimed[device.id] = who
                 n = _replica_count(sharing, shared, device)
-                shared_out.setdefault(target, []).extend(
-                    AdvertisedDevice(replica_id(device.id, i), device, i, n) for i in range(n)
-                )
+                listed[target] = listed.get(target, 0) + replica_list_bytes(n, len(device.id))
+                if listed[target] > KUBELET_MESSAGE_LIMIT:
+                    raise _too_many_replicas(sharing, shared, target, n, selected)
+                replicated.append((target, device, n))
                 previous = shared_meta.get(target)
                 meta = (sharing.kind, sharing.fail_requests_greater_than_one)
                 if previous is not None and previous != meta:
@@ -266,6 +303,20 @@ def plan_resources(
                     )
                 shared_meta[target] = meta
 
+    for name, total in listed.items():
+        unshared = [d for d in base.get(name, []) if d.id not in claimed]
+        total += sum(device_entry_bytes(len(d.id)) for d in unshared)
+        if total > KUBELET_MESSAGE_LIMIT:  # replicas at the edge and whole devices beside
+            raise PluginConfigError(
+                f"{name} would list {len(unshared)} whole devices beside its replicas, more than "
+                "the 4 MiB message the kubelet reads it in holds: lower replicas, or rename "
+                "the shared devices (renameByDefault) so that each name has its own list",
+                field="sharing",
+            )
+    shared_out: dict[str, list[AdvertisedDevice]] = {}
+    for target, device, n in replicated:
+        shared_out.setdefault(target, []).extend(
+            AdvertisedDevice(replica_id(device.id, i), device, i, n) for i in range(n))
     resources: dict[str, list[AdvertisedDevice]] = {}
     for name, physical in base.items():
         whole = [AdvertisedDevice(d.id, d) for d in physical if d.id not in claimed]
@@ -284,6 +335,24 @@ def plan_resources(
                               fail_requests_greater_than_one=strict)
     excluded_devices = tuple(d for d in everything if d.id in out_of_service)
     return ResourcePlan(resources=plan, warnings=tuple(warnings), excluded=excluded_devices)
+
+
+def _too_many_replicas(
+    sharing: Sharing,
+    shared: SharedResource,
+    target: str,
+    replicas: int,
+    devices: Sequence[PhysicalDevice],
+) -> PluginConfigError:
+    longest = max(len(d.id) for d in devices)
+    per_device = replica_ceiling(longest, KUBELET_MESSAGE_LIMIT // len(devices))
+    how = "from memoryPerReplica" if shared.replicas.count is None else "replicas"
+    return PluginConfigError(
+        f"{shared.name}: {replicas} replicas per device ({how}) on {len(devices)} devices, but "
+        f"the IDs of at most {per_device} per device fit in the 4 MiB message the kubelet "
+        f"reads {target}'s devices in: lower replicas (or raise memoryPerReplica)",
+        field=f"sharing.{_key(sharing)}.resources",
+    )
 
 
 def _key(sharing: Sharing) -> str:

@@ -46,12 +46,6 @@ def _validation_error(error: ValidationError, where: _Where) -> PluginConfigErro
     first = error.errors(include_url=False)[0]
     loc = tuple(first["loc"])
     kind = first["type"]
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        known = _aliases(parent) if parent else []
-        homes = _all_field_homes().get(str(loc[-1]), [])
-        reason = _unknown_key_reason(loc[-1], known, elsewhere=homes)
-        return where.error(reason, _join(_path(loc[:-1]), loc[-1]))
     if kind == "invalid_key":
         reason = f"field names are strings; got {_show(loc[-1])}"
         return where.error(reason, _path(loc[:-1]) or None)
@@ -65,6 +59,41 @@ def _validation_error(error: ValidationError, where: _Where) -> PluginConfigErro
             expected += f" with {', '.join(_aliases(model))}"
     reason = f"got {_show(first.get('input'))}: expected {expected}" if expected else first["msg"]
     return where.error(reason, _path(loc) or None)
+
+
+def _unknown_fields(model: BaseModel, path: str = "") -> list[str]:
+    """One warning per key nobody defines in a validated file, with its path and a hint.
+
+    NVIDIA's plugin ignores such keys (its YAML reader is not strict), so they are ignored
+    here too, but never silently: a typo reads as a field that was left out.
+    """
+    found: list[str] = []
+    known = _aliases(type(model))
+    for key in model.model_extra or {}:
+        homes = _all_field_homes().get(str(key), [])
+        reason = _unknown_key_reason(key, known, elsewhere=homes)
+        found.append(f"{_join(path, _clip(key))}: {reason} (ignored, as NVIDIA's plugin "
+                     "ignores fields it does not know)")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, BaseModel):
+                where = _join(path, info.alias or name)
+                found.extend(_unknown_fields(item, where if index is None else f"{where}[{index}]"))
+    return found
+
+
+_MAX_UNKNOWN_WARNINGS = 10
+
+
+def _unknown_field_warnings(model: BaseModel) -> list[str]:
+    """`_unknown_fields`, at most `_MAX_UNKNOWN_WARNINGS` of them and a count of the rest."""
+    found = _unknown_fields(model)
+    if len(found) <= _MAX_UNKNOWN_WARNINGS:
+        return found
+    rest = len(found) - _MAX_UNKNOWN_WARNINGS
+    return [*found[:_MAX_UNKNOWN_WARNINGS], f"… and {rest} more unknown fields, also ignored"]
 
 
 def _unknown_key_reason(key: Any, known: Sequence[str], *, elsewhere: Sequence[str]) -> str:

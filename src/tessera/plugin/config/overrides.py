@@ -2,7 +2,8 @@
 
 Precedence is NVIDIA's: command line, then environment, then the file. Values are read as
 NVIDIA's Go flags read them (booleans as strconv.ParseBool), plus the health check variables
-DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS and the IMEX variables.
+DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS and the IMEX variables. The result is then
+checked as NVIDIA's `validateFlags` checks it (MPS needs an MPS root and no mixed strategy).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from dataclasses import fields, replace
 from typing import Any
 
 from tessera.errors import PluginConfigError
-from tessera.plugin.config.messages import _choices, _show
+from tessera.plugin.config.messages import _choices, _show, _Where
 from tessera.plugin.config.parse import _one_of, _strategies
-from tessera.plugin.config.rules import _strategy_warnings
+from tessera.plugin.config.rules import _check_flags, _strategy_warnings
 from tessera.plugin.config.values import (
     ALLOCATION_POLICIES,
     DEVICE_ID_STRATEGIES,
+    DISCOVERY_STRATEGIES,
     MIG_STRATEGIES,
     DeviceListStrategy,
     Flags,
@@ -77,6 +79,10 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "gdrcopy_enabled": (("GDRCOPY_ENABLED",), _to_bool),
     "gds_enabled": (("GDS_ENABLED",), _to_bool),
     "mofed_enabled": (("MOFED_ENABLED",), _to_bool),
+    "device_discovery_strategy": (
+        ("DEVICE_DISCOVERY_STRATEGY",),
+        _to_choice(DISCOVERY_STRATEGIES),
+    ),
     "pass_device_specs": (("PASS_DEVICE_SPECS",), _to_bool),
     "device_list_strategy": (("DEVICE_LIST_STRATEGY",), _to_strategies),
     "device_id_strategy": (("DEVICE_ID_STRATEGY",), _to_choice(DEVICE_ID_STRATEGIES)),
@@ -91,11 +97,23 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
 _PLUGIN_FIELDS = frozenset(f.name for f in fields(PluginFlags))
 
 
-def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> PluginConfig:
+def with_overrides(
+    config: PluginConfig,
+    env: Mapping[str, str],
+    *,
+    source: str = "<config>",
+    config_name: str | None = None,
+    imex_channel_ids: str | None = None,
+    imex_required: bool | str | None = None,
+    **cli: Any,
+) -> PluginConfig:
     """`config` with NVIDIA's environment variables and command-line values applied.
 
     Precedence is NVIDIA's: command line, then environment, then the file. `cli` takes the
-    field names of `Flags` and `PluginFlags`; None (and an empty variable) means "not set".
+    field names of `Flags` and `PluginFlags`, `imex_*` NVIDIA's --imex-channel-ids (a
+    comma-separated list) and --imex-required; None (and an empty variable) means "not set".
+    Raises `PluginConfigError` for a bad value, or for flags NVIDIA's plugin refuses (named
+    as config `config_name` of the file `source`).
     """
     unknown = sorted(set(cli) - set(_OVERRIDES))
     if unknown:
@@ -117,9 +135,10 @@ def with_overrides(config: PluginConfig, env: Mapping[str, str], **cli: Any) -> 
         config,
         flags=_override_flags(config.flags, values),
         health=_override_health(config.health, env),
-        imex=_override_imex(config.imex, env),
+        imex=_override_imex(config.imex, env, imex_channel_ids, imex_required),
     )
     kept = tuple(w for w in config.warnings if w not in _strategy_warnings(config))
+    _check_flags(updated, _Where(source, config_name))
     return replace(updated, warnings=kept + _strategy_warnings(updated))
 
 
@@ -169,19 +188,31 @@ def _env_xids(items: Iterable[str], keywords: set[str], variable: str) -> frozen
     return frozenset(xids)
 
 
-def _override_imex(imex: Imex, env: Mapping[str, str]) -> Imex:
-    items = _env_items(env, "IMEX_CHANNEL_IDS")
+def _override_imex(
+    imex: Imex, env: Mapping[str, str], cli_ids: str | None, cli_required: bool | str | None
+) -> Imex:
+    """IMEX_CHANNEL_IDS and IMEX_REQUIRED, under --imex-channel-ids and --imex-required."""
+    if cli_ids is not None:
+        origin = "option --imex-channel-ids"
+        items = [i.strip() for i in cli_ids.split(",") if i.strip()]
+    else:
+        origin = "environment variable IMEX_CHANNEL_IDS"
+        items = _env_items(env, "IMEX_CHANNEL_IDS")
     if items:
         if items != ["0"]:
             raise PluginConfigError(
                 f"invalid IMEX config: channelIDs must be [] or [0]; found {','.join(items)}",
-                source="environment variable IMEX_CHANNEL_IDS",
+                source=origin,
             )
         imex = replace(imex, channel_ids=(0,))
-    required = env.get("IMEX_REQUIRED", "").strip()
-    if required:
+    required: bool | str | None = cli_required
+    origin = "option --imex-required"
+    if required is None:
+        required = env.get("IMEX_REQUIRED", "").strip() or None
+        origin = "environment variable IMEX_REQUIRED"
+    if required is not None:
         try:
             imex = replace(imex, required=_to_bool(required))
         except ValueError as e:
-            raise PluginConfigError(str(e), source="environment variable IMEX_REQUIRED") from e
+            raise PluginConfigError(str(e), source=origin) from e
     return imex

@@ -3,7 +3,8 @@
 Checks the version, validates the text against the wire models, then builds the frozen
 values section by section (`flags`, `resources`, `imex`, `tessera` here; `sharing` in its own
 module) and applies the rules across sections. Anything wrong raises one
-`PluginConfigError` naming the file, the named config and the field path.
+`PluginConfigError` naming the file, the named config and the field path; a key nobody
+defines is a warning, as NVIDIA's plugin ignores it.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ from tessera.plugin.config.messages import (
     _clip,
     _kind_of,
     _show,
+    _unknown_field_warnings,
     _validation_error,
     _Where,
 )
 from tessera.plugin.config.names import _extended_name_problem, _full_name
 from tessera.plugin.config.rules import _strategy_warnings
 from tessera.plugin.config.sharing import _sharing
-from tessera.plugin.config.units import parse_duration
+from tessera.plugin.config.units import go_duration_problem, parse_duration
 from tessera.plugin.config.values import (
     DEFAULT_IGNORED_XIDS,
     DEFAULT_RECOVERY_SECONDS,
     DEVICE_LIST_STRATEGIES,
     DeviceListStrategy,
+    Extensions,
     Flags,
     Health,
     Imex,
@@ -42,6 +45,7 @@ from tessera.plugin.config.values import (
     default_config,
 )
 from tessera.plugin.config.wire import (
+    _ExtensionsWire,
     _FileWire,
     _FlagsWire,
     _given,
@@ -108,17 +112,19 @@ def _load_yaml(text: str, where: _Where) -> Any:
 
 
 def _build(wire: _FileWire, where: _Where) -> PluginConfig:
-    warnings: list[str] = []
+    warnings = _unknown_field_warnings(wire)
     flags = _flags(wire.flags or _FlagsWire(), where, warnings)
     if wire.resources is not None:
         _resources(wire.resources, where, warnings)
     tessera = wire.tessera or _TesseraWire()
+    extensions = _extensions(tessera.extensions or _ExtensionsWire())
     config = PluginConfig(
         flags=flags,
-        sharing=_sharing(wire.sharing or _SharingWire(), where),
+        sharing=_sharing(wire.sharing or _SharingWire(), where, extensions, warnings),
         imex=_imex(wire.imex or _ImexWire(), where),
         exclude=_device_refs(tessera.exclude_devices or [], "tessera.excludeDevices", where),
         health=_health(tessera.health or _HealthWire(), where),
+        extensions=extensions,
         warnings=tuple(warnings),
     )
     return replace(config, warnings=config.warnings + _strategy_warnings(config))
@@ -129,10 +135,10 @@ def _flags(wire: _FlagsWire, where: _Where, warnings: list[str]) -> Flags:
     defaults, plugin_defaults = Flags(), PluginFlags()
     # NVIDIA treats an empty path like an absent one (`nvidiaDevRoot: ""` = the driver root).
     driver_root = wire.nvidia_driver_root or defaults.nvidia_driver_root
-    if wire.device_discovery_strategy == "tegra":
-        warnings.append(
-            "flags.deviceDiscoveryStrategy: tegra is ignored; Tessera finds devices through NVML"
-        )
+    sleep = wire.gfd.sleep_interval if wire.gfd is not None else None
+    problem = None if sleep is None else go_duration_problem(sleep)
+    if problem is not None:  # GFD's own flag, but NVIDIA's plugin refuses the file too
+        raise where.error(problem, "flags.gfd.sleepInterval")
     return Flags(
         mig_strategy=wire.mig_strategy or defaults.mig_strategy,
         fail_on_init_error=_given(wire.fail_on_init_error, defaults.fail_on_init_error),
@@ -142,6 +148,8 @@ def _flags(wire: _FlagsWire, where: _Where, warnings: list[str]) -> Flags:
         gdrcopy_enabled=bool(wire.gdrcopy_enabled),
         gds_enabled=bool(wire.gds_enabled),
         mofed_enabled=bool(wire.mofed_enabled),
+        device_discovery_strategy=wire.device_discovery_strategy
+        or defaults.device_discovery_strategy,
         plugin=PluginFlags(
             pass_device_specs=bool(plugin.pass_device_specs),
             device_list_strategy=_list_strategies(
@@ -227,6 +235,16 @@ def _imex(wire: _ImexWire, where: _Where) -> Imex:
             "imex.channelIDs",
         )
     return Imex(channel_ids=ids, required=bool(wire.required))
+
+
+def _extensions(wire: _ExtensionsWire) -> Extensions:
+    return Extensions(
+        devices=bool(wire.devices),
+        rename=bool(wire.rename),
+        time_slicing_with_mps=bool(wire.time_slicing_with_mps),
+        mps_with_mixed=bool(wire.mps_with_mixed),
+        compute_splits=bool(wire.compute_splits),
+    )
 
 
 def _health(wire: _HealthWire, where: _Where) -> Health:

@@ -14,6 +14,7 @@ from tessera.plugin.config.values import (
     _KIND_KEYS,
     DEFAULT_IGNORED_XIDS,
     DeviceSelector,
+    Extensions,
     Flags,
     Health,
     PluginConfig,
@@ -32,6 +33,7 @@ def to_json(config: PluginConfig) -> dict[str, Any]:
         "tessera": {
             "excludeDevices": [str(ref) for ref in config.exclude],
             "health": _health_json(config.health),
+            "extensions": _extensions_json(config.extensions),
         },
     }
 
@@ -47,6 +49,7 @@ def _flags_json(flags: Flags) -> dict[str, Any]:
         "gdrcopyEnabled": flags.gdrcopy_enabled,
         "gdsEnabled": flags.gds_enabled,
         "mofedEnabled": flags.mofed_enabled,
+        "deviceDiscoveryStrategy": flags.device_discovery_strategy,
         "plugin": {
             "passDeviceSpecs": plugin.pass_device_specs,
             "deviceListStrategy": list(plugin.device_list_strategy),
@@ -103,4 +106,14 @@ def _health_json(health: Health) -> dict[str, Any]:
         else int(seconds)
         if seconds.is_integer()
         else seconds,
+    }
+
+
+def _extensions_json(extensions: Extensions) -> dict[str, bool]:
+    return {
+        "devices": extensions.devices,
+        "rename": extensions.rename,
+        "timeSlicingWithMps": extensions.time_slicing_with_mps,
+        "mpsWithMixed": extensions.mps_with_mixed,
+        "computeSplits": extensions.compute_splits,
     }

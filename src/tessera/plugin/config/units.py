@@ -27,6 +27,8 @@ _MAX_TEXT = 64
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+# Go's time.ParseDuration: signed, one or more <number><unit>, units required except for "0".
+_GO_DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 
 
 def parse_memory(value: object) -> int:
@@ -94,3 +96,20 @@ def _duration_text(text: str) -> float:
             'a number of seconds, or "never"'
         )
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def go_duration_problem(value: object) -> str | None:
+    """Why NVIDIA's `Duration` (GFD's `sleepInterval`) refuses `value`, or None.
+
+    It takes a JSON number (nanoseconds), `infinite`, or a Go duration string such as
+    `60s`; anything else fails NVIDIA's config load, so it fails here too.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if value == "infinite" or (len(value) <= _MAX_TEXT and _GO_DURATION.fullmatch(value)):
+            return None
+        shown = value if len(value) <= _MAX_TEXT else value[: _MAX_TEXT - 1] + "…"
+        return (f'time: invalid duration "{shown}": write a Go duration such as "60s", '
+                '"5m" or "1h30m", or "infinite"')
+    return 'invalid duration: write a Go duration such as "60s", or "infinite"'

@@ -16,12 +16,14 @@ MigStrategy = Literal["none", "single", "mixed"]
 DeviceListStrategy = Literal["envvar", "volume-mounts", "cdi-annotations", "cdi-cri"]
 DeviceIdStrategy = Literal["uuid", "index"]
 AllocationPolicy = Literal["distributed", "packed"]
+DiscoveryStrategy = Literal["auto", "nvml", "tegra"]
 SharingKind = Literal["time-slicing", "mps"]
 
 MIG_STRATEGIES: tuple[MigStrategy, ...] = get_args(MigStrategy)
 DEVICE_LIST_STRATEGIES: tuple[DeviceListStrategy, ...] = get_args(DeviceListStrategy)
 DEVICE_ID_STRATEGIES: tuple[DeviceIdStrategy, ...] = get_args(DeviceIdStrategy)
 ALLOCATION_POLICIES: tuple[AllocationPolicy, ...] = get_args(AllocationPolicy)
+DISCOVERY_STRATEGIES: tuple[DiscoveryStrategy, ...] = get_args(DiscoveryStrategy)
 
 # Application errors, not GPU faults: NVIDIA's plugin never marks a device unhealthy for them.
 DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
@@ -121,10 +123,12 @@ class Flags:
     fail_on_init_error: bool = True
     nvidia_driver_root: str = "/"
     nvidia_dev_root: str = "/"
-    mps_root: str = "/run/nvidia/mps"  # NVIDIA's Helm default; NVIDIA's binary has none
+    mps_root: str = ""  # "": not set; NVIDIA's plugin (and Tessera's) then refuses MPS
     gdrcopy_enabled: bool = False
     gds_enabled: bool = False
     mofed_enabled: bool = False
+    # Checked and kept for the effective config; Tessera finds devices through NVML always.
+    device_discovery_strategy: DiscoveryStrategy = "auto"
     plugin: PluginFlags = PluginFlags()
 
 
@@ -158,6 +162,22 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Extensions:
+    """`tessera.extensions`: meanings Tessera gives to fields NVIDIA's plugin drops, opt-in.
+
+    Off (the default), a file means what it means to NVIDIA's plugin: `devices` and `rename`
+    of a sharing entry are dropped, MPS alone is used when timeSlicing is also given, MPS with
+    the mixed strategy and compute-instance splits under it are refused.
+    """
+
+    devices: bool = False  # `devices` of a sharing entry picks the devices it shares
+    rename: bool = False  # `rename` is advertised as written
+    time_slicing_with_mps: bool = False  # both kinds at once, each on its own devices
+    mps_with_mixed: bool = False  # MPS on whole GPUs beside the mixed strategy's MIG devices
+    compute_splits: bool = False  # mixed: `nvidia.com/mig-1c.3g.40gb` for compute instances
+
+
+@dataclass(frozen=True, slots=True)
 class PluginConfig:
     """One device plugin config. Warnings do not take part in equality: a reload that
     changes only ignored parts compares equal, so nothing needs restarting."""
@@ -167,6 +187,7 @@ class PluginConfig:
     imex: Imex = Imex()
     exclude: tuple[DeviceRef, ...] = ()
     health: Health = Health()
+    extensions: Extensions = Extensions()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:

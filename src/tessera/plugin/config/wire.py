@@ -1,17 +1,23 @@
-"""The wire format: what a config file may say, as strict pydantic models.
+"""The wire format: what a config file may say, as pydantic models.
 
-Unknown keys and wrongly typed values are refused here; `messages` turns pydantic's
-complaint into one error with the field path, and `parse` builds the values from a file
-that passed.
+Wrongly typed values are refused here; `messages` turns pydantic's complaint into one error
+with the field path, and `parse` builds the values from a file that passed. Keys nobody
+defines are kept aside (`extra="allow"`) and reported as warnings: NVIDIA's plugin ignores
+fields it does not know, so a field a newer NVIDIA release adds must not take a node down.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tessera.plugin.config.values import AllocationPolicy, DeviceIdStrategy, MigStrategy
+from tessera.plugin.config.values import (
+    AllocationPolicy,
+    DeviceIdStrategy,
+    DiscoveryStrategy,
+    MigStrategy,
+)
 
 # Fields whose spelling is polymorphic (`devices`, `replicas`, names) are `Any` here and
 # checked by hand (in `parse`, `sharing` and `devices`), so their errors can carry NVIDIA's
@@ -19,7 +25,7 @@ from tessera.plugin.config.values import AllocationPolicy, DeviceIdStrategy, Mig
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
 
 class _PluginFlagsWire(_Wire):
@@ -52,7 +58,7 @@ class _FlagsWire(_Wire):
     gds_enabled: bool | None = Field(None, alias="gdsEnabled")
     mofed_enabled: bool | None = Field(None, alias="mofedEnabled")
     use_node_feature_api: bool | None = Field(None, alias="useNodeFeatureAPI")
-    device_discovery_strategy: Literal["auto", "nvml", "tegra"] | None = Field(
+    device_discovery_strategy: DiscoveryStrategy | None = Field(
         None, alias="deviceDiscoveryStrategy"
     )
     plugin: _PluginFlagsWire | None = None
@@ -99,9 +105,18 @@ class _HealthWire(_Wire):
     recover_after: Any = Field(None, alias="recoverAfter")
 
 
+class _ExtensionsWire(_Wire):
+    devices: bool | None = None
+    rename: bool | None = None
+    time_slicing_with_mps: bool | None = Field(None, alias="timeSlicingWithMps")
+    mps_with_mixed: bool | None = Field(None, alias="mpsWithMixed")
+    compute_splits: bool | None = Field(None, alias="computeSplits")
+
+
 class _TesseraWire(_Wire):
     exclude_devices: list[Any] | None = Field(None, alias="excludeDevices")
     health: _HealthWire | None = None
+    extensions: _ExtensionsWire | None = None
 
 
 class _FileWire(_Wire):
