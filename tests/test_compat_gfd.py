@@ -15,8 +15,8 @@ table carries the same rows:
 - `gfd.timestamp` says when the labels last changed, not when they were last computed: GFD
   rewrites it every pass (so the Node changes every minute); the agent keeps it until another
   of its labels changes (`test_a_steady_node_is_not_patched_for_the_clock`).
-- A custom `rename` without `renameByDefault` (`RENAME_PENDING`): strict xfail while the
-  device plugin honours it.
+- A custom `rename` without `renameByDefault` agrees: the device plugin drops it as NVIDIA's
+  does (`tessera.extensions.rename` opts in), so the product carries GFD's `-SHARED`.
 """
 
 from __future__ import annotations
@@ -173,11 +173,6 @@ class Scenario:
         return f"{self.config.removesuffix('.yaml')}-{self.preset}-{self.mig_config}"
 
 
-# Pending, not chosen: the labels describe what the plugin advertises, and the plugin still
-# honours `rename` without renameByDefault (nvidia.com/gpu-shared, so no -SHARED). Once the
-# plugin drops such a rename by default, as NVIDIA's does, these pass (and strict xfail fails).
-RENAME_PENDING = "the device plugin honours a custom rename without renameByDefault"
-
 SCENARIOS = [
     # single: every MIG device is an nvidia.com/gpu; the product and memory are the device's.
     Scenario("single.yaml", "dgx-a100", "all-1g.10gb", {
@@ -229,12 +224,10 @@ SCENARIOS = [
     # the product is -SHARED.
     Scenario("ts2_rename_custom.yaml", "dgx-a100", "all-disabled",
              whole(A100_NODE, A100, 81920, replicas=2, strategy="time-slicing",
-                   shared_suffix=True),
-             differs=RENAME_PENDING),
+                   shared_suffix=True)),
     Scenario("ts2_rename_custom.yaml", "dgx-h100", "all-disabled",
              whole(H100_NODE, H100, 81559, replicas=2, strategy="time-slicing",
-                   shared_suffix=True),
-             differs=RENAME_PENDING),
+                   shared_suffix=True)),
 ]
 
 TIMESTAMP = "nvidia.com/gfd.timestamp"
