@@ -90,7 +90,7 @@ def test_a_bad_line_is_named(line: str, message: str) -> None:
 
 
 def test_a_missing_file_says_which(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot read the counters file .*nope\.csv"):
+    with pytest.raises(ConfigError, match=r"counters file .*nope\.csv: does not exist"):
         counters.load(tmp_path / "nope.csv")
 
 

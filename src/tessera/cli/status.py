@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from tessera.cli.render import show_gpu
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
 from tessera.mig import engine
+from tessera.textinput import read_json
 
 
 def status(
@@ -46,13 +46,14 @@ def status(
             emit(data, output)
         return
     path = status_file or status_path(node_name)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         fail(f"no agent status at {path}: is `tessera agent` running on node {node_name}? "
              "(--status-file or TESSERA_STATUS_FILE to look elsewhere)")
-    except ValueError as e:
-        fail(f"{path}: not an agent status file ({e})")
+    with reported():
+        data = read_json(path, what="agent status file")
+    if not isinstance(data, dict):
+        fail(f"{path}: not an agent status file (a JSON object); give the file `tessera "
+             "agent` writes")
     data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
     if output is Output.table:
         print_status(data, output)

@@ -17,6 +17,7 @@ from typing import Literal
 
 from tessera.errors import ConfigError
 from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NOT_EXPORTED
+from tessera.textinput import read_text
 
 Kind = Literal["gauge", "counter", "label"]
 _KINDS: tuple[Kind, ...] = ("gauge", "counter", "label")
@@ -164,9 +165,6 @@ def default_counters() -> Counters:
 
 def load(path: Path) -> Counters:
     """Read a counters file (a ConfigMap mounted as a file works the same)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read the counters file {path}: {e.strerror or e}; give an "
-                          "existing file with --counters") from e
+    text = read_text(path, what="counters file (--counters)",
+                     error=lambda reason: ConfigError(f"counters file {path}: {reason}"))
     return parse(text, str(path))
