@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from tessera.cli.bounds import Seconds, writable_dir
 from tessera.cli.common import reported, settings
 from tessera.errors import TesseraError
 from tessera.hardware.backend import open_backend
@@ -23,7 +24,7 @@ log = logging.getLogger("tessera.plugin")
 def plugin(
     ctx: typer.Context,
     socket_dir: Path = typer.Option(
-        DEVICE_PLUGIN_PATH, "--socket-dir", envvar="TESSERA_SOCKET_DIR",
+        DEVICE_PLUGIN_PATH, "--socket-dir", envvar="TESSERA_SOCKET_DIR", parser=writable_dir,
         help="The kubelet's device-plugins directory; one socket per resource is served here.",
     ),
     kubelet_socket: str | None = typer.Option(
@@ -55,7 +56,7 @@ def plugin(
     fail_on_init_error: bool | None = typer.Option(
         None, "--fail-on-init-error/--no-fail-on-init-error",
         help="Exit when devices or config cannot be read at start (default), or wait."),
-    refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS",
+    refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS", parser=Seconds(),
                                   help="How often to re-read the MIG layout."),
 ) -> None:
     """Serve every GPU, MIG device and shared replica to the kubelet until stopped.

@@ -1,0 +1,113 @@
+"""Flag values checked before any work starts: one parser per kind of value, reused by every
+command (`typer.Option(..., parser=Seconds(at_most=3600))`).
+
+A value out of bounds is a usage error: one line naming the flag, the value and the range,
+exit 2. The maxima are what a sane deployment needs, documented in the README's "Bad
+input" section; they keep a typo (`--interval 1e308`, `--port 80800`) from reaching a
+thread, a socket or a sleep that would misbehave on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+MAX_PORT = 65535
+MAX_INTERVAL_S = 3600.0
+"""Longest sampling or refresh period: beyond an hour the data is stale for any dashboard."""
+MIN_INTERVAL_S = 0.01
+"""Shortest period: faster than this spins a core on sampling, not on serving."""
+
+
+def _number(value: object, kind: Callable[[str], float | int], what: str) -> float | int:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    try:
+        return kind(str(value).strip())
+    except (ValueError, OverflowError) as e:
+        raise typer.BadParameter(f"{value!r} is not {what}") from e
+
+
+def port(value: object) -> int:
+    """A TCP port, 0-65535 (0: any free port)."""
+    number = int(_number(value, int, "a port number (0-65535)"))
+    if not 0 <= number <= MAX_PORT:
+        raise typer.BadParameter(f"{number} is not a port: give 0-{MAX_PORT} (0 picks a free "
+                                 "one)")
+    return number
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """A period or timeout in seconds: finite, at least `at_least`, at most `at_most`."""
+
+    at_most: float = MAX_INTERVAL_S
+    at_least: float = MIN_INTERVAL_S
+
+    def __call__(self, value: object) -> float:
+        number = float(_number(value, float, "a number of seconds"))
+        if not math.isfinite(number) or not self.at_least <= number <= self.at_most:
+            raise typer.BadParameter(
+                f"{value} is not a period Tessera can use: give {self.at_least:g} to "
+                f"{self.at_most:g} seconds")
+        return number
+
+    @property
+    def __name__(self) -> str:  # typer names a parser's type after it
+        return "seconds"
+
+
+@dataclass(frozen=True)
+class Count:
+    """A whole number from `at_least` to `at_most`."""
+
+    at_most: int
+    at_least: int = 0
+    what: str = "count"
+
+    def __call__(self, value: object) -> int:
+        number = _number(value, int, f"a whole number ({self.what})")
+        if isinstance(number, float) and not number.is_integer():
+            raise typer.BadParameter(f"{value} is not a whole number ({self.what})")
+        if not self.at_least <= number <= self.at_most:
+            raise typer.BadParameter(f"{value} is out of range for a {self.what}: give "
+                                     f"{self.at_least} to {self.at_most}")
+        return int(number)
+
+    @property
+    def __name__(self) -> str:
+        return self.what
+
+
+def writable_dir(value: object) -> Path:
+    """A directory Tessera will write in (sockets, state): it is one, or can be made, and
+    it is writable; refused with the path and the reason otherwise."""
+    path = Path(str(value))
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise typer.BadParameter(f"{path}: {existing} is a broken symbolic link")
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"{existing} is a file, not a directory"
+        raise typer.BadParameter(f"{path}: {where}; give a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{path}: {existing} is not writable (read-only or "
+                                 "permission denied); give a directory Tessera may write in")
+    return path
+
+
+def writable_file(value: object) -> Path:
+    """A file Tessera will (re)write: not a directory, in a directory it may write in."""
+    path = Path(str(value))
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory; give a file path")
+    writable_dir(path.parent)
+    return path
