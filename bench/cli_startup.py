@@ -52,7 +52,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TESSERA_SIM_STATE": str(Path(tmp) / "sim.json")}
         samples: dict[str, list[float]] = {name: [] for name in COMMANDS}
-        for name, command in COMMANDS.items():  # warm the page cache and .pyc files
+        for command in COMMANDS.values():  # warm the page cache and .pyc files
             cpu_seconds(command, env)
         for _ in range(rounds):
             for name, command in COMMANDS.items():
