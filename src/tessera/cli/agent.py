@@ -15,9 +15,10 @@ from typing import Any
 import typer
 
 from tessera.agent.agent import Agent, AgentSettings
+from tessera.agent.localnode import LocalNode
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
-from tessera.cli.bounds import Seconds, port, writable_dir, writable_file
+from tessera.cli.bounds import Seconds, check_writable, port, writable_dir, writable_file
 from tessera.cli.common import Output, fail, reported, settings
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
@@ -159,9 +160,14 @@ def agent(
         if label and not standalone:
             raise ConfigError("--label only seeds a standalone node; on a cluster use "
                               "kubectl label node")
-        _seed_labels(api, label)
         if socket_dir is None:
             socket_dir = runtime_dir() / node_name if standalone else DEVICE_PLUGIN_PATH
+        status_file = status_file or status_path(node_name)
+        check_writable(socket_dir, "device plugin socket directory", directory=True)
+        check_writable(status_file, "status file")
+        if isinstance(api, LocalNode):
+            check_writable(api.path, "node file")
+        _seed_labels(api, label)
         wiring = AgentSettings(
             plugin=PluginSettings(
                 socket_dir=socket_dir, kubelet_socket=socket_dir / KUBELET_SOCKET_NAME,
@@ -173,7 +179,7 @@ def agent(
                             default_config=default_mig_config or None),
             mig_manager=mig_manager,
             nvml_drain=nvml_drain,
-            status_file=status_file or status_path(node_name),
+            status_file=status_file,
             exporter=ExporterSettings(
                 address=metrics_address, port=metrics_port, interval_s=metrics_interval,
                 counters=counters, hostname=node_name,

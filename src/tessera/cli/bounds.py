@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from tessera.errors import ConfigError
+
 MAX_PORT = 65535
 MAX_INTERVAL_S = 3600.0
 """Longest sampling or refresh period: beyond an hour the data is stale for any dashboard."""
@@ -84,30 +86,54 @@ class Count:
         return self.what
 
 
-def writable_dir(value: object) -> Path:
-    """A directory Tessera will write in (sockets, state): it is one, or can be made, and
-    it is writable; refused with the path and the reason otherwise."""
-    path = Path(str(value))
+def dir_problem(path: Path) -> str | None:
+    """Why Tessera could not write in directory `path` (making it if need be), or None."""
     existing = path
     while not existing.exists():
         if existing.is_symlink():
-            raise typer.BadParameter(f"{path}: {existing} is a broken symbolic link")
+            return f"{existing} is a broken symbolic link"
         if existing.parent == existing:
             break
         existing = existing.parent
     if not existing.is_dir():
-        where = "is a file" if existing == path else f"{existing} is a file, not a directory"
-        raise typer.BadParameter(f"{path}: {where}; give a directory")
+        return "is a file; give a directory" if existing == path else (
+            f"{existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"{path}: {existing} is not writable (read-only or "
-                                 "permission denied); give a directory Tessera may write in")
+        return (f"{existing} is not writable (read-only or permission denied); give a "
+                "directory Tessera may write in")
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why Tessera could not (re)write file `path`, or None."""
+    if path.is_dir():
+        return "is a directory; give a file path"
+    problem = dir_problem(path.parent)
+    return None if problem is None else f"its directory {path.parent}: {problem}"
+
+
+def writable_dir(value: object) -> Path:
+    """A directory flag Tessera will write in (sockets, state)."""
+    path = Path(str(value))
+    problem = dir_problem(path)
+    if problem is not None:
+        raise typer.BadParameter(f"{path}: {problem}")
     return path
 
 
 def writable_file(value: object) -> Path:
-    """A file Tessera will (re)write: not a directory, in a directory it may write in."""
+    """A file flag Tessera will (re)write: not a directory, in a directory it may write in."""
     path = Path(str(value))
-    if path.is_dir():
-        raise typer.BadParameter(f"{path} is a directory; give a file path")
-    writable_dir(path.parent)
+    problem = file_problem(path)
+    if problem is not None:
+        raise typer.BadParameter(f"{path}: {problem}")
     return path
+
+
+def check_writable(path: Path, what: str, *, directory: bool = False) -> None:
+    """Refuse, before any work, a default location Tessera could not write (a flag given
+    by hand is checked by its parser): `ConfigError` naming `what` and the fix."""
+    problem = dir_problem(path) if directory else file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {path}: {problem} (set XDG_STATE_HOME or "
+                          "XDG_RUNTIME_DIR, or give the path with its flag)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from tessera.cli.bounds import Seconds, port
 from tessera.cli.common import reported, settings
 from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
@@ -28,7 +29,7 @@ def _in_kubernetes(socket: Path) -> bool:
 
 def exporter(
     ctx: typer.Context,
-    port: int = typer.Option(DEFAULT_PORT, "--port", envvar="TESSERA_EXPORTER_PORT",
+    port: int = typer.Option(DEFAULT_PORT, "--port", envvar="TESSERA_EXPORTER_PORT", parser=port,
                              help="Port of /metrics and /health."),
     address: str = typer.Option(
         "", "--address", envvar="TESSERA_EXPORTER_ADDRESS",
@@ -36,7 +37,7 @@ def exporter(
     counters: Path | None = typer.Option(
         None, "--counters", "-f", envvar="DCGM_EXPORTER_COLLECTORS", metavar="FILE",
         help="Counters CSV in dcgm-exporter's format (default: dcgm-exporter's default list)."),
-    interval: float = typer.Option(15.0, "--interval", metavar="SECONDS",
+    interval: float = typer.Option(15.0, "--interval", metavar="SECONDS", parser=Seconds(),
                                    help="How often to sample the GPUs and pods."),
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket",
