@@ -145,6 +145,10 @@ def test_corrupt_state_files_are_named(tmp_path: Path) -> None:
     status.write_text('{"mig": ')
     refused(run(tmp_path, "status", "--status-file", str(status)), str(status),
             "not valid JSON at line 1")
+    for wrong in ('{"time": "yesterday"}', '{"time": 1, "mig": 5}', "[1]"):
+        status.write_text(wrong)
+        refused(run(tmp_path, "status", "--status-file", str(status)), str(status),
+                "not an agent status file")
     node_file = tmp_path / "state" / "tessera" / "node-n.json"
     node_file.parent.mkdir(parents=True)
     node_file.write_bytes(b"\xff\xfe{}")

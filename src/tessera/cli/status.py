@@ -51,12 +51,17 @@ def status(
              "(--status-file or TESSERA_STATUS_FILE to look elsewhere)")
     with reported():
         data = read_json(path, what="agent status file")
-    if not isinstance(data, dict):
-        fail(f"{path}: not an agent status file (a JSON object); give the file `tessera "
-             "agent` writes")
-    data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
+    written = data.get("time", 0) if isinstance(data, dict) else None
+    if not isinstance(written, int | float) or isinstance(written, bool):
+        fail(f"{path}: not an agent status file (a JSON object with its time); give the "
+             "file `tessera agent` writes")
+    data["age_seconds"] = round(time.time() - float(written), 1)
     if output is Output.table:
-        print_status(data, output)
+        try:
+            print_status(data, output)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            fail(f"{path}: not an agent status file ({type(e).__name__}: {e}); give the "
+                 "file `tessera agent` writes")
         with reported(), settings(ctx).node() as node:
             print_layout(node)
         return
