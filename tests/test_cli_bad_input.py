@@ -133,6 +133,17 @@ def test_gpu_disable_names_the_gpus_there_are(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_node_names_are_kubernetes_names(tmp_path: Path) -> None:
+    for bad in ("../../etc/cron.d/x", "a b", "-node", ""):
+        refused(run(tmp_path, "gpu", "disable", "1", "--reason", "x", "--node-name", bad),
+                "--node-name", "not a node name")
+    refused(run(tmp_path, "agent", "--once", "--node-name", "x/y"), "not a node name")
+    assert not (tmp_path / "etc").exists()
+    done = run(tmp_path, "gpu", "disable", "1", "--reason", "x", "--node-name", "GPU-Node-7")
+    assert done.returncode == 0, done.stderr  # lowercased, as the kubelet names nodes
+    assert (tmp_path / "state" / "tessera" / "node-gpu-node-7.json").exists()
+
+
 def test_label_flags_are_checked_as_kubernetes_does(tmp_path: Path) -> None:
     refused(run(tmp_path, "agent", "--once", "--label", "nvidia.com/mig.config=all balanced"),
             "--label", "not a label value")

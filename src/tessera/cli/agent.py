@@ -19,6 +19,7 @@ from tessera.agent.localnode import LocalNode
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.cli.bounds import Seconds, check_writable, port, writable_dir, writable_file
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, fail, reported, settings
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
@@ -88,6 +89,7 @@ def _reboot(command: str | None) -> Any:
 def agent(
     ctx: typer.Context,
     node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME",
+                                  parser=bounded_node_name,
                                   help="This node's name in the cluster."),
     kubeconfig: Path | None = typer.Option(
         None, "--kubeconfig", envvar="KUBECONFIG",

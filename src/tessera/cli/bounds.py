@@ -86,6 +86,19 @@ class Count:
         return self.what
 
 
+def node_name(value: object) -> str:
+    """A node's name as Kubernetes spells it: lowercased, as the kubelet lowercases the
+    hostname, then a DNS subdomain (it also names local files: no `/`, no `..`)."""
+    from tessera.labels.values import is_dns_subdomain
+
+    name = str(value).strip().lower()
+    if not is_dns_subdomain(name):
+        raise typer.BadParameter(
+            f"{str(value)[:80]!r} is not a node name: lowercase letters, digits, '-' and '.', "
+            "at most 253 characters (kubectl get nodes lists them)")
+    return name
+
+
 def dir_problem(path: Path) -> str | None:
     """Why Tessera could not write in directory `path` (making it if need be), or None."""
     existing = path

@@ -10,6 +10,7 @@ import typer
 
 from tessera.agent.drain import KnownGpus, edit_disable
 from tessera.agent.keys import GPU_DISABLE
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Settings, reported, settings
 from tessera.cli.nodeaccess import node_api, standalone_mode
 from tessera.errors import TesseraError
@@ -45,6 +46,7 @@ def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_fil
 
 
 _NODE = typer.Option(socket.gethostname(), "--node-name", "--node", envvar="NODE_NAME",
+                     parser=bounded_node_name,
                      help="The node whose GPU it is.")
 _KUBECONFIG = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG")
 _LOCAL = typer.Option(False, "--no-kube", help="A standalone agent's node (local file).")

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from tessera.agent.report import node_status
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
@@ -24,6 +25,7 @@ from tessera.textinput import read_json
 def status(
     ctx: typer.Context,
     node_name: str = typer.Option(socket.gethostname(), "--node-name", "--node",
+                                  parser=bounded_node_name,
                                   envvar="NODE_NAME"),
     status_file: Path | None = typer.Option(None, "--status-file",
                                             envvar="TESSERA_STATUS_FILE"),

@@ -21,6 +21,11 @@ _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 
 
+def is_dns_subdomain(text: str) -> bool:
+    """A valid Kubernetes object name such as a node's (RFC 1123 subdomain)."""
+    return len(text) <= MAX_PREFIX_LENGTH and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
 def key_problem(key: str) -> str | None:
     """Why the API server would refuse `key` as a label or annotation key, or None: an
     optional DNS-subdomain prefix and `/`, then a name of at most 63 characters."""
@@ -28,7 +33,7 @@ def key_problem(key: str) -> str | None:
     shown = _shown(key)
     if slash and not prefix:
         return f"key {shown} has an empty prefix before '/'"
-    if slash and (len(prefix) > MAX_PREFIX_LENGTH or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+    if slash and not is_dns_subdomain(prefix):
         return (f"key {shown}: the prefix must be a DNS subdomain (lowercase letters, digits, "
                 "'-' and '.', at most 253 characters), e.g. nvidia.com")
     if not name or len(name) > MAX_VALUE_LENGTH or not _NAME.fullmatch(name):
