@@ -166,9 +166,11 @@ def agent(
             socket_dir = runtime_dir() / node_name if standalone else DEVICE_PLUGIN_PATH
         status_file = status_file or status_path(node_name)
         check_writable(socket_dir, "device plugin socket directory", directory=True)
-        check_writable(status_file, "status file")
         if isinstance(api, LocalNode):
+            # Standalone, the state directory holds the node itself; in a cluster the status
+            # file is only for `tessera status`, and the agent runs (warning) without it.
             check_writable(api.path, "node file")
+            check_writable(status_file, "status file")
         _seed_labels(api, label)
         wiring = AgentSettings(
             plugin=PluginSettings(
