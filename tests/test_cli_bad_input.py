@@ -63,6 +63,16 @@ def test_binary_and_latin1_configs_name_the_file_and_the_byte(
             str(files["binary"]), "not UTF-8")
 
 
+def test_binary_standard_input_is_refused_as_a_file_is(tmp_path: Path) -> None:
+    done = subprocess.run([*TESSERA, "--simulate", "a30x4", "mig", "apply", "-f", "-", "-c",
+                           "x"], input=bytes(range(128, 256)), capture_output=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "TESSERA_SIM_STATE": str(tmp_path / "s.json")})
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == (
+        "error: <stdin>: not UTF-8 text (byte 0 is 0x80); save the file as UTF-8")
+
+
 def test_a_directory_where_a_file_belongs(tmp_path: Path, files: dict[str, Path]) -> None:
     folder = str(files["dir"])
     refused(run(tmp_path, "mig", "apply", "-f", folder, "-c", "x"), folder, "is a directory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ from tessera.errors import ConfigError, HardwareError, MigConfigError
     (OSError(errno.ENAMETOOLONG, "File name too long", "/s"), EXIT_BAD_INPUT, "107 bytes"),
     (OSError(errno.EADDRINUSE, "Address already in use"), EXIT_FAILED, "pick another port"),
     (OSError(errno.EIO, "Input/output error"), EXIT_FAILED, "Input/output error"),
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), EXIT_BAD_INPUT,
+     "cannot resolve the address"),
     (KeyError("gpu"), EXIT_FAILED, "unexpected KeyError: 'gpu' (a bug in Tessera: rerun with "
                                    "--debug"),
 ])

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import stat
+import sys
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,14 @@ def decode(data: bytes, *, error: ErrorFactory) -> str:
         offset = e.start + (len(data) - len(body))
         raise error(f"not UTF-8 text (byte {offset} is 0x{body[e.start]:02x}); save the file "
                     "as UTF-8") from e
+
+
+def read_stdin(*, error: ErrorFactory, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """Standard input (`-` for a file), bounded and decoded as a file is."""
+    data = sys.stdin.buffer.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(_too_big(len(data), max_bytes))
+    return decode(data, error=error)
 
 
 def read_text(path: str | Path, *, error: ErrorFactory | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 import traceback
 
@@ -51,7 +52,7 @@ def debugging() -> bool:
 
 
 def exit_code(error: BaseException) -> int:
-    if isinstance(error, PermanentError):
+    if isinstance(error, PermanentError | socket.gaierror):
         return EXIT_BAD_INPUT
     if isinstance(error, OSError) and error.errno in _PATH_ERRORS:
         return EXIT_BAD_INPUT
@@ -71,6 +72,9 @@ def describe(error: BaseException) -> str:
 
 
 def _describe_os_error(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return (f"cannot resolve the address ({error.strerror}): give an IP address or a "
+                "host name of this machine")
     reason = (_PATH_ERRORS.get(error.errno or 0) or _RUNTIME_OS_ERRORS.get(error.errno or 0)
               or error.strerror or str(error))
     paths = [str(p) for p in (error.filename, error.filename2) if p is not None]

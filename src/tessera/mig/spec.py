@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tessera.errors import MigConfigError
 from tessera.mig.profiles import MigProfileName, parse_profile
-from tessera.textinput import load_yaml, read_text
+from tessera.textinput import load_yaml, read_stdin, read_text
 
 _FILTER = re.compile(r"^0x([0-9A-Fa-f]{8})(?::0x([0-9A-Fa-f]{8}))?$")
 
@@ -113,10 +113,9 @@ class MigConfigFile:
 
 def load_file(path: str | Path) -> MigConfigFile:
     """Read and parse a config file; `-` reads standard input."""
-    import sys
-
     if str(path) == "-":
-        return parse(sys.stdin.read(), source="<stdin>")
+        stdin = read_stdin(error=lambda reason: MigConfigError(reason, source="<stdin>"))
+        return parse(stdin, source="<stdin>")
     text = read_text(path, what="mig-parted config file",
                      error=lambda reason: MigConfigError(reason, source=str(path)))
     return parse(text, source=str(path))
