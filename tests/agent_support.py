@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,18 @@ class AgentRig:
     async def pass_(self, times: int = 1) -> None:
         for _ in range(times):
             await self.agent.reconcile()
+
+    async def until(self, check: Callable[[dict[str, str], dict[str, str]], bool], *,
+                    what: str, timeout: float = 30.0) -> None:
+        """Reconcile until `check(labels, annotations)` holds: for what is due after a
+        delay (a retry), without betting on how long the delay takes on a loaded machine."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.pass_()
+            if check(*await self.metadata()):
+                return
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
 
     async def set_metadata(self, labels: dict[str, str | None] | None = None,
                            annotations: dict[str, str | None] | None = None) -> None:

@@ -3,7 +3,6 @@ the device plugin serving the test kubelet over real unix sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -123,10 +122,9 @@ async def test_instances_in_use_block_until_free_and_only_touched_devices_pause(
         assert len(r.kubelet.devices(one_g)) == 56, "nothing paused while refusing"
 
         r.control.stop_process(process.pid)
-        await asyncio.sleep(0.3)  # the retry is due after its delay
-        await r.pass_(2)
-        labels, _ = await r.metadata()
-        assert labels[MIG_CONFIG_STATE] == "success"
+        # The retry is due after its delay: reconcile until it has happened.
+        await r.until(lambda labels, _: labels.get(MIG_CONFIG_STATE) == "success",
+                      what="the retry once the instance is free")
         await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2
                                  and len(k.devices(one_g)) == 49)
         assert len(stream.updates) > seen

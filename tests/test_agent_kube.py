@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from agent_support import AgentRig, agent_rig
@@ -24,7 +24,20 @@ def patches(server: FakeApiServer) -> int:
     return sum(1 for r in server.requests if r.method == "PATCH" and "/nodes/" in r.path)
 
 
-async def until(check: object, timeout: float = 15.0, what: str = "") -> None:
+async def settled(count: Callable[[], int], quiet: float = 0.5, timeout: float = 30.0) -> int:
+    """`count()` once it has stopped changing for `quiet` seconds: what "everything the
+    change causes has happened" means, however long that takes on a loaded machine."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last, since = count(), asyncio.get_running_loop().time()
+    while asyncio.get_running_loop().time() - since < quiet:
+        assert asyncio.get_running_loop().time() < deadline, "never settled"
+        await asyncio.sleep(0.05)
+        if (now := count()) != last:
+            last, since = now, asyncio.get_running_loop().time()
+    return last
+
+
+async def until(check: object, timeout: float = 30.0, what: str = "") -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():  # type: ignore[operator]
         if asyncio.get_running_loop().time() > deadline:
@@ -59,15 +72,14 @@ async def test_label_change_to_success_in_three_patches(tmp_path: Path) -> None:
         server.add_node(NODE, labels={"kubernetes.io/hostname": NODE})
         async with running(tmp_path, server, plugin_config=MIXED) as r:
             await until(lambda: "nvidia.com/gpu.product" in labels(server), what="labels")
-            await asyncio.sleep(0.5)
-            before = patches(server)
+            before = await settled(lambda: patches(server))
             server.set_labels(NODE, {MIG_CONFIG: "all-balanced"})
             await until(lambda: labels(server).get(MIG_CONFIG_STATE) == "success",
                         what="success")
             await until(lambda: labels(server).get("nvidia.com/mig-3g.40gb.count") == "8",
                         what="feature labels")
-            await asyncio.sleep(1.0)  # let anything else the change causes happen
-            assert patches(server) - before == 3  # pending, success, feature labels
+            # pending, success, feature labels, once anything else the change causes is done
+            assert await settled(lambda: patches(server)) - before == 3
             await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-1g.10gb")) == 16)
             assert labels(server)["kubernetes.io/hostname"] == NODE, "foreign labels kept"
             reasons = [e.get("reason") for e in server.events()]

@@ -152,7 +152,7 @@ async def agent_on(server: FakeApiServer, tmp_path: Path) -> AsyncIterator[None]
             await task
 
 
-async def until(check: Any, what: str, timeout: float = 15.0) -> None:
+async def until(check: Any, what: str, timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"

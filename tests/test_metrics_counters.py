@@ -135,7 +135,7 @@ def test_a_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
 
 
 def test_a_missing_file_says_which(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot read the counters file .*nope\.csv"):
+    with pytest.raises(ConfigError, match=r"counters file .*nope\.csv: does not exist"):
         counters.load(tmp_path / "nope.csv")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugin_support import apply_devices, apply_layout, expected_mig, rig
+from plugin_support import apply_devices, apply_layout, expected_mig, rig, until
 from tessera.errors import PluginConfigError
 
 GPU = "nvidia.com/gpu"
@@ -347,8 +347,8 @@ async def test_config_change_applies_live_and_a_bad_one_keeps_the_last_good(
         await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu.shared")) == 8
                                  and len(k.devices(GPU)) == 2, what="re-read config")
         r.config_file.write_text("sharing: {timeSlicing: {resources: [{name: gpu}]}}")
-        await asyncio.sleep(0.6)
-        assert "replicas" in (r.plugin.config_error or "")
+        await until(lambda: "replicas" in (r.plugin.config_error or ""),
+                    what="the bad config noticed")
         assert len(r.kubelet.devices("nvidia.com/gpu.shared")) == 8
 
 

@@ -11,12 +11,14 @@ Removing the entry (`tessera gpu enable 3`) reverses all of it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tessera.agent.keys import GPU_DISABLE
 from tessera.errors import ConfigError
 from tessera.hardware.model import Gpu
+from tessera.textinput import load_json, one_line
 
 DRAINING = "draining"
 DRAINED = "drained"
@@ -43,11 +45,9 @@ def parse_disable(text: str | None, annotation: str) -> dict[str, str]:
     """`{"<index|uuid>": "<reason>"}` from the annotation; a bad value names what to do."""
     if not text:
         return {}
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"annotation {annotation}: not JSON ({e}); use `tessera gpu disable` "
-                          "and `tessera gpu enable` to edit it") from e
+    data = load_json(text, error=lambda reason: ConfigError(
+        f"annotation {annotation}: {reason}; use `tessera gpu disable` and `tessera gpu "
+        "enable` to edit it"))
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ConfigError(f"annotation {annotation}: expected a JSON object of GPU index or "
@@ -55,11 +55,63 @@ def parse_disable(text: str | None, annotation: str) -> dict[str, str]:
     return data
 
 
+MAX_REASON = 1024
+"""Longest reason kept: it travels in an annotation, an Event and `tessera status`."""
+MAX_GPUS = 1024
+_UUID = re.compile(r"GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+@dataclass(frozen=True)
+class KnownGpus:
+    """The GPUs a node has (index -> UUID), for refusing a disable that names none of them."""
+
+    uuids: Mapping[int, str]
+
+    @classmethod
+    def of(cls, gpus: Sequence[Gpu]) -> KnownGpus:
+        return cls({g.index: g.uuid for g in gpus})
+
+    def names(self, ref: str) -> bool:
+        return ref in self.uuids.values() or (ref.isdigit() and int(ref) in self.uuids)
+
+    def describe(self) -> str:
+        if not self.uuids:
+            return "it has no GPUs"
+        listed = ", ".join(f"{i} ({u})" for i, u in sorted(self.uuids.items()))
+        return f"it has GPU {listed}"
+
+
+def check_gpu_ref(gpu: str, known: KnownGpus | None, *, node: str) -> None:
+    """Refuse a GPU reference that cannot name a GPU: not an index or a GPU UUID, or (when
+    the node's GPUs are known) none of them. Seen from the cluster only the form can be
+    checked; the agent then reports a reference that names nothing in tessera.dev/gpu.state."""
+    shown = one_line(repr(gpu), 80)
+    if known is not None and not known.names(gpu):
+        raise ConfigError(f"GPU {shown} is not on node {node}: {known.describe()}")
+    if not (gpu.isascii() and gpu.isdigit() and int(gpu) < MAX_GPUS) and not _UUID.fullmatch(gpu):
+        raise ConfigError(f"GPU {shown}: give a GPU index (0, 1, …) or a GPU UUID "
+                          "(GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as nvidia-smi -L shows)")
+
+
+def check_reason(reason: str) -> None:
+    if not reason.strip():
+        raise ConfigError("--reason is empty: say why the GPU is taken out of service")
+    if len(reason) > MAX_REASON:
+        raise ConfigError(f"--reason is {len(reason)} characters: keep it to {MAX_REASON}")
+    if any(not c.isprintable() for c in reason):
+        raise ConfigError("--reason holds control characters or line breaks: give one line "
+                          "of text")
+
+
 def edit_disable(text: str | None, gpu: str, reason: str | None, *,
-                 node: str) -> tuple[str | None, dict[str, str]]:
+                 node: str, known: KnownGpus | None = None) -> tuple[str | None, dict[str, str]]:
     """The annotation after disabling `gpu` (with `reason`) or enabling it (`reason=None`):
-    its new value (None: remove it) and the GPUs it then disables."""
+    its new value (None: remove it) and the GPUs it then disables. A disable must name a GPU
+    of the node (`known`, when the caller could see them)."""
     current = parse_disable(text, GPU_DISABLE)
+    if reason is not None:
+        check_gpu_ref(gpu, known, node=node)
+        check_reason(reason)
     if reason is None:
         if gpu not in current:
             raise ConfigError(f"GPU {gpu} is not disabled on node {node} "

@@ -19,6 +19,7 @@ from typing import Any
 
 from tessera.errors import ConfigError
 from tessera.kube import NodeView, PodView
+from tessera.textinput import read_json
 
 log = logging.getLogger(__name__)
 _ONE_BY_ONE = 3  # changes logged one per line at info level; more: one line
@@ -46,20 +47,28 @@ class LocalNode:
         self.events: list[tuple[str, str, str]] = []
 
     def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        if not os.path.lexists(self.path):
             return {"labels": {}, "annotations": {}, "version": 0}
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{self.path}: not a node file Tessera wrote ({e}); delete it "
-                              "to start from an empty node") from e
-        return {"labels": dict(data.get("labels", {})),
-                "annotations": dict(data.get("annotations", {})),
-                "version": int(data.get("version", 0))}
+        data = read_json(self.path, what="node file", error=self._not_a_node_file)
+        try:
+            return {"labels": dict(data.get("labels", {})),
+                    "annotations": dict(data.get("annotations", {})),
+                    "version": int(data.get("version", 0))}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise self._not_a_node_file("not a node file Tessera wrote") from e
+
+    def _not_a_node_file(self, reason: str) -> ConfigError:
+        return ConfigError(f"node file {self.path}: {reason}; delete it to start from an "
+                           "empty node")
 
     def _write(self, data: Mapping[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        except OSError as e:
+            raise ConfigError(f"node file {self.path}: cannot write in {self.path.parent} "
+                              f"({e.strerror or e}); make it a writable directory or give "
+                              "another with --node-file or XDG_STATE_HOME") from e
         with os.fdopen(fd, "w") as out:
             json.dump(data, out, indent=2, sort_keys=True)
         os.replace(tmp, self.path)

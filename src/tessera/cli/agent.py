@@ -16,9 +16,12 @@ import typer
 from rich.markup import escape
 
 from tessera.agent.agent import Agent, AgentSettings
+from tessera.agent.localnode import LocalNode
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.once import EXIT_OK, advertising, outcome
+from tessera.cli.bounds import Seconds, check_writable, port, writable_dir, writable_file
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
@@ -31,6 +34,7 @@ from tessera.kubeletapi.constants import (
     POD_RESOURCES_SOCKET,
 )
 from tessera.labels import DMI_PRODUCT_NAME
+from tessera.labels.values import key_problem, value_problem
 from tessera.metrics import ExporterSettings
 from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.plugin.manager import PluginSettings
@@ -60,9 +64,14 @@ def _seed_labels(api: NodeApi, labels: list[str]) -> None:
     pairs: dict[str, str | None] = {}
     for item in labels:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        removal = not sep and key.endswith("-")
+        if (not sep and not removal) or not key:
             raise ConfigError(f"--label {item!r}: expected KEY=VALUE (KEY- to remove)")
-        pairs[key.rstrip("-")] = None if key.endswith("-") and not value else value
+        key = key[:-1] if removal else key
+        problem = key_problem(key) or (None if removal else value_problem(value))
+        if problem is not None:
+            raise ConfigError(f"--label {item!r}: {problem}")
+        pairs[key] = None if removal else value
     if pairs:
         asyncio.run(api.patch(labels=pairs))
 
@@ -83,6 +92,7 @@ def _reboot(command: str | None) -> Any:
 def agent(
     ctx: typer.Context,
     node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME",
+                                  parser=bounded_node_name,
                                   help="This node's name in the cluster."),
     kubeconfig: Path | None = typer.Option(
         None, "--kubeconfig",
@@ -91,12 +101,13 @@ def agent(
     no_kube: bool = typer.Option(False, "--no-kube", envvar="TESSERA_NO_KUBE",
                                  help="Run standalone: node labels in a local file."),
     node_file: Path | None = typer.Option(
-        None, "--node-file", help="Standalone: the file holding the node's labels."),
+        None, "--node-file", parser=writable_file,
+        help="Standalone: the file holding the node's labels."),
     label: list[str] = typer.Option(
         [], "--label", metavar="KEY=VALUE",
         help="Standalone: set a node label before starting (e.g. nvidia.com/mig.config=…)."),
     socket_dir: Path | None = typer.Option(
-        None, "--socket-dir", envvar="TESSERA_SOCKET_DIR",
+        None, "--socket-dir", envvar="TESSERA_SOCKET_DIR", parser=writable_dir,
         help=f"The kubelet's device-plugins directory (default {DEVICE_PLUGIN_PATH}; "
              "standalone: a local directory)."),
     mig_config: Path | None = typer.Option(
@@ -123,20 +134,21 @@ def agent(
     nvml_drain: bool = typer.Option(False, "--nvml-drain", envvar="TESSERA_NVML_DRAIN",
                                     help="Put disabled GPUs in NVML's drain state once idle."),
     status_file: Path | None = typer.Option(
-        None, "--status-file", envvar="TESSERA_STATUS_FILE",
+        None, "--status-file", envvar="TESSERA_STATUS_FILE", parser=writable_file,
         help="Where `tessera status` finds the agent's state."),
     log_format: str = typer.Option("text", "--log-format", envvar="TESSERA_LOG_FORMAT",
                                    help="text or json."),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", envvar="TESSERA_METRICS",
                                  help="Serve dcgm-exporter-compatible metrics."),
-    metrics_port: int = typer.Option(DEFAULT_PORT, "--metrics-port",
+    metrics_port: int = typer.Option(DEFAULT_PORT, "--metrics-port", parser=port,
                                       envvar="TESSERA_EXPORTER_PORT"),
     metrics_address: str = typer.Option("", "--metrics-address",
                                         envvar="TESSERA_EXPORTER_ADDRESS"),
     counters: Path | None = typer.Option(
         None, "--counters", envvar="DCGM_EXPORTER_COLLECTORS", metavar="FILE",
         help="Counters CSV in dcgm-exporter's format (default: its default list)."),
-    metrics_interval: float = typer.Option(15.0, "--metrics-interval", metavar="SECONDS"),
+    metrics_interval: float = typer.Option(15.0, "--metrics-interval", metavar="SECONDS",
+                                           parser=Seconds()),
     pod_resources_socket: Path = typer.Option(
         POD_RESOURCES_SOCKET, "--pod-resources-socket",
         help="The kubelet's PodResources socket, for the metrics' pod labels."),
@@ -161,9 +173,16 @@ def agent(
         if label and not standalone:
             raise ConfigError("--label only seeds a standalone node; on a cluster use "
                               "kubectl label node")
-        _seed_labels(api, label)
         if socket_dir is None:
             socket_dir = runtime_dir() / node_name if standalone else DEVICE_PLUGIN_PATH
+        status_file = status_file or status_path(node_name)
+        check_writable(socket_dir, "device plugin socket directory", directory=True)
+        if isinstance(api, LocalNode):
+            # Standalone, the state directory holds the node itself; in a cluster the status
+            # file is only for `tessera status`, and the agent runs (warning) without it.
+            check_writable(api.path, "node file")
+            check_writable(status_file, "status file")
+        _seed_labels(api, label)
         wiring = AgentSettings(
             plugin=PluginSettings(
                 socket_dir=socket_dir, kubelet_socket=socket_dir / KUBELET_SOCKET_NAME,
@@ -177,7 +196,7 @@ def agent(
             gfd_timestamp=not no_timestamp,
             machine_type_file=machine_type_file,
             nvml_drain=nvml_drain,
-            status_file=status_file or status_path(node_name),
+            status_file=status_file,
             exporter=ExporterSettings(
                 address=metrics_address, port=metrics_port, interval_s=metrics_interval,
                 counters=counters, hostname=node_name,

@@ -6,21 +6,19 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 import yaml
 from rich.console import Console
 
-from tessera.errors import PermanentError, TesseraError
-from tessera.hardware.backend import open_backend
-from tessera.hardware.node import Node
+from tessera.cli.boundary import EXIT_BAD_INPUT, EXIT_FAILED, print_error, report
+from tessera.cli.context import Settings, settings
+from tessera.errors import TesseraError
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "Output", "OutputOption", "Settings", "emit", "fail",
+           "reported", "settings", "stderr", "stdout"]
 
 stdout = Console(highlight=False, soft_wrap=True)
 if not stdout.is_terminal:
@@ -37,42 +35,20 @@ class Output(StrEnum):
 OutputOption = typer.Option(Output.table, "--output", "-o", help="table, yaml or json.")
 
 
-@dataclass
-class Settings:
-    """Global flags, set by the root command."""
-
-    simulate: str | None = None
-    sim_state: Path | None = None
-
-    def node(self) -> Node:
-        return Node(open_backend(self.simulate, self.sim_state))
-
-
-def settings(ctx: typer.Context) -> Settings:
-    found = ctx.find_object(Settings)
-    return found if found is not None else Settings()
-
-
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """One red line (`message` is plain text, not markup) and exit with `code`."""
+    print_error(message)
     raise typer.Exit(code)
 
 
 @contextmanager
 def reported() -> Iterator[None]:
-    """Turn Tessera errors into one red line and the exit code their kind calls for."""
+    """Turn Tessera errors into one red line and the exit code their kind calls for (the
+    root command does the same for every other exception)."""
     try:
         yield
-    except PermanentError as e:
-        fail(_escape(str(e)), EXIT_BAD_INPUT)
     except TesseraError as e:
-        fail(_escape(str(e)), EXIT_FAILED)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+        raise typer.Exit(report(e)) from e
 
 
 def emit(data: Any, output: Output) -> None:

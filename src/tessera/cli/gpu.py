@@ -8,23 +8,35 @@ from pathlib import Path
 
 import typer
 
-from tessera.agent.drain import edit_disable
+from tessera.agent.drain import KnownGpus, edit_disable
 from tessera.agent.keys import GPU_DISABLE
-from tessera.cli.common import reported, settings
+from tessera.cli.bounds import node_name as bounded_node_name
+from tessera.cli.common import Settings, reported, settings
 from tessera.cli.nodeaccess import node_api, standalone_mode
+from tessera.errors import TesseraError
 
 gpu_app = typer.Typer(help="Take a GPU out of service and back (through the node annotation "
                            f"{GPU_DISABLE}).", no_args_is_help=True)
 
 
+def _local_gpus(common: Settings) -> KnownGpus | None:
+    """The GPUs of this machine, when the command runs on the node (standalone or
+    simulated); None when they cannot be read here."""
+    try:
+        with common.node() as node:
+            return KnownGpus.of(node.gpus())
+    except TesseraError:
+        return None
+
+
 def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_file: Path | None,
-                  gpu: str, reason: str | None) -> dict[str, str]:
+                  gpu: str, reason: str | None, known: KnownGpus | None) -> dict[str, str]:
     async def edit() -> dict[str, str]:
         api = node_api(node_name, local, kubeconfig, node_file)
         try:
             view = await api.get()
             value, disabled = edit_disable(view.annotations.get(GPU_DISABLE), gpu, reason,
-                                           node=node_name)
+                                           node=node_name, known=known)
             await api.patch(annotations={GPU_DISABLE: value})
             return disabled
         finally:
@@ -34,6 +46,7 @@ def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_fil
 
 
 _NODE = typer.Option(socket.gethostname(), "--node-name", "--node", envvar="NODE_NAME",
+                     parser=bounded_node_name,
                      help="The node whose GPU it is.")
 _KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: as kubectl: "
                            "$KUBECONFIG, else in-cluster, else ~/.kube/config).")
@@ -51,8 +64,10 @@ def gpu_disable(
 ) -> None:
     """Stop advertising a GPU and all on it; the agent reports who still uses it."""
     with reported():
-        standalone = standalone_mode(settings(ctx), local, kubeconfig)
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason)
+        common = settings(ctx)
+        standalone = standalone_mode(common, local, kubeconfig)
+        known = _local_gpus(common) if standalone else None
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason, known)
     print(f"GPU {gpu} disabled on {node_name} ({len(now)} disabled)")
 
 
@@ -66,7 +81,7 @@ def gpu_enable(
     """Put a disabled GPU back in service."""
     with reported():
         standalone = standalone_mode(settings(ctx), local, kubeconfig)
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None, None)
     print(f"GPU {gpu} enabled on {node_name} ({len(now)} still disabled)")
 
 

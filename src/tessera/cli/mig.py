@@ -40,7 +40,7 @@ from tessera.errors import ApplyError, TesseraError
 from tessera.hardware.node import Node
 from tessera.mig import engine, spec
 from tessera.mig.applier import ApplyReport, apply, apply_in_phases
-from tessera.mig.explicit import export_layout, parse_layout
+from tessera.mig.explicit import export_layout, load_layout
 from tessera.mig.export import export_entries
 from tessera.mig.generate import generate
 from tessera.mig.hooks import NO_HOOKS, HookName, Hooks, load_hooks
@@ -253,7 +253,7 @@ def layout_command(
     (`tessera.dev/mig.layout`); with --apply, converge to one."""
     with reported(), settings(ctx).node() as node:
         if apply_file is not None:
-            layout = parse_layout(apply_file.read_text(), source=str(apply_file))
+            layout = load_layout(apply_file)
             planned, seen = engine.plan_layout(node, layout, skip_broken=True)
             if dry_run:
                 stdout.print(str(planned))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from tessera.cli.bounds import Seconds, writable_dir
 from tessera.cli.common import reported, settings
 from tessera.errors import TesseraError
 from tessera.hardware.backend import open_backend
@@ -28,7 +29,7 @@ log = logging.getLogger("tessera.plugin")
 def plugin(
     ctx: typer.Context,
     socket_dir: Path = typer.Option(
-        DEVICE_PLUGIN_PATH, "--socket-dir", envvar="TESSERA_SOCKET_DIR",
+        DEVICE_PLUGIN_PATH, "--socket-dir", envvar="TESSERA_SOCKET_DIR", parser=writable_dir,
         help="The kubelet's device-plugins directory; one socket per resource is served here.",
     ),
     kubelet_socket: str | None = typer.Option(
@@ -101,7 +102,7 @@ def plugin(
     imex_required: bool | None = typer.Option(
         None, "--imex-required/--no-imex-required",
         help="Fail allocations when the IMEX channels are missing (IMEX_REQUIRED)."),
-    refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS",
+    refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS", parser=Seconds(),
                                   help="How often to re-read the MIG layout."),
 ) -> None:
     """Serve every GPU, MIG device and shared replica to the kubelet until stopped.

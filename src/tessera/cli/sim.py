@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from tessera.cli.bounds import Count
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.hardware.backend import open_backend
 from tessera.hardware.sim.catalog import presets
@@ -33,7 +34,8 @@ def process_start(
     ctx: typer.Context,
     device: str = typer.Argument(..., help="GPU index, GPU:GI:CI, GPU UUID or MIG UUID."),
     name: str = typer.Option("python", help="Process name."),
-    memory: int = typer.Option(1024, "--memory", help="GPU memory it uses, MiB."),
+    memory: int = typer.Option(1024, "--memory", parser=Count(1 << 24, what="MiB"),
+                               help="GPU memory it uses, MiB."),
 ) -> None:
     """Start a simulated CUDA process on a device; prints its PID."""
     control = _control(ctx)
@@ -43,7 +45,8 @@ def process_start(
 
 
 @process_app.command("stop")
-def process_stop(ctx: typer.Context, pid: int = typer.Argument(...)) -> None:
+def process_stop(ctx: typer.Context,
+                 pid: int = typer.Argument(..., parser=Count(1 << 22, 1, "PID"))) -> None:
     """Stop a simulated process."""
     control = _control(ctx)
     with reported():
@@ -70,8 +73,9 @@ def process_list(ctx: typer.Context, output: Output = OutputOption) -> None:
 @app.command("xid")
 def raise_xid(
     ctx: typer.Context,
-    gpu: int = typer.Argument(..., help="GPU index."),
-    xid: int = typer.Argument(..., help="XID number (79: the GPU falls off the bus)."),
+    gpu: int = typer.Argument(..., parser=Count(1023, what="GPU index"), help="GPU index."),
+    xid: int = typer.Argument(..., parser=Count(65535, 1, "XID"),
+                              help="XID number (79: the GPU falls off the bus)."),
     device: str | None = typer.Option(None, help="MIG device (GPU:GI:CI or UUID) it hit."),
 ) -> None:
     """Raise an XID error on a GPU, as the driver reports it through NVML events."""
@@ -84,8 +88,10 @@ def raise_xid(
 @app.command("fail")
 def inject_failure(
     ctx: typer.Context,
-    after: int = typer.Option(1, "--after", min=1, help="Fail the Nth mutating call from now."),
-    code: int = typer.Option(999, "--code", help="NVML error code (999 unknown, 19 in use…)."),
+    after: int = typer.Option(1, "--after", parser=Count(1_000_000, 1, "call count"),
+                              help="Fail the Nth mutating call from now."),
+    code: int = typer.Option(999, "--code", parser=Count(999, 1, "NVML error code"),
+                             help="NVML error code (999 unknown, 19 in use…)."),
     function: str | None = typer.Option(None, "--function",
                                         help="Only calls of this NVML function."),
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
@@ -16,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tessera.agent.report import node_status
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
@@ -23,11 +23,13 @@ from tessera.hardware.node import Node
 from tessera.kube import NodeClient
 from tessera.kube.config import find_credentials
 from tessera.mig import engine
+from tessera.textinput import read_json
 
 
 def status(
     ctx: typer.Context,
     node_name: str = typer.Option(socket.gethostname(), "--node-name", "--node",
+                                  parser=bounded_node_name,
                                   envvar="NODE_NAME"),
     status_file: Path | None = typer.Option(None, "--status-file",
                                             envvar="TESSERA_STATUS_FILE"),
@@ -55,17 +57,23 @@ def status(
         else:
             emit(data, output)
         return
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         fail(f"no agent status at {path}: is `tessera agent` running on node {node_name}? "
              "(--status-file or TESSERA_STATUS_FILE to look elsewhere, --kubeconfig to read "
              "the Node from the cluster)")
-    except ValueError as e:
-        fail(f"{path}: not an agent status file ({e})")
-    data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
+    with reported():
+        data = read_json(path, what="agent status file")
+    written = data.get("time", 0) if isinstance(data, dict) else None
+    if not isinstance(written, int | float) or isinstance(written, bool):
+        fail(f"{path}: not an agent status file (a JSON object with its time); give the "
+             "file `tessera agent` writes")
+    data["age_seconds"] = round(time.time() - float(written), 1)
     if output is Output.table:
-        print_status(data, output)
+        try:
+            print_status(data, output)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            fail(f"{path}: not an agent status file ({type(e).__name__}: {e}); give the "
+                 "file `tessera agent` writes")
         with reported(), settings(ctx).node() as node:
             print_layout(node)
         return

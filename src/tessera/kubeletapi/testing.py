@@ -142,7 +142,7 @@ class TestKubelet(rpc.RegistrationServicer):
     # -- what tests ask ----------------------------------------------------------------------
 
     async def wait_for(
-        self, check: Callable[[TestKubelet], bool], timeout: float = 10.0, what: str = ""
+        self, check: Callable[[TestKubelet], bool], timeout: float = 30.0, what: str = ""
     ) -> None:
         """Wait until `check(kubelet)` holds (re-checked on every stream update)."""
         async def until() -> None:

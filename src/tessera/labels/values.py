@@ -15,6 +15,46 @@ _VALID_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _UNTRIMMED_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 
 
+MAX_PREFIX_LENGTH = 253
+_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """A valid Kubernetes object name such as a node's (RFC 1123 subdomain)."""
+    return len(text) <= MAX_PREFIX_LENGTH and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
+def key_problem(key: str) -> str | None:
+    """Why the API server would refuse `key` as a label or annotation key, or None: an
+    optional DNS-subdomain prefix and `/`, then a name of at most 63 characters."""
+    prefix, slash, name = key.rpartition("/")
+    shown = _shown(key)
+    if slash and not prefix:
+        return f"key {shown} has an empty prefix before '/'"
+    if slash and not is_dns_subdomain(prefix):
+        return (f"key {shown}: the prefix must be a DNS subdomain (lowercase letters, digits, "
+                "'-' and '.', at most 253 characters), e.g. nvidia.com")
+    if not name or len(name) > MAX_VALUE_LENGTH or not _NAME.fullmatch(name):
+        return (f"key {shown}: the name must be 1-63 characters of letters, digits, '-', '_' "
+                "and '.', beginning and ending with a letter or digit")
+    return None
+
+
+def value_problem(value: str) -> str | None:
+    """Why the API server would refuse `value` as a label value, or None."""
+    if is_valid_value(value):
+        return None
+    return (f"value {_shown(value)} is not a label value: at "
+            "most 63 characters of letters, digits, '-', '_' and '.', beginning and ending "
+            "with a letter or digit (or empty)")
+
+
+def _shown(text: str) -> str:
+    return repr(text[:80]) + ("…" if len(text) > 80 else "")
+
+
 def sanitise(text: str) -> str:
     """GFD's `sanitise`: drop characters outside `[A-Za-z0-9-_. ]`, then join the words with
     `-` (`NVIDIA A100-SXM4-80GB` -> `NVIDIA-A100-SXM4-80GB`)."""

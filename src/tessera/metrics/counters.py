@@ -21,6 +21,7 @@ from typing import Literal
 from tessera.errors import ConfigError
 from tessera.metrics.fields import FIELDS, LABEL_FIELDS, NOT_EXPORTED
 from tessera.metrics.legacy import canonical
+from tessera.textinput import read_text
 
 Kind = Literal["gauge", "counter", "label"]
 _KINDS: tuple[Kind, ...] = ("gauge", "counter", "label")
@@ -173,19 +174,6 @@ def default_counters() -> Counters:
 
 def load(path: Path) -> Counters:
     """Read a counters file (a ConfigMap mounted as a file works the same)."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read the counters file {path}: {e.strerror or e}; give an "
-                          "existing file with --collectors") from e
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"the counters file {path} is over {MAX_FILE_BYTES // 1024} KiB; a "
-                          "counters file lists at most a few hundred fields")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte {e.start}); save the "
-                          "counters file as UTF-8") from e
+    text = read_text(path, what="counters file (--counters)",
+                     error=lambda reason: ConfigError(f"counters file {path}: {reason}"))
     return parse(text, str(path))

@@ -41,6 +41,7 @@ from tessera.mig.explicit_spec import (
     ExplicitLayout,
     format_layout,
     layout_from_data,
+    load_layout,
     parse_layout,
 )
 from tessera.mig.layout import GpuFacts, GpuTarget, kind_of
@@ -59,7 +60,7 @@ from tessera.mig.steps import (
 
 __all__ = ["ANNOTATION", "DEFAULT_SOURCE", "DISABLED", "ExplicitInstance", "ExplicitLayout",
            "current_layout", "export_layout", "format_layout", "layout_from_data",
-           "parse_layout", "plan_layout", "validate_layout"]
+           "load_layout", "parse_layout", "plan_layout", "validate_layout"]
 
 
 _Fail = Callable[[str], MigConfigError]  # builds the error of one entry of one GPU

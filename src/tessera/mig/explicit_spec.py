@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from tessera.errors import MigConfigError
 from tessera.mig.profiles import parse_profile
+from tessera.textinput import load_yaml, read_text
 
 ANNOTATION = "tessera.dev/mig.layout"
 DEFAULT_SOURCE = f"annotation {ANNOTATION}"
@@ -66,37 +68,18 @@ class ExplicitLayout:
 # -- reading ---------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice, where PyYAML would silently keep the last one (a
-    GPU listed twice must be an error, not a coin toss)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[
-        Hashable, Any
-    ]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} appears twice", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def parse_layout(text: str, *, source: str = DEFAULT_SOURCE) -> ExplicitLayout:
     """Parse an explicit layout from YAML or JSON text, strictly; errors are MigConfigError
     naming `source`, the GPU and the entry."""
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # safe: a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise MigConfigError(f"not valid YAML{where}: {problem}", source=source) from e
-    except (ValueError, RecursionError) as e:
-        raise MigConfigError(f"not valid YAML: {e}", source=source) from e
+    raw = load_yaml(text, error=lambda reason: MigConfigError(reason, source=source))
     return layout_from_data(raw, source=source)
+
+
+def load_layout(path: str | Path) -> ExplicitLayout:
+    """Read and parse an explicit layout file; errors name the file."""
+    text = read_text(path, what="layout file",
+                     error=lambda reason: MigConfigError(reason, source=str(path)))
+    return parse_layout(text, source=str(path))
 
 
 def layout_from_data(raw: object, *, source: str = DEFAULT_SOURCE) -> ExplicitLayout:

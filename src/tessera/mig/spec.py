@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tessera.errors import MigConfigError
 from tessera.mig.profiles import MigProfileName, parse_profile
+from tessera.textinput import load_yaml, read_stdin, read_text
 
 # No GPU holds more MIG devices than it has compute slices, and NVML's largest profile has 8.
 MOST_MIG_DEVICES_PER_GPU = 8
@@ -143,28 +144,17 @@ class MigConfigFile:
 
 def load_file(path: str | Path) -> MigConfigFile:
     """Read and parse a config file; `-` reads standard input."""
-    import sys
-
     if str(path) == "-":
-        return parse(sys.stdin.read(), source="<stdin>")
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise MigConfigError(f"cannot read the file: {e.strerror}", source=str(path)) from e
+        stdin = read_stdin(error=lambda reason: MigConfigError(reason, source="<stdin>"))
+        return parse(stdin, source="<stdin>")
+    text = read_text(path, what="mig-parted config file",
+                     error=lambda reason: MigConfigError(reason, source=str(path)))
     return parse(text, source=str(path))
 
 
 def parse(text: str, *, source: str = "<config>") -> MigConfigFile:
     """Parse YAML or JSON text in mig-parted's v1 format, strictly."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise MigConfigError(f"not valid YAML{where}: {problem}", source=source) from e
-    except (ValueError, RecursionError) as e:
-        raise MigConfigError(f"not valid YAML: {e}", source=source) from e
+    raw = load_yaml(text, error=lambda reason: MigConfigError(reason, source=source))
     return from_data(raw, source=source)
 
 

@@ -14,13 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import ValidationError
 
 from tessera.plugin.config.devices import _device_refs
 from tessera.plugin.config.messages import (
     _choices,
-    _clip,
     _kind_of,
     _show,
     _unknown_field_warnings,
@@ -56,6 +54,7 @@ from tessera.plugin.config.wire import (
     _SharingWire,
     _TesseraWire,
 )
+from tessera.textinput import load_yaml, read_text
 
 _T = TypeVar("_T", bound=str)
 
@@ -63,12 +62,7 @@ _T = TypeVar("_T", bound=str)
 def load_file(path: Path, *, name: str | None = None) -> PluginConfig:
     """Read and parse one config file; an empty file is the default config."""
     where = _Where(str(path), name)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise where.error(f"cannot read the file: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise where.error(f"not a text file (not UTF-8 at byte {e.start})") from e
+    text = read_text(path, what="device plugin config file", error=where.error)
     return parse(text, source=str(path), name=name)
 
 
@@ -100,15 +94,7 @@ def parse(
 
 
 def _load_yaml(text: str, where: _Where) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise where.error(f"not valid YAML or JSON{at}: {problem}") from e
-    except (ValueError, RecursionError) as e:
-        raise where.error(f"not valid YAML or JSON: {_clip(str(e))}") from e
+    return load_yaml(text, error=where.error, what="YAML or JSON")
 
 
 def _build(wire: _FileWire, where: _Where) -> PluginConfig:
