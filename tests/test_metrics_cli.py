@@ -130,12 +130,12 @@ def test_dcgm_exporters_flags_configure_the_exporter(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--interval", "1e308"], "error: --interval: a sampling interval of 1e+308 s is not "
-                              "between 0.01 s and 3600 s"),
-    (["--interval", "nan"], "error: --interval: a sampling interval of nan s"),
+    (["--interval", "1e308"], "error: tessera exporter: Invalid value for '--interval': 1e308 "
+                              "is not a period Tessera can use: give 0.01 to 3600 seconds"),
+    (["--interval", "nan"], "error: tessera exporter: Invalid value for '--interval': nan"),
     (["-c", "0"], "error: --collect-interval: a sampling interval of 0 ms is not between 10"),
     (["-a", ":70000"], "error: --address ':70000': port 70000 is not between 0 and 65535"),
-    (["--port", "-1"], "error: --port: port -1 is not between 0 and 65535"),
+    (["--port", "-1"], "error: tessera exporter: Invalid value for '--port'"),
     (["-d", "i:3"], "error: --devices 'i:3': `i:<ids>` names DCGM's GPU-instance entity IDs"),
     (["--xid-count-window-size", "10"], "error: --xid-count-window-size: a window of 10 ms is "
                                         "not between 1000 and 86400000 ms"),

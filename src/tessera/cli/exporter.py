@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from tessera.cli.bounds import Seconds
+from tessera.cli.bounds import port as port_number
 from tessera.cli.common import reported, settings
 from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
@@ -42,14 +44,14 @@ def exporter(
         help="Where to listen: dcgm-exporter's :9400 or host:9400, or a bare host (with "
              "--port); default every interface."),
     port: int | None = typer.Option(
-        None, "--port", envvar="TESSERA_EXPORTER_PORT",
+        None, "--port", envvar="TESSERA_EXPORTER_PORT", parser=port_number,
         help=f"Port of /metrics and /health (default {DEFAULT_PORT})."),
     counters: Path | None = typer.Option(
         None, "--collectors", "--counters", "-f", envvar="DCGM_EXPORTER_COLLECTORS",
         metavar="FILE",
         help="Counters CSV in dcgm-exporter's format (default: dcgm-exporter's default list)."),
     interval: float | None = typer.Option(
-        None, "--interval", metavar="SECONDS",
+        None, "--interval", metavar="SECONDS", parser=Seconds(),
         help=f"How often to sample the GPUs and pods (default {DEFAULT_INTERVAL_S:g})."),
     collect_interval_ms: int | None = typer.Option(
         None, "--collect-interval", "-c", envvar="DCGM_EXPORTER_INTERVAL", metavar="MS",
