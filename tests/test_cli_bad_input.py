@@ -53,7 +53,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_binary_and_latin1_configs_name_the_file_and_the_byte(
         tmp_path: Path, files: dict[str, Path]) -> None:
     refused(run(tmp_path, "mig", "apply", "-f", str(files["binary"]), "-c", "x"),
-            str(files["binary"]), "not UTF-8 text (byte 128")
+            str(files["binary"]), "not UTF-8 text (line 1, byte 128")
     refused(run(tmp_path, "mig", "layout", "--apply", str(files["latin1"])),
             str(files["latin1"]), "not UTF-8")
     refused(run(tmp_path, "plugin", "--config", str(files["latin1"]), "--socket-dir",
@@ -70,7 +70,7 @@ def test_binary_standard_input_is_refused_as_a_file_is(tmp_path: Path) -> None:
                           env={**os.environ, "TESSERA_SIM_STATE": str(tmp_path / "s.json")})
     assert done.returncode == 2
     assert done.stderr.decode().strip() == (
-        "error: <stdin>: not UTF-8 text (byte 0 is 0x80); save the file as UTF-8")
+        "error: <stdin>: not UTF-8 text (line 1, byte 0 is 0x80); save the file as UTF-8")
 
 
 def test_a_directory_where_a_file_belongs(tmp_path: Path, files: dict[str, Path]) -> None:

@@ -1255,7 +1255,7 @@ def test_load_file_errors(tmp_path: Path) -> None:
         load_file(tmp_path)
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(PluginConfigError, match=r"not UTF-8 text \(byte 0"):
+    with pytest.raises(PluginConfigError, match=r"not UTF-8 text \(line 1, byte 0"):
         load_file(binary, name="bin")
 
 

@@ -83,7 +83,7 @@ def test_a_file_over_the_size_bound_is_refused_unread(tmp_path: Path) -> None:
 def test_text_must_be_utf8_and_the_offset_is_named() -> None:
     assert decode("café: 1".encode(), error=mig_error) == "café: 1"
     assert decode(b"\xef\xbb\xbfa: 1", error=mig_error) == "a: 1"  # a BOM is fine
-    with pytest.raises(MigConfigError, match=r"not UTF-8 text \(byte 3 is 0xe9\)"):
+    with pytest.raises(MigConfigError, match=r"not UTF-8 text \(line 1, byte 3 is 0xe9\)"):
         decode("caf\xe9".encode("latin-1"), error=mig_error)
     with pytest.raises(MigConfigError, match=r"byte 4 is 0xff"):
         decode(b"\xef\xbb\xbfa\xff", error=mig_error)  # the offset counts the BOM

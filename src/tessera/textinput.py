@@ -112,14 +112,15 @@ def _os_reason(e: OSError, what: str) -> str:
 
 def decode(data: bytes, *, error: ErrorFactory) -> str:
     """UTF-8 text (a leading byte-order mark is allowed and dropped); anything else is
-    refused naming the byte offset, rather than guessed at."""
+    refused naming the line and byte offset, rather than guessed at."""
     body = data[len(_BOM):] if data.startswith(_BOM) else data
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as e:
         offset = e.start + (len(data) - len(body))
-        raise error(f"not UTF-8 text (byte {offset} is 0x{body[e.start]:02x}); save the file "
-                    "as UTF-8") from e
+        line = body.count(b"\n", 0, e.start) + 1
+        raise error(f"not UTF-8 text (line {line}, byte {offset} is 0x{body[e.start]:02x}); "
+                    "save the file as UTF-8") from e
 
 
 def read_stdin(*, error: ErrorFactory, max_bytes: int = MAX_FILE_BYTES) -> str:

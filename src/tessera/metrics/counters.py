@@ -25,7 +25,6 @@ from tessera.textinput import read_text
 
 Kind = Literal["gauge", "counter", "label"]
 _KINDS: tuple[Kind, ...] = ("gauge", "counter", "label")
-MAX_FILE_BYTES = 1024 * 1024  # NVIDIA's largest shipped file is 6 KiB
 
 # dcgm-exporter's default list (etc/default-counters.csv of 4.8.2): Tessera's default too.
 DEFAULT_COUNTERS = """\
