@@ -53,7 +53,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_binary_and_latin1_configs_name_the_file_and_the_byte(
         tmp_path: Path, files: dict[str, Path]) -> None:
     refused(run(tmp_path, "mig", "apply", "-f", str(files["binary"]), "-c", "x"),
-            str(files["binary"]), "not UTF-8 text (line 1, byte 128")
+            str(files["binary"]), "not UTF-8 text (line 2, byte 128")
     refused(run(tmp_path, "mig", "layout", "--apply", str(files["latin1"])),
             str(files["latin1"]), "not UTF-8")
     refused(run(tmp_path, "plugin", "--config", str(files["latin1"]), "--socket-dir",
