@@ -183,7 +183,7 @@ class Agent:
                 await self.mig.reconcile(view)
                 await self.plugin.refresh()
             await self._drain(view)
-        await self.mig.sync_metadata()
+        await self.mig.sync_metadata(self.view)
         if self.settings.feature_labels:
             await self._feature_labels()
         self._write_status()

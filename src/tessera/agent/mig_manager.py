@@ -165,7 +165,10 @@ class MigManager:
         self.status = MigStatus()
         self._done: Desired | None = None  # last inputs that reached a final outcome
         self._backoff = settings.retry_seconds
-        self._pending_meta: dict[str, dict[str, str | None]] | None = None
+        # The state label and reason as this manager last decided them: asserted against
+        # every view of the node until the server shows them (see `sync_metadata`).
+        self._wanted: dict[str, dict[str, str | None]] | None = None
+        self._doubt = False  # a write failed or was lost: read the server before trusting
         self._retry_reason: str | None = None
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -201,20 +204,38 @@ class MigManager:
         retry = self.status.retry_at
         return retry is not None and self._clock() >= retry
 
-    async def sync_metadata(self) -> None:
-        """Send state labels a previous call could not (the API server was away)."""
-        if self._pending_meta is not None:
-            await self._patch(**self._pending_meta)
+    async def sync_metadata(self, view: NodeView | None) -> None:
+        """Make the node show the state and reason this manager decided, whatever happened
+        to the writes that said so.
+
+        `view` is the latest the watch brought (what the server said last); after a write
+        that failed or whose answer was lost the node is read afresh instead, since that
+        write may have committed after all, or a late one may have overtaken a newer one.
+        Anything that differs is written again: a state that stays `pending` on the node
+        while the GPUs and the agent say `success` is never left standing.
+        """
+        wanted = self._wanted
+        if wanted is None:
+            return
+        if self._doubt or view is None:
+            try:
+                view = await self.api.get()
+            except TesseraError as e:
+                log.debug("cannot read the node to check its MIG state: %s", e)
+                return
+            self._doubt = False
+        if _differs(view.labels, wanted["labels"]) or _differs(view.annotations,
+                                                                wanted["annotations"]):
+            await self._patch(**wanted)
 
     async def _patch(self, *, labels: dict[str, str | None],
                      annotations: dict[str, str | None]) -> None:
-        self._pending_meta = {"labels": labels, "annotations": annotations}
+        self._wanted = {"labels": labels, "annotations": annotations}
         try:
             await self.api.patch(labels=labels, annotations=annotations)
         except TesseraError as e:  # API away (kept, sent later) or refusing (RBAC: said why)
+            self._doubt = True
             log.warning("cannot record MIG state %s yet: %s", labels.get(MIG_CONFIG_STATE), e)
-            return
-        self._pending_meta = None
 
     async def _set_state(self, state: str, reason: str | None) -> None:
         self.status.state, self.status.reason = state, reason
@@ -362,3 +383,8 @@ class MigManager:
             return await self._final(desired, FAILED, f"reboot failed: {e}", "MigConfigFailed")
         self._done = desired
         return REBOOTING
+
+
+def _differs(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:
+    # A key to remove (None) that is already absent is no difference.
+    return any(current.get(key) != value for key, value in wanted.items())
