@@ -21,8 +21,9 @@ and notifying watches), and inject faults: `fail_next` (an error answer instead 
 work), `lose_next` (the work done and committed, then the connection dropped before the
 answer, as when a load balancer or the network fails at the wrong moment), `down`/`up` (a
 restart; the objects survive, as in etcd), `delay` (answers later than a client's timeout
-still commit) and `expire_watches`. Every request is logged in `requests` for assertions on what went over
-the wire. Use as `with FakeApiServer() as api:`; it serves from a background thread.
+still commit), `heal` (end them all) and `expire_watches`. Every request is logged in
+`requests` for assertions on what went over the wire. Use as `with FakeApiServer() as
+api:`; it serves from a background thread.
 """
 
 from __future__ import annotations
