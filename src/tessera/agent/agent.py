@@ -32,17 +32,25 @@ from tessera.agent.drain import (
     resolve,
     state_annotation,
 )
+from tessera.agent.inputs import InputProblems
 from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, PLUGIN_CONFIG
 from tessera.agent.mig_manager import MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
-from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
+from tessera.errors import (
+    ConfigError,
+    HardwareError,
+    PluginConfigError,
+    TemporaryError,
+    TesseraError,
+)
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
 from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
+from tessera.plugin.lock import InstanceLock
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 from tessera.tasks import cancel_all
 
@@ -87,12 +95,16 @@ class Agent:
         self.disabled: dict[str, DisabledGpu] = {}
         self.drain_problems: list[str] = []
         self.errors: dict[str, str] = {}
+        self._inputs = InputProblems()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._plugin_config: str | None = settings.plugin.config_name
         self.exporter: Exporter | None = None
         self._system: NodeFacts | None = None  # driver, CUDA, machine: read once
         self.started_at = time.monotonic()
+        self._instance = (InstanceLock(status_lock(settings.status_file),
+                                       f"the agent state in {settings.status_file}")
+                          if settings.status_file is not None else None)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -104,17 +116,43 @@ class Agent:
 
     async def start(self) -> None:
         """Read the node, then start serving: the plugin first, so devices are advertised
-        even while the API server is away; then the loops."""
+        even while the API server is away; then the loops. Refuses (`AlreadyRunning`) when
+        another agent holds this node's state or socket directory."""
+        if self._instance is not None:
+            self._instance.acquire()
+        try:
+            await self._start()
+        except BaseException:
+            if self._instance is not None:
+                self._instance.release()
+            self._executor.shutdown(wait=False)
+            raise
+
+    async def _start(self) -> None:
         self._node = await self._blocking(self._open_node)
         try:
             self.view = await self.api.get()
         except TemporaryError as e:
             log.warning("API server not answering yet, serving devices meanwhile: %s", e)
+        fallback = self._plugin_config
         if self.view is not None:
             self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
         self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
                                                             config_name=self._plugin_config))
-        await self.plugin.start()
+        try:
+            await self.plugin.start()
+        except PluginConfigError as e:
+            if self._plugin_config == fallback:
+                raise
+            # A label naming a config that is not there must not leave the node without a
+            # device plugin: serve the configured default, and report the label (the next
+            # pass puts the error on the node, and a fixed label is taken up live).
+            log.error("label %s=%s: %s; serving %s meanwhile", PLUGIN_CONFIG,
+                      self._plugin_config, e, fallback or "the default config")
+            self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
+                                                                config_name=fallback))
+            await self.plugin.start()
+            await self.plugin.select_config(self._plugin_config)
         self.plugin.subscribe(self._poke)
         if self.settings.exporter is not None:
             self.exporter = Exporter(self._open_node, self.settings.exporter,
@@ -135,6 +173,8 @@ class Agent:
                 await self._blocking(self._node.close)
         self._executor.shutdown(wait=False)
         await self.api.close()
+        if self._instance is not None:
+            self._instance.release()
 
     async def run(self, stopped: asyncio.Event | None = None) -> None:
         """Reconcile on every node change and plugin change, and every tick, until `stopped`."""
@@ -183,6 +223,7 @@ class Agent:
                 await self.mig.reconcile(view)
                 await self.plugin.refresh()
             await self._drain(view)
+            await self._report_inputs()
         await self.mig.sync_metadata(self.view)
         if self.settings.feature_labels:
             await self._feature_labels()
@@ -224,9 +265,12 @@ class Agent:
         except ConfigError as e:
             self.errors["drain"] = str(e)
             return
-        self.errors.pop("drain", None)
         gpus = tuple(v.gpu for v in self.plugin.inventory.gpus)
         wanted, problems = resolve(refs, gpus)
+        if problems:
+            self.errors["drain"] = f"annotation {GPU_DISABLE}: " + "; ".join(problems)
+        else:
+            self.errors.pop("drain", None)
         changes: dict[str, str | None] = {u: None for u in self.disabled if u not in wanted}
         changes.update({u: f"disabled: {reason}" for u, (_, reason) in wanted.items()})
         await self.plugin.set_excluded(changes, owner="drain")
@@ -272,6 +316,26 @@ class Agent:
                 await self.api.patch(annotations={GPU_STATE: wanted_state})
             except TesseraError as e:
                 log.warning("GPU drain state not recorded yet: %s", e)
+
+    async def _report_inputs(self) -> None:
+        """Put on the node why a label or annotation cannot be used, and take it off once it
+        can (see `tessera.agent.inputs`); compared with the latest view on every pass."""
+        plugin = self.plugin.status()
+        problems = {GPU_DISABLE: self.errors.get("drain"),
+                    PLUGIN_CONFIG: plugin.config_error or plugin.plan_error}
+        for reason, message in self._inputs.new_events(problems):
+            await self.api.event(reason, message, type="Warning")
+        view = self.view
+        changes = self._inputs.annotation_changes(view.annotations if view else {}, problems)
+        if not changes:
+            return
+        try:
+            updated = await self.api.patch(annotations=changes)
+        except TesseraError as e:
+            log.warning("cannot report the node's unusable values yet: %s", e)
+            return
+        if updated is not None:
+            self.view = updated
 
     async def _set_nvml_drain(self, index: int, drained: bool) -> None:
         assert self._node is not None
@@ -367,3 +431,8 @@ class Agent:
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write status file %s: %s", path, e)
+
+
+def status_lock(status_file: Path) -> Path:
+    """The lock a running agent holds beside its status file (`tessera status` asks it)."""
+    return status_file.with_name(status_file.name + ".lock")

@@ -10,7 +10,10 @@ everything current without restarting anything:
 - Config changes: the config file or directory is re-read when its content changes, or when
   another named config is selected; a bad config is reported and the last good one stays.
 - Health: XIDs mark devices unhealthy at once; quiet devices are probed and recover.
-- Kubelet restarts: a new `kubelet.sock` means fresh sockets and a new registration.
+- Kubelet restarts: a new `kubelet.sock` means fresh sockets and a new registration; while
+  there is no `kubelet.sock` the log says so every `WAITING_LOG_SECONDS`.
+- One plugin per socket directory: a second one refuses to start, naming the first
+  (`tessera.plugin.lock`).
 - Runtime exclusion: devices taken out of service (GPU disable/drain, MIG changes in
   progress) stop being advertised; everything else keeps serving.
 """
@@ -36,6 +39,7 @@ from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from tessera.plugin.config import ConfigSet, PluginConfig, default_config, load_set, with_overrides
 from tessera.plugin.health import HealthBook, XidListener
 from tessera.plugin.inventory import GpuView, Inventory, read_inventory, read_topology
+from tessera.plugin.lock import LOCK_NAME, AlreadyRunning, InstanceLock
 from tessera.plugin.mps import MpsSupervisor
 from tessera.plugin.registration import KubeletIdentity, kubelet_identity, register
 from tessera.plugin.resources import ResourcePlan, plan_resources
@@ -44,6 +48,9 @@ from tessera.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How often "waiting for the kubelet at …" is logged while it has no socket.
+WAITING_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,9 @@ class DevicePlugin:
         self._mps: MpsSupervisor | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
+        self._instance = InstanceLock(settings.socket_dir / LOCK_NAME,
+                                      f"the device plugin sockets in {settings.socket_dir}")
+        self._waiting_logged: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,6 +134,14 @@ class DevicePlugin:
         NVML cannot start — the caller decides (NVIDIA's `failOnInitError`).
         """
         self.settings.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._instance.acquire()  # before any socket is touched: never another's
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._load_config(initial=True)
         self._node = await self._blocking(self._open_node)
         inventory = await self._blocking(read_inventory, self._node)
@@ -166,6 +184,7 @@ class DevicePlugin:
             with contextlib.suppress(HardwareError):
                 await self._blocking(node.close)
             self._executor.shutdown(wait=False)
+        self._instance.release()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever what is advertised changes (for the agent)."""
@@ -471,8 +490,17 @@ class DevicePlugin:
         while True:
             await asyncio.sleep(self.settings.watch_seconds)
             identity = kubelet_identity(self.settings.kubelet_path)
-            if identity is None or not self.settings.register:
+            if not self.settings.register:
                 continue
+            if identity is None:
+                self._log_waiting()
+                continue
+            self._waiting_logged = None
+            if any(self._registered.get(name) != identity for name in self.servers):
+                try:
+                    self._instance.refresh()  # a new kubelet wiped the directory's files
+                except AlreadyRunning as e:
+                    log.error("%s", e)
             async with self._lock:
                 for name, server in list(self.servers.items()):
                     if self._registered.get(name) == identity and server.socket_alive:
@@ -481,6 +509,14 @@ class DevicePlugin:
                         log.info("socket of %s is gone (kubelet restart?): serving anew", name)
                         await server.restart()
                     await self._register(name)
+
+
+    def _log_waiting(self) -> None:
+        now = self._clock()
+        if self._waiting_logged is None or now - self._waiting_logged >= WAITING_LOG_SECONDS:
+            self._waiting_logged = now
+            log.info("waiting for the kubelet at %s (no socket there yet); serving meanwhile",
+                     self.settings.kubelet_path)
 
 
 async def run_until(plugin: DevicePlugin, stopped: Awaitable[object]) -> None:

@@ -1,0 +1,148 @@
+"""One agent and one plugin per node, and the node's own record of values it cannot use.
+
+Locks are real `flock`s on real files (a second holder in another process, one killed with
+SIGKILL); the plugin serves the test kubelet over unix-socket gRPC; the node is the fake
+kube-apiserver, used through lightkube.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent_support import agent_rig, agent_settings, running_with_api, until
+from tessera.agent.agent import Agent, status_lock
+from tessera.agent.keys import GPU_DISABLE, GPU_DISABLE_ERROR, PLUGIN_CONFIG, PLUGIN_CONFIG_ERROR
+from tessera.agent.localnode import LocalNode
+from tessera.hardware.backend import simulated_backend
+from tessera.hardware.node import Node
+from tessera.kube.testing import FakeApiServer
+from tessera.plugin.lock import LOCK_NAME, AlreadyRunning, InstanceLock, holder_of
+from tessera.plugin.manager import WAITING_LOG_SECONDS, DevicePlugin
+
+NODE = "gpu-node-1"
+
+
+async def test_a_second_plugin_on_the_socket_dir_refuses_and_leaves_the_first_alone(
+    tmp_path: Path,
+) -> None:
+    async with agent_rig("a30x4", tmp_path / "s.json") as r:
+        socket_dir = r.settings.plugin.socket_dir
+        await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 4)
+        sockets = sorted(p.name for p in socket_dir.glob("*.sock"))
+        second = DevicePlugin(lambda: Node(simulated_backend("a30x4", tmp_path / "s.json")),
+                              r.settings.plugin)
+        with pytest.raises(AlreadyRunning, match=f"PID {os.getpid()}"):
+            await second.start()
+        await second.stop()  # what an exiting second instance does: nothing of the first's
+        assert sorted(p.name for p in socket_dir.glob("*.sock")) == sockets
+        await r.kubelet.restart()  # a new kubelet wipes every file, the lock file included
+        await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 4)
+        await until(lambda: holder_of(socket_dir / LOCK_NAME) is not None,
+                    what="the lock taken again on the recreated file")
+        with pytest.raises(AlreadyRunning):
+            await second.start()
+        await second.stop()
+
+
+async def test_a_second_agent_on_the_same_state_refuses(tmp_path: Path) -> None:
+    async with agent_rig("a30x4", tmp_path / "s.json") as r:
+        assert r.settings.status_file is not None
+        elsewhere = tmp_path / "other-dp"
+        settings = replace(r.settings, plugin=replace(r.settings.plugin, socket_dir=elsewhere))
+        second = Agent(lambda: Node(simulated_backend("a30x4", tmp_path / "s.json")),
+                       LocalNode("node-1", r.directory / "node.json"), settings)
+        with pytest.raises(AlreadyRunning, match="agent state"):
+            await second.start()
+        assert not elsewhere.exists() or not list(elsewhere.glob("*.sock"))
+        assert holder_of(status_lock(r.settings.status_file)) is not None
+
+
+def test_a_dead_holder_never_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "dp" / LOCK_NAME
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from tessera.plugin.lock import InstanceLock; "
+         f"InstanceLock(Path({str(path)!r}), 'x').acquire(); print('held', flush=True); "
+         "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AlreadyRunning, match=f"PID {holder.pid}"):
+            InstanceLock(path, "the sockets").acquire()
+        assert holder_of(path) is not None
+        assert f"PID {holder.pid}" in (holder_of(path) or "")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert holder_of(path) is None
+    with InstanceLock(path, "the sockets"):
+        assert f"PID {os.getpid()}" in (holder_of(path) or "")
+
+
+async def test_no_kubelet_socket_is_said_every_so_often(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    plugin = DevicePlugin(lambda: Node(simulated_backend("a30x4", tmp_path / "s.json")),
+                          agent_settings(tmp_path).plugin,
+                          clock=lambda: now[0])
+    caplog.set_level(logging.INFO, "tessera.plugin.manager")
+
+    def waiting() -> int:
+        return sum("waiting for the kubelet at" in m for m in caplog.messages)
+
+    await plugin.start()
+    try:
+        await until(lambda: waiting() == 1, what="the first waiting line")
+        ticks = plugin.settings.watch_seconds
+        for _ in range(20):  # twenty ticks of the kubelet loop
+            await asyncio.sleep(ticks)
+        assert waiting() == 1, "said once, not on every tick"
+        now[0] += WAITING_LOG_SECONDS
+        await until(lambda: waiting() == 2, what="the line again after a while")
+    finally:
+        await plugin.stop()
+
+
+async def test_unusable_values_are_reported_on_the_node_and_cleared(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "default.yaml").write_text("version: v1\n")
+    (configs / "sliced.yaml").write_text(
+        "version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, "
+        "replicas: 2}]}}\n")
+    with FakeApiServer() as server:
+        # A label naming no config from the very start: the node still gets a plugin.
+        server.add_node(NODE, labels={PLUGIN_CONFIG: "nope"},
+                        annotations={GPU_DISABLE: "{not json"})
+        async with running_with_api(tmp_path, server, NODE, "a30x4",
+                                    plugin_config=configs) as r:
+            await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 4)
+
+            def notes() -> dict[str, str]:
+                return dict(server.node(NODE)["metadata"].get("annotations", {}))
+
+            await until(lambda: GPU_DISABLE_ERROR in notes() and PLUGIN_CONFIG_ERROR in notes(),
+                        what="both errors on the node")
+            assert "not JSON" in notes()[GPU_DISABLE_ERROR]
+            assert "no config named 'nope'" in notes()[PLUGIN_CONFIG_ERROR]
+            warnings = {e["reason"] for e in server.events() if e["type"] == "Warning"}
+            assert {"GpuDisableInvalid", "PluginConfigInvalid"} <= warnings
+            server.set_labels(NODE, {PLUGIN_CONFIG: "sliced"})
+            server.set_annotations(NODE, {GPU_DISABLE: json.dumps({"7": "fan"})})
+            await r.kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 8)
+            await until(lambda: PLUGIN_CONFIG_ERROR not in notes()
+                        and "'7' names no GPU" in notes().get(GPU_DISABLE_ERROR, ""),
+                        what="the plugin error cleared, the disable error updated")
+            server.set_annotations(NODE, {GPU_DISABLE: None})
+            await until(lambda: GPU_DISABLE_ERROR not in notes(), what="cleared when fixed")
