@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tessera.agent.drain import (
     DRAINED,
@@ -34,7 +34,7 @@ from tessera.agent.drain import (
 )
 from tessera.agent.inputs import InputProblems
 from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, PLUGIN_CONFIG
-from tessera.agent.mig_manager import MigManager, MigSettings
+from tessera.agent.mig_manager import Halted, MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
@@ -161,6 +161,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._watch(), name="node watch"))
 
     async def stop(self) -> None:
+        self.mig.halt()  # an apply still running (converge, a cancelled pass) ends at a step
         await cancel_all(self._tasks)
         if self.exporter is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
@@ -177,25 +178,48 @@ class Agent:
             self._instance.release()
 
     async def run(self, stopped: asyncio.Event | None = None) -> None:
-        """Reconcile on every node change and plugin change, and every tick, until `stopped`."""
+        """Reconcile on every node change and plugin change, and every tick, until `stopped`.
+
+        A pass in progress when `stopped` is set is abandoned at once — mid-plan, mid-write
+        or mid-apply (the apply itself ends at its next step boundary, see
+        `MigManager.halt`): what it left, the next start converges from.
+        """
         stopped = stopped or asyncio.Event()
-        while not stopped.is_set():
-            try:
-                await self.reconcile()
-            except TesseraError as e:
-                # Whatever one pass hit (a GPU that stopped answering, an API refusal), the
-                # agent keeps serving devices and tries again on the next change or tick.
-                log.error("reconcile failed, retrying: %s", e)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                waiter = asyncio.ensure_future(self._wake.wait())
-                halt = asyncio.ensure_future(stopped.wait())
-                try:
-                    await asyncio.wait({waiter, halt}, timeout=self.settings.tick_seconds,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    halt.cancel()
+        halt = asyncio.ensure_future(stopped.wait())
+        try:
+            while not stopped.is_set():
+                one = asyncio.ensure_future(self._one_pass())
+                await asyncio.wait({one, halt}, return_when=asyncio.FIRST_COMPLETED)
+                if not one.done():
+                    self.mig.halt()
+                    one.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Halted):
+                        await one
+                    return
+                one.result()  # anything but a TesseraError is a bug: let it be seen
+                await self._idle(halt)
+        finally:
+            halt.cancel()
+
+    async def _one_pass(self) -> None:
+        try:
+            await self.reconcile()
+        except TesseraError as e:
+            # Whatever one pass hit (a GPU that stopped answering, an API refusal), the
+            # agent keeps serving devices and tries again on the next change or tick.
+            log.error("reconcile failed, retrying: %s", e)
+
+    async def _idle(self, halt: asyncio.Task[Literal[True]]) -> None:
+        """Until the next node or plugin change, the next tick, or `halt`."""
+        if halt.done():
+            return
+        self._wake.clear()
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter, halt}, timeout=self.settings.tick_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     async def converge(self) -> None:
         """What `--once` runs: a pass that applies the MIG config, then a pass that labels

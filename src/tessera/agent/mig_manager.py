@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -63,12 +64,23 @@ from tessera.mig import engine
 from tessera.mig.applier import apply, check_not_busy
 from tessera.mig.explicit import parse_layout
 from tessera.mig.planner import Plan
-from tessera.mig.steps import DestroyComputeInstance, DestroyGpuInstance, ResetGpu, SetMigMode
+from tessera.mig.steps import (
+    DestroyComputeInstance,
+    DestroyGpuInstance,
+    ResetGpu,
+    SetMigMode,
+    Step,
+)
+from tessera.tasks import off_loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Device UUID -> the pods ("ns/name") the kubelet allocated it (or a replica of it) to.
 Allocations = Callable[[], Awaitable[Mapping[str, tuple[str, ...]]]]
+
+
+class Halted(Exception):  # noqa: N818 - not an error: the agent was told to stop
+    """Raised between two apply steps once `MigManager.halt()` was called."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,7 @@ class MigManager:
         # every view of the node until the server shows them (see `sync_metadata`).
         self._wanted: dict[str, dict[str, str | None]] | None = None
         self._doubt = False  # a write failed or was lost: read the server before trusting
+        self._halting = threading.Event()
         self._retry_reason: str | None = None
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -253,7 +266,9 @@ class MigManager:
             self._node = await self._blocking(self._open_node)
         node = self._node
         try:
-            planned, seen = await self._blocking(self._plan, node, desired)
+            # Off the loop, in a thread a stopping agent does not wait for: planning reads
+            # the GPUs and computes, and changes nothing.
+            planned, seen = await off_loop(self._plan, node, desired, name="tessera-mig-plan")
         except PermanentError as e:
             return await self._final(desired, FAILED, str(e), "MigConfigInvalid")
         except TemporaryError as e:
@@ -281,7 +296,8 @@ class MigManager:
         self.status.paused = paused
         started = self._clock()
         try:
-            await self._blocking(apply, node, planned, seen.states, force=desired.force)
+            await self._blocking(apply, node, planned, seen.states, force=desired.force,
+                                 on_step=self._step_done)
         except ApplyError as e:
             await self._resume(paused)
             self.status.paused = {}
@@ -301,6 +317,16 @@ class MigManager:
             f"{planned.destroyed} instances destroyed, {planned.created} created, "
             f"{planned.kept} kept",
         )
+
+    def halt(self) -> None:
+        """Stop an apply in progress at the next step boundary (SIGTERM): what is done stays
+        consistent, and the next start plans from there and converges."""
+        self._halting.set()
+
+    def _step_done(self, step: Step) -> None:
+        # Called by the applier between steps, in its thread.
+        if self._halting.is_set():
+            raise Halted(f"stopped after {step.describe()}: the agent is shutting down")
 
     def _plan(self, node: Node, desired: Desired) -> tuple[Plan, engine.Observation]:
         """The plan for the node's mode: a named config, only MIG mode (dynamic: instances

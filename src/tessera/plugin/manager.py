@@ -44,11 +44,13 @@ from tessera.plugin.mps import MpsSupervisor
 from tessera.plugin.registration import KubeletIdentity, kubelet_identity, register
 from tessera.plugin.resources import ResourcePlan, plan_resources
 from tessera.plugin.server import Listing, ResourceServer
-from tessera.tasks import cancel_all
+from tessera.tasks import cancel_all, off_loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: How long start() waits for the XID watcher to be armed before it serves anyway.
+XID_ARM_SECONDS = 10.0
 #: How often "waiting for the kubelet at …" is logged while it has no socket.
 WAITING_LOG_SECONDS = 60.0
 
@@ -142,18 +144,17 @@ class DevicePlugin:
             raise
 
     async def _start(self) -> None:
-        self._load_config(initial=True)
+        await self._load_config(initial=True)
         self._node = await self._blocking(self._open_node)
         inventory = await self._blocking(read_inventory, self._node)
         self.inventory = inventory
-        self.plan = self._plan(inventory, self.config)
+        self.plan = await self._plan(inventory, self.config)
         node = self._node
 
         async def set_exclusive(gpu: int, exclusive: bool) -> None:
             await self._blocking(node.set_exclusive_process, gpu, exclusive)
 
         self._mps = MpsSupervisor(node.backend, self._on_mps_change, set_exclusive)
-        await self._sync()
         loop = asyncio.get_running_loop()
 
         def deliver(event: XidEvent) -> None:
@@ -162,9 +163,15 @@ class DevicePlugin:
         def report(message: str) -> None:
             loop.call_soon_threadsafe(log.warning, "%s", message)
 
+        # Armed before the kubelet hears of any device: an XID right after is not lost.
         self._xids = XidListener(self._open_node, deliver, report)
         if not self.config.health.disabled or self.config.health.enabled_xids:
             self._xids.start()
+            armed = await loop.run_in_executor(None, self._xids.armed.wait, XID_ARM_SECONDS)
+            if not armed:
+                log.warning("XID events not armed after %.0f s; serving devices anyway",
+                            XID_ARM_SECONDS)
+        await self._sync()
         for loop_fn in (self._refresh_loop, self._kubelet_loop, self._config_loop,
                         self._recovery_loop):
             self._tasks.append(asyncio.create_task(loop_fn(), name=loop_fn.__name__))
@@ -208,7 +215,7 @@ class DevicePlugin:
 
     async def reload_config(self) -> None:
         async with self._lock:
-            if self._load_config(initial=False):
+            if await self._load_config(initial=False):
                 await self._replan()
 
     async def exclude(self, device: str, reason: str, *, owner: str = "runtime") -> None:
@@ -254,20 +261,34 @@ class DevicePlugin:
 
     # -- config --------------------------------------------------------------------------
 
-    def _load_config(self, *, initial: bool) -> bool:
-        """(Re)load the config; True if the effective config changed. A bad config raises at
-        start and is reported (keeping the last good one) afterwards."""
+    def _read_config(self, name: str | None) -> tuple[str | None, PluginConfig,
+                                                       ConfigSet | None]:
+        """Read, parse and select the config (in a worker thread: files and YAML)."""
         path = self.settings.config_path
-        fingerprint = content_digest(path)
+        if path is None:
+            return None, with_overrides(default_config(), self.settings.env,
+                                        **self.settings.overrides), None
+        config_set = load_set(path, default=self.settings.default_config)
+        selected, config = config_set.select(name)
+        return (selected, with_overrides(config, self.settings.env, **self.settings.overrides),
+                config_set)
+
+    async def _load_config(self, *, initial: bool) -> bool:
+        """(Re)load the config; True if the effective config changed. A bad config raises at
+        start and is reported (keeping the last good one) afterwards.
+
+        Reading and parsing run off the event loop (`off_loop`): a huge or slow config,
+        selected live by a label, must not stall Allocate on the devices already served.
+        """
+        path = self.settings.config_path
+        fingerprint = await off_loop(content_digest, path, name="tessera-config")
         if not initial and fingerprint == self._fingerprint:
             return False
         try:
-            if path is None:
-                name, config = None, default_config()
-            else:
-                self._config_set = load_set(path, default=self.settings.default_config)
-                name, config = self._config_set.select(self._config_name)
-            config = with_overrides(config, self.settings.env, **self.settings.overrides)
+            name, config, config_set = await off_loop(self._read_config, self._config_name,
+                                                      name="tessera-config")
+            if config_set is not None:
+                self._config_set = config_set
         except PluginConfigError as e:
             if initial:
                 raise
@@ -294,8 +315,11 @@ class DevicePlugin:
 
     # -- devices and plan ----------------------------------------------------------------
 
-    def _plan(self, inventory: Inventory, config: PluginConfig) -> ResourcePlan:
-        plan = plan_resources(inventory, config, excluded=self._excluded_ids(inventory))
+    async def _plan(self, inventory: Inventory, config: PluginConfig) -> ResourcePlan:
+        # Planning is pure but its cost grows with replicas and devices: off the loop too.
+        excluded = self._excluded_ids(inventory)
+        plan = await off_loop(lambda: plan_resources(inventory, config, excluded=excluded),
+                              name="tessera-plan")
         for warning in plan.warnings:
             if warning not in self.plan.warnings:
                 log.warning("%s", warning)
@@ -327,7 +351,7 @@ class DevicePlugin:
 
     async def _replan(self) -> None:
         try:
-            plan = self._plan(self.inventory, self.config)
+            plan = await self._plan(self.inventory, self.config)
         except PluginConfigError as e:
             if str(e) != self.plan_error:
                 log.error("cannot advertise under config %s, keeping the last resources: %s",

@@ -1,0 +1,136 @@
+"""No event lost, no step left failed, never stalled, always stopped.
+
+The plugin and agent on simulated GPUs with the test kubelet over unix-socket gRPC; the
+agent's SIGTERM handling as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_support import until
+from helpers import make_node
+from plugin_support import rig
+from tessera.plugin import manager
+
+GPU = "nvidia.com/gpu"
+NVML_ERROR_NO_PERMISSION = 4
+
+
+async def test_an_xid_right_after_start_is_never_lost(tmp_path: Path) -> None:
+    async with rig("a30x4", tmp_path / "s.json") as r:
+        r.control.raise_xid(1, 48)  # the instant the devices are registered
+        await r.kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 3, what="GPU 1 unhealthy")
+        assert r.node.gpu(1).uuid not in r.kubelet.healthy(GPU)
+
+
+async def test_a_failed_switch_to_exclusive_process_is_retried(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    node, control = make_node("a30x4", state)
+    control.inject_failure(after=1, code=NVML_ERROR_NO_PERMISSION,
+                           function="nvmlDeviceSetComputeMode")
+    node.close()
+    config = f"""
+flags: {{mpsRoot: {tmp_path / "mps"}}}
+sharing:
+  mps:
+    resources: [{{name: nvidia.com/gpu, replicas: 2, devices: [0]}}]
+"""
+    async with rig("a30x4", state, config) as r:
+        def why() -> str:
+            return " ".join(r.plugin.status().unhealthy.values())
+
+        await until(lambda: "compute mode" in why(), what="the failed switch reported")
+        assert not r.node.exclusive_process(0)
+        await r.kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 5, what="replicas healthy")
+        assert r.node.exclusive_process(0), "healthy only once the switch took"
+
+
+async def test_a_slow_config_parse_does_not_stall_allocate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config selected live that takes long to parse (huge content): the devices already
+    served keep answering Allocate while it is parsed."""
+    async with rig("a30x4", tmp_path / "s.json", "version: v1\n") as r:
+        await r.kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 4)
+        release = threading.Event()
+        parsing = threading.Event()
+        real = manager.load_set
+
+        def slow(path: Path, **kw: object) -> object:
+            parsing.set()
+            release.wait(30)
+            return real(path, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(manager, "load_set", slow)
+        selecting = asyncio.ensure_future(r.plugin.select_config("huge"))
+        try:
+            await until(parsing.is_set, what="the parse to begin")
+            for device in r.kubelet.healthy(GPU):
+                response = await r.kubelet.allocate(GPU, [device])
+                assert response.envs["NVIDIA_VISIBLE_DEVICES"] == device
+            assert not selecting.done(), "the parse was still going on meanwhile"
+        finally:
+            release.set()
+            await selecting
+
+
+def _agent(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "run"), "TESSERA_SIM_STATE": str(tmp_path / "s.json")}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from tessera.cli.main import main; main()", "--simulate",
+         "dgx-a100", "agent", "--no-kube", "--node-name", "n1", "--no-metrics", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _status(tmp_path: Path) -> dict[str, object]:
+    try:
+        data = json.loads((tmp_path / "xdg" / "tessera" / "status-n1.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@pytest.mark.parametrize("when", ["serving", "mid-change"])
+def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
+    label = "all-1g.10gb" if when == "mid-change" else "all-disabled"
+    agent = _agent(tmp_path, "--label", f"nvidia.com/mig.config={label}")
+    try:
+        deadline = time.monotonic() + 60
+        while not _status(tmp_path) and time.monotonic() < deadline:
+            assert agent.poll() is None, agent.communicate()[0]
+            time.sleep(0.05)
+        if when == "mid-change":
+            node = tmp_path / "xdg" / "tessera" / "node-n1.json"
+            data = json.loads(node.read_text())
+            data["labels"]["nvidia.com/mig.config"] = "all-balanced"
+            data["version"] += 1
+            node.write_text(json.dumps(data))
+            time.sleep(0.3)  # the agent has noticed and is planning or applying
+        sent = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        output, _ = agent.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, output
+    assert "Traceback" not in output
+    # Kubernetes waits 30 s before SIGKILL; a second is the promise, ten the loaded-box bound.
+    assert took < 10, f"took {took:.1f} s to stop"
+    second = _agent(tmp_path, "--once")
+    output, _ = second.communicate(timeout=120)
+    assert second.returncode in (0, 1), output  # the next start converges from what was left
+    assert "Traceback" not in output
