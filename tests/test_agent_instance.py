@@ -14,12 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent_support import agent_rig, agent_settings, running_with_api, until
+from plugin_support import short_dir
 from tessera.agent.agent import Agent, status_lock
 from tessera.agent.keys import GPU_DISABLE, GPU_DISABLE_ERROR, PLUGIN_CONFIG, PLUGIN_CONFIG_ERROR
 from tessera.agent.localnode import LocalNode
@@ -146,3 +148,42 @@ async def test_unusable_values_are_reported_on_the_node_and_cleared(tmp_path: Pa
                         what="the plugin error cleared, the disable error updated")
             server.set_annotations(NODE, {GPU_DISABLE: None})
             await until(lambda: GPU_DISABLE_ERROR not in notes(), what="cleared when fixed")
+
+
+async def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
+    with short_dir() as directory:
+        settings = agent_settings(directory)
+        assert settings.status_file is not None
+        settings.status_file.parent.mkdir(parents=True, exist_ok=True)
+        stale = settings.status_file.with_name(f".{settings.status_file.name}.k3j2x")
+        young = settings.status_file.with_name(f".{settings.status_file.name}.a8f0q")
+        for temp in (stale, young):
+            temp.write_text('{"half": ')
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
+        async with agent_rig("a30x4", tmp_path / "s.json", settings=settings):
+            assert not stale.exists(), "an interrupted write's leftover is removed"
+            assert young.exists(), "a write that may still be in flight is left alone"
+
+
+def _status_json(status_file: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", "from tessera.cli.main import main; main()", "status",
+         "--status-file", str(status_file), "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+async def test_status_says_how_old_it_is_and_whether_the_agent_runs(tmp_path: Path) -> None:
+    async with agent_rig("a30x4", tmp_path / "s.json", settings=agent_settings(tmp_path)) as r:
+        await r.pass_()
+        assert r.settings.status_file is not None
+        status_file = r.settings.status_file
+        running = await asyncio.to_thread(_status_json, status_file)
+    stopped = await asyncio.to_thread(_status_json, status_file)
+    assert running["agent_running"] is True
+    assert stopped["agent_running"] is False
+    assert isinstance(stopped["age_seconds"], float | int)
+    assert stopped["age_seconds"] >= 0

@@ -120,6 +120,11 @@ class Agent:
         another agent holds this node's state or socket directory."""
         if self._instance is not None:
             self._instance.acquire()
+            assert self.settings.status_file is not None
+            remove_stale_temp_files(self.settings.status_file)
+            node_file = getattr(self.api, "path", None)
+            if isinstance(node_file, Path):
+                remove_stale_temp_files(node_file)
         try:
             await self._start()
         except BaseException:
@@ -460,3 +465,24 @@ class Agent:
 def status_lock(status_file: Path) -> Path:
     """The lock a running agent holds beside its status file (`tessera status` asks it)."""
     return status_file.with_name(status_file.name + ".lock")
+
+
+#: A temporary file of an atomic write older than this was left by an interrupted writer.
+STALE_TEMP_SECONDS = 60.0
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete what interrupted atomic writes of `path` left (`.<name>.XXXX` beside it, as
+    `tempfile.mkstemp` names them here); young ones may be another writer's, in flight."""
+    removed = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for temp in path.parent.glob(f".{path.name}.*"):
+            with contextlib.suppress(OSError):
+                if temp.is_file() and now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+                    removed.append(temp)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted write left beside %s",
+                 len(removed), path)
+    return removed

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from tessera.agent.agent import status_lock
 from tessera.agent.report import node_status
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
@@ -19,6 +20,7 @@ from tessera.cli.render import show_gpu
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
 from tessera.mig import engine
+from tessera.plugin.lock import holder_of
 
 
 def status(
@@ -54,6 +56,8 @@ def status(
     except ValueError as e:
         fail(f"{path}: not an agent status file ({e})")
     data["age_seconds"] = round(time.time() - float(data.get("time", 0)), 1)
+    holder = holder_of(status_lock(path))
+    data["agent_running"] = holder is not None
     if output is Output.table:
         print_status(data, output)
         with reported(), settings(ctx).node() as node:
@@ -78,6 +82,12 @@ def print_layout(node: Node) -> None:
 
 
 def print_status(data: dict[str, Any], output: Output) -> None:
+    age = data.get("age_seconds")
+    if data.get("agent_running") is False:
+        stdout.print(f"[yellow]the agent is not running[/]: what follows is what it last "
+                     f"wrote, {_age(age)} ago")
+    elif age is not None:
+        stdout.print(f"[dim]as of {_age(age)} ago[/]")
     mig = data.get("mig", {})
     stdout.print(f"[bold]node[/] {data.get('node')}   [bold]MIG[/] "
                  f"{mig.get('config') or '(no nvidia.com/mig.config label)'}: "
@@ -105,3 +115,11 @@ def print_status(data: dict[str, Any], output: Output) -> None:
                                       "gpu.replicas", "gpu.sharing-strategy")))
 
 
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "an unknown time"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
