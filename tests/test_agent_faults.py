@@ -102,10 +102,21 @@ def _status(tmp_path: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-@pytest.mark.parametrize("when", ["serving", "mid-change"])
+def _huge_plugin_config(path: Path) -> None:
+    """A plugin config of about a megabyte: seconds of YAML parsing, however it ends."""
+    entries = "".join(f"    - name: nvidia.com/gpu\n      rename: r{i}\n      replicas: 2\n"
+                      for i in range(20_000))
+    path.write_text(f"version: v1\nsharing:\n  timeSlicing:\n    resources:\n{entries}")
+
+
+@pytest.mark.parametrize("when", ["serving", "mid-change", "mid-parse"])
 def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
     label = "all-1g.10gb" if when == "mid-change" else "all-disabled"
-    agent = _agent(tmp_path, "--label", f"nvidia.com/mig.config={label}")
+    configs = tmp_path / "plugin-configs"
+    configs.mkdir()
+    (configs / "default.yaml").write_text("version: v1\n")
+    agent = _agent(tmp_path, "--label", f"nvidia.com/mig.config={label}",
+                   "--plugin-config", str(configs))
     try:
         deadline = time.monotonic() + 60
         while not _status(tmp_path) and time.monotonic() < deadline:
@@ -118,6 +129,9 @@ def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
             data["version"] += 1
             node.write_text(json.dumps(data))
             time.sleep(0.3)  # the agent has noticed and is planning or applying
+        if when == "mid-parse":
+            _huge_plugin_config(configs / "huge.yaml")
+            time.sleep(3.0)  # the config poll (2 s) has seen it; its parse takes longer
         sent = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         output, _ = agent.communicate(timeout=20)
@@ -130,6 +144,7 @@ def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
     assert "Traceback" not in output
     # Kubernetes waits 30 s before SIGKILL; a second is the promise, ten the loaded-box bound.
     assert took < 10, f"took {took:.1f} s to stop"
+    (configs / "huge.yaml").unlink(missing_ok=True)
     second = _agent(tmp_path, "--once")
     output, _ = second.communicate(timeout=120)
     assert second.returncode in (0, 1), output  # the next start converges from what was left
