@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
 from rich.table import Table
 from rich.text import Text
 
 from tessera.hardware.model import GpuMigState
-from tessera.mig.layout import GpuFacts
+from tessera.mig.layout import GpuFacts, kind_of
 from tessera.mig.packing import GpuCatalog
 from tessera.mig.planner import observed_kinds
 
@@ -98,28 +101,71 @@ def show_data(facts: GpuFacts, state: GpuMigState) -> dict[str, object]:
     return data
 
 
-def profiles_table(facts: GpuFacts, state: GpuMigState) -> Table:
-    """Like `nvidia-smi mig -lgip`, plus each profile's placements (`-lgipp`)."""
-    assert facts.catalog is not None
-    table = Table(title=f"GPU {facts.gpu.index}: {facts.gpu.name}", title_justify="left")
-    for column in ("profile", "ID", "free/total", "memory GiB", "SMs", "CE", "DEC", "ENC",
-                   "JPG", "OFA", "placements"):
-        table.add_column(column, justify="left" if column in ("profile", "placements")
+def profiles_table(gpus: Sequence[GpuFacts], states: Mapping[int, GpuMigState]) -> Table:
+    """Like `nvidia-smi mig -lgip`: one table for every MIG GPU, a row per GPU and profile,
+    with free/total instances and each profile's placements (`-lgipp`)."""
+    table = Table(title="GPU instance profiles", title_justify="left")
+    for column in ("GPU", "name", "profile", "ID", "free/total", "memory GiB", "SMs", "CE",
+                   "DEC", "ENC", "JPG", "OFA", "placements"):
+        table.add_column(column, justify="left" if column in ("name", "profile", "placements")
                          else "right")
-    used: dict[int, int] = {}
-    for gi in state.gpu_instances:
-        used[gi.profile_id] = used.get(gi.profile_id, 0) + 1
-    for p in facts.catalog.gi_profiles:
+    for facts in gpus:
+        assert facts.catalog is not None
+        state = states[facts.gpu.index]
+        used = Counter(gi.profile_id for gi in state.gpu_instances)
         taken = [gi.placement for gi in state.gpu_instances]
-        free = sum(1 for pl in p.placements if not any(pl.overlaps(t) for t in taken))
-        free = min(free, p.instance_count - used.get(p.id, 0))
-        table.add_row(
-            p.name, str(p.id), f"{max(free, 0)}/{p.instance_count}", f"{p.memory_mib / 1024:.2f}",
-            str(p.multiprocessors), str(p.copy_engines), str(p.decoders), str(p.encoders),
-            str(p.jpegs), str(p.ofas),
-            "{" + ",".join(str(pl.start) for pl in p.placements) + f"}}:{p.memory_slices}",
-        )
+        for number, p in enumerate(facts.catalog.gi_profiles):
+            free = sum(1 for pl in p.placements if not any(pl.overlaps(t) for t in taken))
+            free = min(free, p.instance_count - used[p.id])
+            table.add_row(
+                str(facts.gpu.index), facts.gpu.name if number == 0 else "", p.name, str(p.id),
+                f"{max(free, 0)}/{p.instance_count}", f"{p.memory_mib / 1024:.2f}",
+                str(p.multiprocessors), str(p.copy_engines), str(p.decoders),
+                str(p.encoders), str(p.jpegs), str(p.ofas),
+                "{" + ",".join(str(pl.start) for pl in p.placements) + f"}}:{p.memory_slices}",
+                end_section=number == len(facts.catalog.gi_profiles) - 1,
+            )
     return table
+
+
+def compute_profiles_table(gpus: Sequence[GpuFacts]) -> Table:
+    """Like `nvidia-smi mig -lcip`: the compute-instance profiles inside each GPU-instance
+    profile of every MIG GPU, in one table; `*` marks the full-size (default) one."""
+    table = Table(title="Compute instance profiles", title_justify="left")
+    for column in ("GPU", "GPU instance", "profile", "ID", "instances", "SMs", "placements"):
+        table.add_column(column, justify="left" if column in (
+            "GPU instance", "profile", "placements") else "right")
+    for facts in gpus:
+        catalog = facts.catalog
+        assert catalog is not None
+        for gi in catalog.gi_profiles:
+            cis = catalog.ci_profiles[gi.id]
+            for number, ci in enumerate(cis):
+                name = kind_of(catalog, gi, ci).name
+                table.add_row(
+                    str(facts.gpu.index), gi.name if number == 0 else "",
+                    name + ("*" if ci.slices == gi.slices else ""), str(ci.id),
+                    str(ci.instance_count), str(ci.multiprocessors),
+                    "{" + ",".join(str(pl.start) for pl in ci.placements) + f"}}:{ci.slices}",
+                    end_section=number == len(cis) - 1 and gi == catalog.gi_profiles[-1],
+                )
+    return table
+
+
+def compute_profiles_data(facts: GpuFacts) -> dict[str, object]:
+    catalog = facts.catalog
+    assert catalog is not None
+    return {
+        "gpu": facts.gpu.index, "name": facts.gpu.name,
+        "compute_profiles": [
+            {"gpu_instance_profile": gi.name, "gpu_instance_profile_id": gi.id,
+             "name": kind_of(catalog, gi, ci).name, "id": ci.id, "slices": ci.slices,
+             "instances": ci.instance_count, "multiprocessors": ci.multiprocessors,
+             "default": ci.slices == gi.slices,
+             "placements": [str(pl) for pl in ci.placements]}
+            for gi in catalog.gi_profiles for ci in catalog.ci_profiles[gi.id]
+        ],
+    }
 
 
 def profiles_data(facts: GpuFacts) -> dict[str, object]:

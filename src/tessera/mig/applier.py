@@ -8,8 +8,9 @@ the planner always starts from what it observes, the next apply converges from t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from tessera.errors import ApplyError, GpuBusyError, TesseraError
 from tessera.hardware.model import GpuMigState, Placement
@@ -32,10 +33,12 @@ class ApplyReport:
 
     plan: Plan
     done: tuple[Step, ...]
+    waiting_for_reset: tuple[int, ...] = ()  # GPUs whose mode change awaits a reset
 
     def to_dict(self) -> dict[str, object]:
         data = self.plan.to_dict()
         data["done"] = [s.to_dict() for s in self.done]
+        data["waiting_for_reset"] = list(self.waiting_for_reset)
         return data
 
 
@@ -84,28 +87,128 @@ def apply(
     *,
     force: bool = False,
     on_step: Callable[[Step], None] | None = None,
+    keep_going: bool = False,
 ) -> ApplyReport:
-    """Perform `plan`, planned from `observed` (read just before), step by step."""
+    """Perform `plan`, planned from `observed` (read just before), step by step.
+
+    A failed step stops the apply; with `keep_going`, it stops only that GPU's remaining
+    steps and the other GPUs are still applied (GPUs are independent: one broken GPU is one
+    broken GPU), and the ApplyError raised at the end names every GPU that failed."""
     if not force:
         check_not_busy(plan, observed)
-    gi_ids: dict[tuple[int, Placement], int] = {
-        (index, gi.placement): gi.id for index, state in observed.items()
-        for gi in state.gpu_instances
-    }
-    done: list[Step] = []
-    for number, step in enumerate(plan.steps, start=1):
-        try:
-            _perform(node, step, gi_ids)
-        except TesseraError as e:
-            raise ApplyError(
-                f"step {number} of {len(plan.steps)} failed ({step.describe()}): {e}. "
-                f"{len(done)} steps took effect; run the apply again to continue from here",
-                done=done, failed=step,
-            ) from e
-        done.append(step)
-        if on_step is not None:
-            on_step(step)
-    return ApplyReport(plan, tuple(done))
+    run = _Run(node, plan, observed, len(plan.steps), keep_going, on_step)
+    run.perform(plan.steps)
+    return run.finish()
+
+
+def split_phases(plan: Plan, *, skip_reset: bool = False) -> tuple[
+    tuple[Step, ...], tuple[Step, ...], tuple[int, ...]
+]:
+    """mig-parted's two phases of an apply: (MIG mode steps, MIG device steps, GPUs left
+    waiting for a reset). On a GPU whose mode changes, the mode phase is everything up to
+    its reset (instances go before MIG turns off); the rest is the device phase. Without
+    the reset (`skip_reset`) the new mode is pending, so that GPU gets no device steps."""
+    mode: list[Step] = []
+    devices: list[Step] = []
+    waiting: list[int] = []
+    for gpu in plan.gpus:
+        steps = [s for s in plan.steps if s.gpu == gpu]
+        cut = max((i + 1 for i, s in enumerate(steps) if isinstance(s, SetMigMode | ResetGpu)),
+                  default=0)
+        head, tail = steps[:cut], steps[cut:]
+        if skip_reset and any(isinstance(s, ResetGpu) for s in head):
+            head, tail = [s for s in head if not isinstance(s, ResetGpu)], []
+            waiting.append(gpu)
+        mode += head
+        devices += tail
+    return tuple(mode), tuple(devices), tuple(waiting)
+
+
+def apply_in_phases(
+    node: Node,
+    plan: Plan,
+    observed: Mapping[int, GpuMigState],
+    *,
+    force: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    keep_going: bool = False,
+    mode_only: bool = False,
+    skip_reset: bool = False,
+    before_phase: Callable[[Literal["pre-apply-mode", "pre-apply-config"]], None] | None = None,
+) -> ApplyReport:
+    """Perform `plan` as mig-parted's apply does: every GPU's MIG mode first, then the MIG
+    devices, calling `before_phase("pre-apply-mode")` / `before_phase("pre-apply-config")`
+    before a phase that has work (its hooks). `mode_only` stops after the mode phase;
+    `skip_reset` leaves mode changes pending (`ApplyReport.waiting_for_reset`). Nothing
+    starts if any step of the plan would be refused as busy."""
+    if not force:
+        check_not_busy(plan, observed)
+    mode, devices, waiting = split_phases(plan, skip_reset=skip_reset)
+    phases: list[tuple[Literal["pre-apply-mode", "pre-apply-config"], tuple[Step, ...]]] = [
+        ("pre-apply-mode", mode)]
+    if not mode_only:
+        phases.append(("pre-apply-config", devices))
+    run = _Run(node, plan, observed, sum(len(steps) for _, steps in phases), keep_going,
+               on_step)
+    for name, steps in phases:
+        left = [s for s in steps if s.gpu not in run.failed_gpus]
+        if not left or (run.failures and not keep_going):
+            continue
+        if before_phase is not None:
+            before_phase(name)
+        run.perform(left)
+    return run.finish(waiting)
+
+
+class _Run:
+    """One apply in progress: performs steps, numbering them, and keeps what took effect."""
+
+    def __init__(self, node: Node, plan: Plan, observed: Mapping[int, GpuMigState],
+                 total: int, keep_going: bool, on_step: Callable[[Step], None] | None) -> None:
+        self.node, self.plan, self.total = node, plan, total
+        self.keep_going, self.on_step = keep_going, on_step
+        self.gi_ids: dict[tuple[int, Placement], int] = {
+            (index, gi.placement): gi.id for index, state in observed.items()
+            for gi in state.gpu_instances
+        }
+        self.done: list[Step] = []
+        self.failures: list[tuple[int, Step, TesseraError]] = []
+        self.number = 0
+
+    @property
+    def failed_gpus(self) -> set[int]:
+        return {step.gpu for _, step, _ in self.failures}
+
+    def perform(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            if self.failures and not self.keep_going:
+                return
+            if step.gpu in self.failed_gpus:
+                continue
+            self.number += 1
+            try:
+                _perform(self.node, step, self.gi_ids)
+            except TesseraError as e:
+                self.failures.append((self.number, step, e))
+                continue
+            self.done.append(step)
+            if self.on_step is not None:
+                self.on_step(step)
+
+    def finish(self, waiting: tuple[int, ...] = ()) -> ApplyReport:
+        """The report, or the ApplyError naming every step that failed."""
+        if not self.failures:
+            return ApplyReport(self.plan, tuple(self.done), waiting)
+        failed = "; ".join(f"step {number} of {self.total} failed ({step.describe()}): {e}"
+                           for number, step, e in self.failures)
+        if len(self.failures) == 1 and len(self.done) == self.failures[0][0] - 1:
+            tail = f"{len(self.done)} steps took effect"
+        else:
+            left = ", ".join(str(gpu) for gpu in sorted(self.failed_gpus))
+            tail = (f"GPU {left} left part-way, every other GPU applied; {len(self.done)} "
+                    "steps took effect")
+        raise ApplyError(f"{failed}. {tail}; run the apply again to continue from here",
+                         done=self.done, failed=self.failures[0][1])
 
 
 def _perform(node: Node, step: Step, gi_ids: dict[tuple[int, Placement], int]) -> None:

@@ -3,7 +3,9 @@
 Like mig-parted's `generate-config`: `all-disabled`, `all-enabled`, one `all-<profile>` per
 GPU-instance profile with its maximum count (`+` spelled `.` in the name), and
 `all-balanced` (2x 1g + 1x 2g + 1x 3g; 2x 1g + 1x 2g on 4-slice GPUs). On a node with
-several MIG products, entries are split by `device-filter`.
+several MIG products, or GPUs without MIG beside MIG ones, entries that turn MIG on are split
+by `device-filter`, so that what is generated for a node also asserts on it (mig-parted's
+assert fails where a `mig-enabled: true` entry selects a GPU without MIG).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def generate(gpus: Sequence[GpuFacts]) -> dict[str, tuple[MigConfigEntry, ...]]:
     for facts in gpus:
         if facts.catalog is not None:
             products.setdefault((facts.gpu.pci_device_id, facts.gpu.pci_subsystem_id), facts)
-    split = len({pci for pci, _ in products}) > 1
+    split = len({pci for pci, _ in products}) > 1 or any(f.catalog is None for f in gpus)
 
     def entry(index: int, pci: int, enabled: bool, devices: dict[str, int]) -> MigConfigEntry:
         parsed: list[tuple[MigProfileName, int]] = sorted(
@@ -45,11 +47,14 @@ def generate(gpus: Sequence[GpuFacts]) -> dict[str, tuple[MigConfigEntry, ...]]:
             device_filter=(DeviceFilter(pci),) if split else (),
         )
 
+    by_pci = sorted({pci: facts for (pci, _), facts in products.items()}.items())
+    enabled = [MigConfigEntry(0, None, True)]
+    if split and by_pci:
+        enabled = [entry(i, pci, True, {}) for i, (pci, _) in enumerate(by_pci)]
     configs: dict[str, list[MigConfigEntry]] = {
         "all-disabled": [MigConfigEntry(0, None, False)],
-        "all-enabled": [MigConfigEntry(0, None, True)],
+        "all-enabled": enabled,
     }
-    by_pci = sorted({pci: facts for (pci, _), facts in products.items()}.items())
     for pci, facts in by_pci:
         assert facts.catalog is not None
         for profile in facts.catalog.gi_profiles:

@@ -59,11 +59,18 @@ class GpuFacts:
 
 @dataclass(frozen=True)
 class NodeTarget:
-    """A config resolved to this node: targets per GPU; GPUs no entry selects are left alone."""
+    """A config resolved to this node: targets per GPU; GPUs no entry selects are left alone.
+
+    `unmatched`: MIG GPUs no entry selects. `without_mig`: GPUs an entry with `mig-enabled:
+    true` selects but that have no MIG mode (apply leaves them; mig-parted's assert fails on
+    them). `notes`: what mig-parted skips silently and an operator should still hear of.
+    """
 
     config: str
     targets: Mapping[int, GpuTarget]
     unmatched: tuple[int, ...] = ()
+    without_mig: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def device_kind(catalog: GpuCatalog, profile: MigProfileName) -> DeviceKind | None:
@@ -93,6 +100,8 @@ def new_gpu_instances(
     catalog: GpuCatalog, devices: Mapping[DeviceKind, int]
 ) -> list[tuple[GpuInstanceProfile, list[ComputeInstanceProfile]]] | None:
     """Group MIG devices into GPU instances (each with the CIs it holds), or None."""
+    if any(count > most_of(catalog, kind) for kind, count in devices.items()):
+        return None  # never search with a count no GPU of this kind can hold
     by_gi: dict[int, list[ComputeInstanceProfile]] = {}
     for kind, count in sorted(devices.items()):
         by_gi.setdefault(kind.gi_profile_id, []).extend(
@@ -110,10 +119,27 @@ def new_gpu_instances(
     return groups
 
 
-def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts]) -> NodeTarget:
-    """Resolve config `name` of `file` against this node's GPUs, or raise MigConfigError."""
+def most_of(catalog: GpuCatalog, kind: DeviceKind) -> int:
+    """How many MIG devices of `kind` one GPU can hold at most: a bound, read in constant
+    time, that every count is checked against before any placement search."""
+    gi = catalog.gi_profile(kind.gi_profile_id)
+    ci = catalog.ci_profile(kind.gi_profile_id, kind.ci_profile_id)
+    return gi.instance_count * max(1, ci.instance_count)
+
+
+def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts],
+            unreachable: Sequence[int] = ()) -> NodeTarget:
+    """Resolve config `name` of `file` against this node's GPUs, or raise MigConfigError.
+
+    As mig-parted's `MatchesDevices` and `MatchesDeviceFilter`: an entry applies to the GPUs
+    it names that this node has, and an entry that selects none of them is skipped, so one
+    config can serve nodes with different GPUs and GPU counts. `unreachable` GPUs exist but
+    could not be read; they are not `gpus` and not reported as absent either."""
     config, entries = file.select(name)
     chosen: dict[int, tuple[int, GpuTarget]] = {}
+    without_mig: set[int] = set()
+    notes: list[str] = []
+    present = {f.gpu.index for f in gpus} | set(unreachable)
     for entry in entries:
         def fail(reason: str, gpu: int | None = None, _entry: int = entry.index) -> (
             MigConfigError
@@ -121,19 +147,27 @@ def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts]) -> 
             return MigConfigError(reason, source=file.source, config=config, entry=_entry,
                                   gpu=gpu)
 
-        for index in entry.devices or ():
-            if index >= len(gpus):
-                raise fail(f"`devices` names GPU {index}, but this node has {len(gpus)} GPUs "
-                           f"(0-{len(gpus) - 1})")
-        for facts in gpus:
+        absent = [i for i in entry.devices or () if i not in present]
+        if absent:
+            notes.append(f"entry {entry.index}: this node has no GPU "
+                         f"{', '.join(map(str, absent))}; skipped there")
+        selected = [f for f in gpus if entry.selects(f.gpu.index, f.gpu.pci_device_id,
+                                                     f.gpu.pci_subsystem_id)]
+        if not selected:
+            notes.append(f"entry {entry.index}: selects no GPU of this node; skipped")
+        for facts in selected:
             gpu = facts.gpu
-            if not entry.selects(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
-                continue
             if facts.catalog is None:
                 if entry.mig_enabled and entry.devices is not None:
                     raise fail(f"{gpu.name} does not support MIG; remove it from `devices` or "
                                "set `mig-enabled: false`", gpu.index)
-                continue  # `devices: all` skips GPUs without MIG, as mig-parted does
+                # `devices: all` skips it, as mig-parted's apply does; a later entry may still
+                # ask for what it is (MIG off).
+                if entry.mig_enabled:
+                    without_mig.add(gpu.index)
+                else:
+                    without_mig.discard(gpu.index)
+                continue
             counts: Counter[DeviceKind] = Counter()
             for profile, count in entry.mig_devices:
                 kind = device_kind(facts.catalog, profile)
@@ -142,6 +176,10 @@ def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts]) -> 
                     raise fail(f"{gpu.name} has no MIG profile {profile}; it offers: {offered} "
                                "(and <c>c.<profile> compute splits)", gpu.index)
                 counts[kind] += count
+                if counts[kind] > most_of(facts.catalog, kind):
+                    raise fail(f"`mig-devices`: {counts[kind]}x {profile} asked, but at most "
+                               f"{most_of(facts.catalog, kind)} fit on {gpu.name}; see "
+                               "`tessera mig profiles`", gpu.index)
             if not fits(facts.catalog, counts):
                 wanted = ", ".join(f"{n}x {k}" for k, n in sorted(counts.items()))
                 raise fail(f"{wanted} do not fit together on {gpu.name} (placements overlap or "
@@ -152,4 +190,5 @@ def resolve(file: MigConfigFile, name: str | None, gpus: Sequence[GpuFacts]) -> 
     targets = {i: t for i, (_, t) in sorted(chosen.items())}
     unmatched = tuple(f.gpu.index for f in gpus if f.gpu.index not in targets
                       and f.catalog is not None)
-    return NodeTarget(config=config, targets=targets, unmatched=unmatched)
+    return NodeTarget(config=config, targets=targets, unmatched=unmatched,
+                      without_mig=tuple(sorted(without_mig)), notes=tuple(notes))

@@ -51,6 +51,9 @@ class Plan:
     destroyed: int = 0
     created: int = 0
     unmatched: tuple[int, ...] = field(default=())
+    without_mig: tuple[int, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+    broken: tuple[tuple[int, str], ...] = field(default=())  # GPUs left out: (index, error)
 
     @property
     def empty(self) -> bool:
@@ -69,6 +72,9 @@ class Plan:
             "instances": {"kept": self.kept, "destroyed": self.destroyed,
                           "created": self.created},
             "unmatched_gpus": list(self.unmatched),
+            "gpus_without_mig": list(self.without_mig),
+            "notes": list(self.notes),
+            "broken_gpus": {str(i): error for i, error in self.broken},
         }
 
     def __str__(self) -> str:
@@ -113,7 +119,8 @@ def plan(
         steps += part.steps
         kept, destroyed, created = (kept + part.kept, destroyed + part.destroyed,
                                     created + part.created)
-    return Plan(target.config, tuple(steps), kept, destroyed, created, target.unmatched)
+    return Plan(target.config, tuple(steps), kept, destroyed, created, target.unmatched,
+                target.without_mig, target.notes)
 
 
 def observed_kinds(catalog: GpuCatalog, state: GpuMigState) -> Counter[DeviceKind]:

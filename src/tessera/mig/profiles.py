@@ -3,7 +3,9 @@
 `<g>g.<gb>gb` is a GPU instance with one full-size compute instance; `<c>c.<g>g.<gb>gb` a
 compute instance of `c` slices inside a `g`-slice GPU instance. An attribute suffix is
 `+attr[,attr…]` or a single negative `-attr` (go-nvlib's rules). Config names spell `+` as
-`.` (`all-1g.10gb.me`), which `config_name_for` reproduces.
+`.` (`all-1g.10gb.me`), which `config_name_for` reproduces. Zero sizes (`0g.0gb`) are
+well-formed, as mig-parted's own tests write them; no GPU offers such a profile, so applying
+one is refused where the config meets a GPU.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 _PROFILE = re.compile(
-    r"^(?:(?P<c>[1-9][0-9]*)c\.)?(?P<g>[1-9][0-9]*)g\.(?P<gb>[1-9][0-9]*)gb"
+    r"^(?:(?P<c>[1-9][0-9]*)c\.)?(?P<g>0|[1-9][0-9]*)g\.(?P<gb>0|[1-9][0-9]*)gb"
     r"(?:(?P<sign>[+-])(?P<attrs>.+))?$"
 )
 _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")

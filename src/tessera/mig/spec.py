@@ -9,7 +9,6 @@ a config fits the GPUs of a node is `tessera.mig.layout`'s job.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tessera.errors import MigConfigError
 from tessera.mig.profiles import MigProfileName, parse_profile
 
-_FILTER = re.compile(r"^0x([0-9A-Fa-f]{8})(?::0x([0-9A-Fa-f]{8}))?$")
+# No GPU holds more MIG devices than it has compute slices, and NVML's largest profile has 8.
+MOST_MIG_DEVICES_PER_GPU = 8
 
 
 # -- the wire format (what the file may say) ---------------------------------------------
@@ -32,7 +32,8 @@ class _Entry(BaseModel):
 
     devices: Literal["all"] | list[int]
     mig_enabled: bool = Field(alias="mig-enabled")
-    mig_devices: dict[str, int] | None = Field(default=None, alias="mig-devices")
+    # Counts are checked by hand so that a bad one is named with its profile and the bound.
+    mig_devices: dict[str, Any] | None = Field(default=None, alias="mig-devices")
     device_filter: str | list[str] | None = Field(default=None, alias="device-filter")
 
 
@@ -48,10 +49,17 @@ class _File(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class DeviceFilter:
-    """A PCI ID filter: `0xDDDDVVVV`, optionally `:0xSSSSssss` for the subsystem."""
+    """A PCI ID filter: `0xDDDDVVVV`, optionally `:0xSSSSssss` for the subsystem.
 
-    device_id: int
+    mig-parted reads each filter string as a number (Go's `ParseUint(text, 0, 32)`) and a
+    filter it cannot read matches no GPU rather than failing the file (model names such as
+    `A100-SXM4-40GB`, `0xDEVICE:0xSUBSYS:extra`); such a filter has no `device_id` and keeps
+    its `text` so that it is written back as it was read.
+    """
+
+    device_id: int | None
     subsystem_id: int | None = None
+    text: str = ""
 
     def matches(self, pci_device_id: int, pci_subsystem_id: int) -> bool:
         if self.device_id != pci_device_id:
@@ -59,8 +67,31 @@ class DeviceFilter:
         return self.subsystem_id is None or self.subsystem_id == pci_subsystem_id
 
     def __str__(self) -> str:
+        if self.device_id is None:
+            return self.text
         text = f"0x{self.device_id:08X}"
         return text if self.subsystem_id is None else f"{text}:0x{self.subsystem_id:08X}"
+
+
+def parse_device_filter(text: str) -> DeviceFilter:
+    """One `device-filter` string as mig-parted reads it; never fails (see DeviceFilter)."""
+    device, _, subsystem = text.partition(":")
+    device_id = _pci_number(device)
+    subsystem_id = _pci_number(subsystem) if subsystem else None
+    if device_id is None or (subsystem and subsystem_id is None) or text.endswith(":"):
+        return DeviceFilter(None, None, text)
+    return DeviceFilter(device_id, subsystem_id)
+
+
+def _pci_number(text: str) -> int | None:
+    """A 32-bit number in Go's base-0 syntax (`0x20B010DE`, decimal), or None."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        return None
+    # Python's base 0 also takes spaces and a sign around the digits; Go's does not.
+    return value if 0 <= value < 1 << 32 and text[:1].isdigit() and text.strip() == text \
+        else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,20 +208,11 @@ def _entry(wire: _Entry, index: int, config: str, source: str) -> MigConfigEntry
             raise fail("`devices` lists a GPU twice")
         devices = tuple(wire.devices)
 
-    filters: list[DeviceFilter] = []
-    raw_filters = [wire.device_filter] if isinstance(wire.device_filter, str) else (
-        wire.device_filter or []
-    )
-    for text in raw_filters:
-        match = _FILTER.fullmatch(text)
-        if match is None:
-            raise fail(
-                f"`device-filter` {text!r} is not a PCI ID: expected 0xDDDDVVVV (e.g. 0x20B210DE) "
-                "optionally followed by :0xSSSSssss"
-            )
-        filters.append(
-            DeviceFilter(int(match[1], 16), int(match[2], 16) if match[2] else None)
-        )
+    # mig-parted: an empty string is no filter at all; anything else it cannot read as a PCI
+    # ID matches no GPU (see DeviceFilter), so neither is an error here.
+    raw_filters = ([] if wire.device_filter == "" else [wire.device_filter]
+                   if isinstance(wire.device_filter, str) else wire.device_filter or [])
+    filters = [parse_device_filter(text) for text in raw_filters]
 
     mig_devices: list[tuple[MigProfileName, int]] = []
     if wire.mig_enabled and wire.mig_devices is None:
@@ -203,8 +225,12 @@ def _entry(wire: _Entry, index: int, config: str, source: str) -> MigConfigEntry
             profile = parse_profile(text)
         except ValueError as e:
             raise fail(f"`mig-devices`: {e}") from e
-        if count < 0:
-            raise fail(f"`mig-devices`: count of {text} is {count}; counts are never negative")
+        if type(count) is not int or count < 0:
+            raise fail(
+                f"`mig-devices`: count of {text} is {json.dumps(count, default=str)}; give a "
+                f"whole number from 0 to the profile's maximum per GPU (at most "
+                f"{MOST_MIG_DEVICES_PER_GPU} on any GPU; see `tessera mig profiles`)"
+            )
         if profile in seen:
             raise fail(f"`mig-devices` names {text} twice (also as {seen[profile]})")
         seen[profile] = text
@@ -268,7 +294,8 @@ def _entry_data(entry: MigConfigEntry) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if entry.device_filter:
         filters = [str(f) for f in entry.device_filter]
-        out["device-filter"] = filters[0] if len(filters) == 1 else filters
+        # A lone "" would read back as no filter; in a list it is one that matches nothing.
+        out["device-filter"] = filters[0] if len(filters) == 1 and filters[0] else filters
     out["devices"] = "all" if entry.devices is None else list(entry.devices)
     out["mig-enabled"] = entry.mig_enabled
     if entry.mig_enabled:
