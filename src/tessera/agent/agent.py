@@ -442,6 +442,8 @@ class Agent:
                 "warnings": list(plugin.warnings),
             },
             "disabled": {str(d.index): d.to_json() for d in self.disabled.values()},
+            # GPUs that stopped answering NVML: served as unhealthy, left alone by MIG.
+            "broken": {str(i): reason for i, reason in self.plugin.inventory.lost.items()},
             "labels": dict(self.labels),
             "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
             "errors": dict(self.errors),

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -182,6 +182,7 @@ class MigManager:
         self._wanted: dict[str, dict[str, str | None]] | None = None
         self._doubt = False  # a write failed or was lost: read the server before trusting
         self._halting = threading.Event()
+        self._broken_note: str | None = None
         self._retry_reason: str | None = None
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -273,11 +274,12 @@ class MigManager:
             return await self._final(desired, FAILED, str(e), "MigConfigInvalid")
         except TemporaryError as e:
             return await self._retry(desired, f"cannot read the GPUs: {e}")
+        broken = await self._note_broken(planned)
         if planned.empty:
             previous = view.labels.get(MIG_CONFIG_STATE)
-            return await self._final(desired, SUCCESS, None,
-                                     None if previous == SUCCESS else "MigConfigApplied",
-                                     f"node already matches {desired.target!r}")
+            return await self._settled(
+                desired, broken, None if previous == SUCCESS else "MigConfigApplied",
+                f"node already matches {desired.target!r}")
         gpu_uuids = {f.gpu.index: f.gpu.uuid for f in seen.gpus}
         try:
             if not desired.force:
@@ -297,7 +299,7 @@ class MigManager:
         started = self._clock()
         try:
             await self._blocking(apply, node, planned, seen.states, force=desired.force,
-                                 on_step=self._step_done)
+                                 on_step=self._step_done, keep_going=True)
         except ApplyError as e:
             await self._resume(paused)
             self.status.paused = {}
@@ -311,12 +313,36 @@ class MigManager:
         self.status.last_apply_seconds = self._clock() - started
         await self._resume(paused)
         self.status.paused = {}
-        return await self._final(
-            desired, SUCCESS, None, "MigConfigApplied",
+        return await self._settled(
+            desired, broken, "MigConfigApplied",
             f"applied {desired.target!r} in {self.status.last_apply_seconds:.1f} s: "
             f"{planned.destroyed} instances destroyed, {planned.created} created, "
             f"{planned.kept} kept",
         )
+
+    async def _note_broken(self, planned: Plan) -> str | None:
+        """Why GPUs were left out of the plan (None: none were); a Warning Event the first
+        time a GPU's error is seen."""
+        if not planned.broken:
+            self._broken_note = None
+            return None
+        note = "; ".join(f"GPU {index} left alone, NVML cannot read it: {error}"
+                         for index, error in planned.broken)
+        if note != self._broken_note:
+            self._broken_note = note
+            await self.api.event("MigGpuUnreachable", note, type="Warning")
+            log.warning("MIG manager: %s", note)
+        return note
+
+    async def _settled(self, desired: Desired, broken: str | None, event: str | None,
+                       message: str) -> str:
+        """Every GPU that can be read holds the config: `success`. With GPUs left out, the
+        reason names them, and the plan is made again after a while, so a GPU back on the
+        bus (after a reset or reboot) gets its layout without anyone touching the label."""
+        state = await self._final(desired, SUCCESS, broken, event, message)
+        if broken is not None:
+            self.status.retry_at = self._clock() + self.settings.max_retry_seconds
+        return state
 
     def halt(self) -> None:
         """Stop an apply in progress at the next step boundary (SIGTERM): what is done stays
@@ -333,18 +359,20 @@ class MigManager:
         are made by hand or by a controller, never by us), or an explicit layout."""
         if desired.mode == EXPLICIT:
             assert desired.layout is not None
-            return engine.plan_layout(node, parse_layout(desired.layout))
+            return engine.plan_layout(node, parse_layout(desired.layout), skip_broken=True)
         if desired.mode == DYNAMIC:
-            configs = engine.load_configs(node, None)
-            planned, seen = engine.plan_config(node, configs, "all-enabled")
+            configs = engine.load_configs(node, None, skip_broken=True)
+            planned, seen = engine.plan_config(node, configs, "all-enabled", skip_broken=True)
             steps = tuple(s for s in planned.steps if isinstance(s, SetMigMode | ResetGpu))
-            return Plan(config="dynamic", steps=steps), seen
+            return replace(planned, config="dynamic", steps=steps), seen
         if desired.mode != MANAGED:
             raise ConfigError(f"label {MIG_MODE}={desired.mode!r}: use {MANAGED} (follow "
                               f"{MIG_CONFIG}), {DYNAMIC} (MIG on, instances made by others) or "
                               f"{EXPLICIT} (follow the annotation {MIG_LAYOUT})")
-        configs = engine.load_configs(node, self.settings.config_path)
-        return engine.plan_config(node, configs, desired.config)
+        # A GPU NVML cannot read (off the bus, failing calls) is left out of the plan and
+        # named in it: one broken GPU must not hold the others' layout back.
+        configs = engine.load_configs(node, self.settings.config_path, skip_broken=True)
+        return engine.plan_config(node, configs, desired.config, skip_broken=True)
 
     async def _allocated(self, devices: Mapping[str, str]) -> str:
         """` (allocated by the kubelet to ns/pod: MIG-…; …)` for the devices a plan would take

@@ -75,10 +75,14 @@ async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
 
 
 def print_layout(node: Node) -> None:
-    seen = engine.observe(node)
+    """Each GPU's MIG layout; a GPU NVML cannot read is marked with its error, the others
+    are shown all the same."""
+    seen = engine.observe(node, skip_broken=True)
     for facts in seen.gpus:
         for part in show_gpu(facts, seen.states[facts.gpu.index]):
             stdout.print(part)
+    for index, error in seen.broken.items():
+        stdout.print(f"[red]GPU {index}: broken[/] — {_escape(error)}")
 
 
 def print_status(data: dict[str, Any], output: Output) -> None:
@@ -104,6 +108,8 @@ def print_status(data: dict[str, Any], output: Output) -> None:
             stdout.print(f"[red]{key.replace('_', ' ')}:[/] {plugin[key]}")
     for device, reason in sorted(plugin.get("unhealthy", {}).items()):
         stdout.print(f"[yellow]unhealthy[/] {device}: {reason}")
+    for index, reason in sorted(data.get("broken", {}).items()):
+        stdout.print(f"[red]broken[/] GPU {index}: {_escape(reason)}")
     for index, gpu in sorted(data.get("disabled", {}).items()):
         stdout.print(f"[yellow]disabled[/] GPU {index}: {gpu['reason']} ({gpu['state']}"
                      + (f", used by {gpu['users']}" if gpu.get("users") else "") + ")")
@@ -123,3 +129,9 @@ def _age(seconds: object) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

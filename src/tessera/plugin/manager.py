@@ -209,9 +209,13 @@ class DevicePlugin:
 
     async def select_config(self, name: str | None) -> None:
         """Use another named config (the node label `nvidia.com/device-plugin.config`)."""
-        self._config_name = name
-        self._fingerprint = ""  # force a reload even if the files did not change
-        await self.reload_config()
+        async with self._lock:
+            # Under the lock: a reload in progress (the config poll, parsing off the loop)
+            # must not record its fingerprint after this reset and so skip the new name.
+            self._config_name = name
+            self._fingerprint = ""  # force a reload even if the files did not change
+            if await self._load_config(initial=False):
+                await self._replan()
 
     async def reload_config(self) -> None:
         async with self._lock:
