@@ -96,7 +96,8 @@ def _agent(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
 
 def _status(tmp_path: Path) -> dict[str, object]:
     try:
-        data = json.loads((tmp_path / "xdg" / "tessera" / "status-n1.json").read_text())
+        status = tmp_path / "xdg" / "tessera" / "status-n1-sim-dgx-a100.json"
+        data = json.loads(status.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -123,7 +124,7 @@ def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
             assert agent.poll() is None, agent.communicate()[0]
             time.sleep(0.05)
         if when == "mid-change":
-            node = tmp_path / "xdg" / "tessera" / "node-n1.json"
+            node = tmp_path / "xdg" / "tessera" / "node-n1-sim-dgx-a100.json"
             data = json.loads(node.read_text())
             data["labels"]["nvidia.com/mig.config"] = "all-balanced"
             data["version"] += 1

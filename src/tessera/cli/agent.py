@@ -146,7 +146,7 @@ def agent(
     common = settings(ctx)
     with reported():
         standalone = standalone_mode(common, no_kube, kubeconfig)
-        api = node_api(node_name, standalone, kubeconfig, node_file)
+        api = node_api(node_name, standalone, kubeconfig, node_file, simulate=common.simulate)
         if label and not standalone:
             raise ConfigError("--label only seeds a standalone node; on a cluster use "
                               "kubectl label node")
@@ -164,7 +164,7 @@ def agent(
                             default_config=default_mig_config or None),
             mig_manager=mig_manager,
             nvml_drain=nvml_drain,
-            status_file=status_file or status_path(node_name),
+            status_file=status_file or status_path(node_name, simulate=common.simulate),
             exporter=ExporterSettings(
                 address=metrics_address, port=metrics_port, interval_s=metrics_interval,
                 counters=counters, hostname=node_name,

@@ -18,9 +18,9 @@ gpu_app = typer.Typer(help="Take a GPU out of service and back (through the node
 
 
 def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_file: Path | None,
-                  gpu: str, reason: str | None) -> dict[str, str]:
+                  gpu: str, reason: str | None, simulate: str | None) -> dict[str, str]:
     async def edit() -> dict[str, str]:
-        api = node_api(node_name, local, kubeconfig, node_file)
+        api = node_api(node_name, local, kubeconfig, node_file, simulate=simulate)
         try:
             view = await api.get()
             value, disabled = edit_disable(view.annotations.get(GPU_DISABLE), gpu, reason,
@@ -51,7 +51,8 @@ def gpu_disable(
     """Stop advertising a GPU and all on it; the agent reports who still uses it."""
     with reported():
         standalone = standalone_mode(settings(ctx), local, kubeconfig)
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason,
+                            settings(ctx).simulate)
     print(f"GPU {gpu} disabled on {node_name} ({len(now)} disabled)")
 
 
@@ -65,7 +66,8 @@ def gpu_enable(
     """Put a disabled GPU back in service."""
     with reported():
         standalone = standalone_mode(settings(ctx), local, kubeconfig)
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None,
+                            settings(ctx).simulate)
     print(f"GPU {gpu} enabled on {node_name} ({len(now)} still disabled)")
 
 

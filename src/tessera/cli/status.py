@@ -47,7 +47,7 @@ def status(
         else:
             emit(data, output)
         return
-    path = status_file or status_path(node_name)
+    path = status_file or status_path(node_name, simulate=settings(ctx).simulate)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
