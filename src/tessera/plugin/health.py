@@ -138,9 +138,12 @@ class XidListener:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the thread; it notices within `wait_ms`. `wait=False` does not wait for it (a
+        stopping plugin: the thread is a daemon and closes its own NVML handle)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if wait and self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():

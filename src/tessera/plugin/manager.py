@@ -179,7 +179,7 @@ class DevicePlugin:
     async def stop(self) -> None:
         await cancel_all(self._tasks)
         if self._xids is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._xids.stop)
+            self._xids.stop(wait=False)  # it ends within its wait; SIGTERM must not wait
         if self._mps is not None:
             await self._mps.stop()
         for server in list(self.servers.values()):
