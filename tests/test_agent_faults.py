@@ -150,3 +150,25 @@ def test_sigterm_stops_the_agent_promptly(tmp_path: Path, when: str) -> None:
     output, _ = second.communicate(timeout=120)
     assert second.returncode in (0, 1), output  # the next start converges from what was left
     assert "Traceback" not in output
+
+
+def test_a_second_agent_process_refuses_naming_the_first(tmp_path: Path) -> None:
+    first = _agent(tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not _status(tmp_path) and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()[0]
+            time.sleep(0.05)
+        second = _agent(tmp_path)
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 1, output
+        assert f"PID {first.pid}" in output
+        assert "already serves" in output
+        assert "Traceback" not in output
+        assert first.poll() is None, "the first agent keeps running"
+        sockets = list((tmp_path / "run" / "tessera" / "n1").glob("*.sock"))
+        assert sockets, "and keeps its sockets"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0

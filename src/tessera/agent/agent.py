@@ -457,9 +457,13 @@ class Agent:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w") as out:
-                json.dump(self.status(), out, indent=2, sort_keys=True, default=str)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w") as out:
+                    json.dump(self.status(), out, indent=2, sort_keys=True, default=str)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)  # a failed write leaves nothing behind
+                raise
         except OSError as e:
             log.warning("cannot write status file %s: %s", path, e)
 

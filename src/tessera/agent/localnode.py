@@ -59,9 +59,13 @@ class LocalNode:
     def _write(self, data: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out, indent=2, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
 
     def _view(self, data: Mapping[str, Any]) -> NodeView:
         return NodeView(name=self.name, labels=dict(data["labels"]),
