@@ -235,8 +235,16 @@ class Agent:
 
     async def _watch(self) -> None:
         async for view in self.api.watch():
-            self.view = view
+            self._see(view)
             self._wake.set()
+
+    def _see(self, view: NodeView) -> None:
+        """Take a newer view of the node. A patch's answer and the watch's events race: an
+        answer sent before a user's change can arrive after the watch brought that change,
+        and must not put the older metadata back (the change would then go unseen until
+        the next one)."""
+        if self.view is None or not _older(view.resource_version, self.view.resource_version):
+            self.view = view
 
     # -- one pass --------------------------------------------------------------------------
 
@@ -364,7 +372,7 @@ class Agent:
             log.warning("cannot report the node's unusable values yet: %s", e)
             return
         if updated is not None:
-            self.view = updated
+            self._see(updated)
 
     async def _set_nvml_drain(self, index: int, drained: bool) -> None:
         assert self._node is not None
@@ -399,7 +407,7 @@ class Agent:
             log.warning("feature labels not written yet: %s", e)
             return
         if updated is not None:
-            self.view = updated
+            self._see(updated)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -492,3 +500,9 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
         log.info("removed %d temporary file(s) an interrupted write left beside %s",
                  len(removed), path)
     return removed
+
+
+def _older(version: str, than: str) -> bool:
+    # resourceVersions are opaque by contract but integers in practice (etcd revisions, the
+    # local file's counter); when they are not, arrival order decides.
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
