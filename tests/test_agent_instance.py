@@ -187,3 +187,26 @@ async def test_status_says_how_old_it_is_and_whether_the_agent_runs(tmp_path: Pa
     assert stopped["agent_running"] is False
     assert isinstance(stopped["age_seconds"], float | int)
     assert stopped["age_seconds"] >= 0
+
+
+async def test_an_agent_that_fails_to_start_leaves_nothing_serving(tmp_path: Path) -> None:
+    """The exporter's port is taken: the agent refuses, and its plugin does not stay behind
+    holding the sockets and the lock (a retry, or another agent, can start at once)."""
+    import socket as sockets
+
+    from tessera.errors import ConfigError
+    from tessera.metrics import ExporterSettings
+
+    with sockets.socket() as taken, short_dir() as directory:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = replace(agent_settings(directory), exporter=ExporterSettings(
+            address="127.0.0.1", port=taken.getsockname()[1], pod_resources_socket=None))
+        agent = Agent(lambda: Node(simulated_backend("a30x4", tmp_path / "s.json")),
+                      LocalNode("node-1", directory / "node.json"), settings)
+        with pytest.raises(ConfigError):
+            await agent.start()
+        assert holder_of(settings.plugin.socket_dir / LOCK_NAME) is None
+        assert settings.status_file is not None
+        assert holder_of(status_lock(settings.status_file)) is None
+        assert not list(settings.plugin.socket_dir.glob("*.sock"))

@@ -128,6 +128,11 @@ class Agent:
         try:
             await self._start()
         except BaseException:
+            # Nothing half-started stays behind: a plugin serving without its agent would
+            # hold the socket directory's lock and advertise devices nobody manages.
+            plugin: DevicePlugin | None = getattr(self, "plugin", None)
+            if plugin is not None:
+                await plugin.stop()
             if self._instance is not None:
                 self._instance.release()
             self._executor.shutdown(wait=False)
