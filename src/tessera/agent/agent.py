@@ -7,6 +7,11 @@ disable/drain (the `tessera.dev/gpu.disable` annotation) and the per-node plugin
 annotations — from the API server, or from a local file when standalone — and to changes
 of what the plugin advertises. Because everything shares one process, a MIG change pauses
 only the devices it touches.
+
+One agent per node: it holds a lock beside its status file (and its plugin one on the
+socket directory) and a second refuses to start, naming the first. A label or annotation it
+cannot use is reported on the node (`tessera.agent.inputs`). SIGTERM abandons the pass in
+progress at once; the next start converges from what it left.
 """
 
 from __future__ import annotations

@@ -15,8 +15,15 @@ As NVIDIA's mig-manager, minus its walls:
 - A node with no `nvidia.com/mig.config` label follows `MigSettings.default_config` when one
   is set (`--default-mig-config`), as the GPU Operator's `migManager.config.default`; the
   label is not written, so removing a node's label sends it back to the default.
+- The state on the node tells the truth after any API fault: the state and reason decided
+  last are asserted against every view of the node, and after a write that failed or lost
+  its answer, against a fresh read (`sync_metadata`).
+- A broken GPU is one broken GPU: a GPU NVML cannot read is left out of the plan and named
+  in the reason, the others converge (`success`), and the plan is made again after a while.
+- SIGTERM: `halt()` ends an apply at its next step boundary.
 
-The engine (plan, busy check, apply) runs in a worker thread with its own `Node`.
+Planning runs off the event loop in a daemon thread (`tasks.off_loop`: a stopping agent
+does not wait for it); the apply in a worker thread with its own `Node`.
 """
 
 from __future__ import annotations
