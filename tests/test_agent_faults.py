@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import until
+from agent_support import agent_rig, until
 from helpers import make_node
 from plugin_support import rig
+from tessera.agent import mig_manager
+from tessera.agent.keys import MIG_CONFIG, MIG_CONFIG_STATE
+from tessera.mig import engine
 from tessera.plugin import manager
 
 GPU = "nvidia.com/gpu"
@@ -83,6 +86,78 @@ async def test_a_slow_config_parse_does_not_stall_allocate(
         finally:
             release.set()
             await selecting
+
+
+async def test_a_stop_mid_plan_does_not_wait_for_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    planning = threading.Event()
+    real = engine.plan_config
+
+    def slow(*args: object, **kw: object) -> object:
+        planning.set()
+        release.wait(30)  # a plan that takes long (huge counts, a slow GPU)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "plan_config", slow)
+    try:
+        async with agent_rig("a30x4", tmp_path / "s.json") as r:
+            stopped = asyncio.Event()
+            running = asyncio.create_task(r.agent.run(stopped))
+            await r.set_metadata(labels={MIG_CONFIG: "all-1g.6gb"})
+            await until(planning.is_set, what="the plan to begin")
+            stopped.set()
+            await asyncio.wait_for(running, 5)  # not the 30 s the plan would take
+            assert not release.is_set()
+    finally:
+        release.set()
+
+
+async def test_a_stop_mid_apply_ends_at_a_step_and_the_next_start_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = mig_manager.apply
+    stepping = threading.Event()
+    ended: list[BaseException | None] = []
+
+    def slowly(*args: object, on_step: object = None, **kw: object) -> object:
+        def step_done(step: object) -> None:
+            stepping.set()
+            time.sleep(0.1)  # each step takes a while, as on real GPUs
+            on_step(step)  # type: ignore[operator]
+        try:
+            result = real(*args, on_step=step_done, **kw)  # type: ignore[arg-type]
+        except BaseException as e:
+            ended.append(e)
+            raise
+        ended.append(None)
+        return result
+
+    monkeypatch.setattr(mig_manager, "apply", slowly)
+    state = tmp_path / "s.json"
+    async with agent_rig("dgx-a100", state) as r:
+        stopped = asyncio.Event()
+        running = asyncio.create_task(r.agent.run(stopped))
+        await r.set_metadata(labels={MIG_CONFIG: "all-1g.10gb"})
+        await until(stepping.is_set, what="the apply to begin")
+        stopped.set()
+        await asyncio.wait_for(running, 5)
+        await until(lambda: bool(ended), timeout=5, what="the apply to end at a step")
+        assert isinstance(ended[0], mig_manager.Halted), ended
+        made = sum(len(r.node.mig_state(i).gpu_instances) for i in range(8))
+        assert made < 8 * 7, "stopped part-way through the change"
+        labels, _ = await r.metadata()
+        assert labels[MIG_CONFIG_STATE] == "pending"
+        node_data = (r.directory / "node.json").read_text()
+    monkeypatch.setattr(mig_manager, "apply", real)
+    async with agent_rig("dgx-a100", state) as again:
+        (again.directory / "node.json").write_text(node_data)
+        again.agent.view = await again.api.get()
+        await again.pass_(2)
+        labels, _ = await again.metadata()
+        assert labels[MIG_CONFIG_STATE] == "success"
+        assert all(len(again.node.mig_state(i).gpu_instances) == 7 for i in range(8))
 
 
 def _agent(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
