@@ -210,3 +210,25 @@ async def test_an_agent_that_fails_to_start_leaves_nothing_serving(tmp_path: Pat
         assert settings.status_file is not None
         assert holder_of(status_lock(settings.status_file)) is None
         assert not list(settings.plugin.socket_dir.glob("*.sock"))
+
+
+async def test_a_bad_mig_layout_is_the_mig_states_and_cleared_when_fixed(
+    tmp_path: Path,
+) -> None:
+    from tessera.agent.keys import MIG_CONFIG_STATE, MIG_LAYOUT, MIG_MODE, MIG_REASON
+
+    async with agent_rig("a30x4", tmp_path / "s.json") as r:
+        await r.set_metadata(labels={MIG_MODE: "explicit"},
+                             annotations={MIG_LAYOUT: "gpus: [not, a, layout"})
+        await r.pass_()
+        labels, notes = await r.metadata()
+        assert labels[MIG_CONFIG_STATE] == "failed"
+        assert MIG_LAYOUT in notes[MIG_REASON]
+        assert isinstance(r.api, LocalNode)
+        assert ("Warning", "MigConfigInvalid") in {(t, why) for t, why, _ in r.api.events}
+        await r.set_metadata(annotations={
+            MIG_LAYOUT: 'version: v1\ngpus: {"0": [{profile: 2g.12gb, placement: 2}]}\n'})
+        await r.pass_()
+        labels, notes = await r.metadata()
+        assert labels[MIG_CONFIG_STATE] == "success"
+        assert MIG_REASON not in notes, "the reason goes once the layout can be used"
