@@ -232,3 +232,12 @@ async def test_a_bad_mig_layout_is_the_mig_states_and_cleared_when_fixed(
         labels, notes = await r.metadata()
         assert labels[MIG_CONFIG_STATE] == "success"
         assert MIG_REASON not in notes, "the reason goes once the layout can be used"
+
+
+def test_a_lock_that_cannot_be_made_names_the_file(tmp_path: Path) -> None:
+    from tessera.errors import ConfigError
+
+    not_a_dir = tmp_path / "dp"
+    not_a_dir.write_text("a file where the socket directory belongs")
+    with pytest.raises(ConfigError, match=f"cannot create the lock file {not_a_dir}"):
+        InstanceLock(not_a_dir / LOCK_NAME, "the sockets").acquire()

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from tessera.errors import TemporaryError
+from tessera.errors import ConfigError, TemporaryError
 
 LOCK_NAME = ".tessera.lock"
 
@@ -43,15 +43,21 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise `AlreadyRunning` naming the instance that holds it."""
-        fd = _open(self.path)
+        """Take the lock, or raise `AlreadyRunning` naming the instance that holds it
+        (`ConfigError` naming the file when it cannot be made or locked at all)."""
+        try:
+            fd = _open(self.path)
+        except OSError as e:
+            raise ConfigError(f"cannot create the lock file {self.path} ({e.strerror or e}); "
+                              f"{self.what} must be writable by the agent") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = _read(fd)
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
+                raise ConfigError(f"cannot lock {self.path} ({e.strerror or e}); put "
+                                  f"{self.what} on a local filesystem") from e
             raise AlreadyRunning(
                 f"another Tessera instance ({holder or 'PID unknown'}) already serves "
                 f"{self.what} (lock {self.path}); stop it first, or give this one another "
