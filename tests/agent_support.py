@@ -19,6 +19,8 @@ from tessera.agent.nodeapi import NodeApi
 from tessera.hardware.backend import simulated_backend
 from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
+from tessera.kube import NodeClient, RetryPolicy
+from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.testing import TestKubelet
 from tessera.plugin.manager import PluginSettings
 
@@ -100,3 +102,31 @@ async def agent_rig(
             finally:
                 await agent.stop()
         node.close()
+
+
+async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    """Wait for a condition, polling; fail naming `what` after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_with_api(directory: Path, server: FakeApiServer, node_name: str,
+                           preset: str = "dgx-a100", *, retry: RetryPolicy | None = None,
+                           timeout: float = 10.0, **kw: Any) -> AsyncIterator[AgentRig]:
+    """An agent steered by `server` through the real lightkube client, its loop running."""
+    client = NodeClient.connect(node_name, server.kubeconfig(directory / "kubeconfig"),
+                                retry=retry or RetryPolicy(attempts=3, first_delay=0.05,
+                                                           max_delay=0.2),
+                                timeout=timeout)
+    async with agent_rig(preset, directory / "s.json", api=client, **kw) as rig:
+        stopped = asyncio.Event()
+        task = asyncio.create_task(rig.agent.run(stopped))
+        try:
+            yield rig
+        finally:
+            stopped.set()
+            await task

@@ -70,7 +70,7 @@ def test_agent_runs_until_sigterm_and_follows_label_changes(env: dict[str, str],
                                 "--metrics-interval", "0.2"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    status_file = tmp_path / "state" / "tessera" / "status-node-a.json"
+    status_file = tmp_path / "state" / "tessera" / "status-node-a-sim-a30x4.json"
     try:
         deadline = time.monotonic() + 30
         while not status_file.exists() and time.monotonic() < deadline:
@@ -108,3 +108,21 @@ def test_agent_runs_until_sigterm_and_follows_label_changes(env: dict[str, str],
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("GpuDisabled" in entry["message"] for entry in lines)
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
+
+
+def test_standalone_files_are_per_preset_and_node(env: dict[str, str], tmp_path: Path) -> None:
+    state = tmp_path / "state" / "tessera"
+    a30 = run(env, "gpu", "disable", "2", "--reason", "fan", "--no-kube")
+    assert a30.returncode == 0, a30.stderr
+    dgx = run({**env, "TESSERA_SIMULATE": "dgx-a100", "TESSERA_SIM_STATE":
+               str(tmp_path / "dgx.json")}, "gpu", "disable", "5", "--reason", "ecc", "--no-kube")
+    assert dgx.returncode == 0, dgx.stderr
+    other = run({**env, "NODE_NAME": "node-b"}, "gpu", "disable", "1", "--reason", "psu",
+                "--no-kube")
+    assert other.returncode == 0, other.stderr
+    disabled = {path.name: json.loads(json.loads(path.read_text())["annotations"]
+                                      ["tessera.dev/gpu.disable"])
+                for path in sorted(state.glob("node-*.json"))}
+    assert disabled == {"node-node-a-sim-a30x4.json": {"2": "fan"},
+                        "node-node-a-sim-dgx-a100.json": {"5": "ecc"},
+                        "node-node-b-sim-a30x4.json": {"1": "psu"}}

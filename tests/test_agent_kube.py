@@ -123,8 +123,12 @@ async def test_failures_are_explained_and_conflicts_retried(tmp_path: Path) -> N
             await until(lambda: labels(server).get(MIG_CONFIG_STATE) == "failed",
                         what="failed")
             assert "no config named 'all-3g.40gb'" in annotations(server)[MIG_REASON]
-            warning = [e for e in server.events() if e.get("reason") == "MigConfigInvalid"]
-            assert warning
+
+            def warnings() -> list[dict[str, object]]:
+                return [e for e in server.events() if e.get("reason") == "MigConfigInvalid"]
+
+            await until(warnings, what="the Event, sent after the state")  # best effort, later
+            warning = warnings()
             assert warning[0]["type"] == "Warning"
             assert r.agent.view is not None
 

@@ -7,6 +7,11 @@ disable/drain (the `tessera.dev/gpu.disable` annotation) and the per-node plugin
 annotations — from the API server, or from a local file when standalone — and to changes
 of what the plugin advertises. Because everything shares one process, a MIG change pauses
 only the devices it touches.
+
+One agent per node: it holds a lock beside its status file (and its plugin one on the
+socket directory) and a second refuses to start, naming the first. A label or annotation it
+cannot use is reported on the node (`tessera.agent.inputs`). SIGTERM abandons the pass in
+progress at once; the next start converges from what it left.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tessera.agent.drain import (
     DRAINED,
@@ -32,12 +37,19 @@ from tessera.agent.drain import (
     resolve,
     state_annotation,
 )
+from tessera.agent.inputs import InputProblems
 from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, PLUGIN_CONFIG
-from tessera.agent.mig_manager import MigManager, MigSettings
+from tessera.agent.mig_manager import Halted, MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
-from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
+from tessera.errors import (
+    ConfigError,
+    HardwareError,
+    PluginConfigError,
+    TemporaryError,
+    TesseraError,
+)
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
 from tessera.labels import (
@@ -51,6 +63,7 @@ from tessera.labels import (
 )
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
+from tessera.plugin.lock import InstanceLock
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 from tessera.tasks import cancel_all
 
@@ -97,12 +110,16 @@ class Agent:
         self.disabled: dict[str, DisabledGpu] = {}
         self.drain_problems: list[str] = []
         self.errors: dict[str, str] = {}
+        self._inputs = InputProblems()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._plugin_config: str | None = settings.plugin.config_name
         self.exporter: Exporter | None = None
         self._system: NodeFacts | None = None  # driver, CUDA, machine: read once
         self.started_at = time.monotonic()
+        self._instance = (InstanceLock(status_lock(settings.status_file),
+                                       f"the agent state in {settings.status_file}")
+                          if settings.status_file is not None else None)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -114,17 +131,53 @@ class Agent:
 
     async def start(self) -> None:
         """Read the node, then start serving: the plugin first, so devices are advertised
-        even while the API server is away; then the loops."""
+        even while the API server is away; then the loops. Refuses (`AlreadyRunning`) when
+        another agent holds this node's state or socket directory."""
+        if self._instance is not None:
+            self._instance.acquire()
+            assert self.settings.status_file is not None
+            remove_stale_temp_files(self.settings.status_file)
+            node_file = getattr(self.api, "path", None)
+            if isinstance(node_file, Path):
+                remove_stale_temp_files(node_file)
+        try:
+            await self._start()
+        except BaseException:
+            # Nothing half-started stays behind: a plugin serving without its agent would
+            # hold the socket directory's lock and advertise devices nobody manages.
+            plugin: DevicePlugin | None = getattr(self, "plugin", None)
+            if plugin is not None:
+                await plugin.stop()
+            if self._instance is not None:
+                self._instance.release()
+            self._executor.shutdown(wait=False)
+            raise
+
+    async def _start(self) -> None:
         self._node = await self._blocking(self._open_node)
         try:
             self.view = await self.api.get()
         except TemporaryError as e:
             log.warning("API server not answering yet, serving devices meanwhile: %s", e)
+        fallback = self._plugin_config
         if self.view is not None:
             self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
         self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
                                                             config_name=self._plugin_config))
-        await self.plugin.start()
+        try:
+            await self.plugin.start()
+        except PluginConfigError as e:
+            if self._plugin_config == fallback:
+                raise
+            # A label naming a config that is not there must not leave the node without a
+            # device plugin: serve the configured default, and report the label (the next
+            # pass puts the error on the node, and a fixed label is taken up live).
+            log.error("label %s=%s: %s; serving %s meanwhile", PLUGIN_CONFIG,
+                      self._plugin_config, e, fallback or "the default config")
+            self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
+                                                                config_name=fallback))
+            await self.plugin.start()
+            await self.plugin.select_config(self._plugin_config)
         self.plugin.subscribe(self._poke)
         if self.settings.exporter is not None:
             self.exporter = Exporter(self._open_node, self.settings.exporter,
@@ -133,6 +186,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._watch(), name="node watch"))
 
     async def stop(self) -> None:
+        self.mig.halt()  # an apply still running (converge, a cancelled pass) ends at a step
         await cancel_all(self._tasks)
         if self.exporter is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
@@ -145,27 +199,52 @@ class Agent:
                 await self._blocking(self._node.close)
         self._executor.shutdown(wait=False)
         await self.api.close()
+        if self._instance is not None:
+            self._instance.release()
 
     async def run(self, stopped: asyncio.Event | None = None) -> None:
-        """Reconcile on every node change and plugin change, and every tick, until `stopped`."""
+        """Reconcile on every node change and plugin change, and every tick, until `stopped`.
+
+        A pass in progress when `stopped` is set is abandoned at once — mid-plan, mid-write
+        or mid-apply (the apply itself ends at its next step boundary, see
+        `MigManager.halt`): what it left, the next start converges from.
+        """
         stopped = stopped or asyncio.Event()
-        while not stopped.is_set():
-            try:
-                await self.reconcile()
-            except TesseraError as e:
-                # Whatever one pass hit (a GPU that stopped answering, an API refusal), the
-                # agent keeps serving devices and tries again on the next change or tick.
-                log.error("reconcile failed, retrying: %s", e)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                waiter = asyncio.ensure_future(self._wake.wait())
-                halt = asyncio.ensure_future(stopped.wait())
-                try:
-                    await asyncio.wait({waiter, halt}, timeout=self.settings.tick_seconds,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    halt.cancel()
+        halt = asyncio.ensure_future(stopped.wait())
+        try:
+            while not stopped.is_set():
+                one = asyncio.ensure_future(self._one_pass())
+                await asyncio.wait({one, halt}, return_when=asyncio.FIRST_COMPLETED)
+                if not one.done():
+                    self.mig.halt()
+                    one.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Halted):
+                        await one
+                    return
+                one.result()  # anything but a TesseraError is a bug: let it be seen
+                await self._idle(halt)
+        finally:
+            halt.cancel()
+
+    async def _one_pass(self) -> None:
+        try:
+            await self.reconcile()
+        except TesseraError as e:
+            # Whatever one pass hit (a GPU that stopped answering, an API refusal), the
+            # agent keeps serving devices and tries again on the next change or tick.
+            log.error("reconcile failed, retrying: %s", e)
+
+    async def _idle(self, halt: asyncio.Task[Literal[True]]) -> None:
+        """Until the next node or plugin change, the next tick, or `halt`."""
+        if halt.done():
+            return
+        self._wake.clear()
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter, halt}, timeout=self.settings.tick_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     async def converge(self) -> None:
         """What `--once` runs: a pass that applies the MIG config, then a pass that labels
@@ -176,8 +255,16 @@ class Agent:
 
     async def _watch(self) -> None:
         async for view in self.api.watch():
-            self.view = view
+            self._see(view)
             self._wake.set()
+
+    def _see(self, view: NodeView) -> None:
+        """Take a newer view of the node. A patch's answer and the watch's events race: an
+        answer sent before a user's change can arrive after the watch brought that change,
+        and must not put the older metadata back (the change would then go unseen until
+        the next one)."""
+        if self.view is None or not _older(view.resource_version, self.view.resource_version):
+            self.view = view
 
     # -- one pass --------------------------------------------------------------------------
 
@@ -193,7 +280,8 @@ class Agent:
                 await self.mig.reconcile(view)
                 await self.plugin.refresh()
             await self._drain(view)
-        await self.mig.sync_metadata()
+            await self._report_inputs()
+        await self.mig.sync_metadata(self.view)
         if self.settings.feature_labels:
             await self._feature_labels()
         self._write_status()
@@ -234,9 +322,12 @@ class Agent:
         except ConfigError as e:
             self.errors["drain"] = str(e)
             return
-        self.errors.pop("drain", None)
         gpus = tuple(v.gpu for v in self.plugin.inventory.gpus)
         wanted, problems = resolve(refs, gpus)
+        if problems:
+            self.errors["drain"] = f"annotation {GPU_DISABLE}: " + "; ".join(problems)
+        else:
+            self.errors.pop("drain", None)
         changes: dict[str, str | None] = {u: None for u in self.disabled if u not in wanted}
         changes.update({u: f"disabled: {reason}" for u, (_, reason) in wanted.items()})
         await self.plugin.set_excluded(changes, owner="drain")
@@ -283,6 +374,26 @@ class Agent:
             except TesseraError as e:
                 log.warning("GPU drain state not recorded yet: %s", e)
 
+    async def _report_inputs(self) -> None:
+        """Put on the node why a label or annotation cannot be used, and take it off once it
+        can (see `tessera.agent.inputs`); compared with the latest view on every pass."""
+        plugin = self.plugin.status()
+        problems = {GPU_DISABLE: self.errors.get("drain"),
+                    PLUGIN_CONFIG: plugin.config_error or plugin.plan_error}
+        for reason, message in self._inputs.new_events(problems):
+            await self.api.event(reason, message, type="Warning")
+        view = self.view
+        changes = self._inputs.annotation_changes(view.annotations if view else {}, problems)
+        if not changes:
+            return
+        try:
+            updated = await self.api.patch(annotations=changes)
+        except TesseraError as e:
+            log.warning("cannot report the node's unusable values yet: %s", e)
+            return
+        if updated is not None:
+            self._see(updated)
+
     async def _set_nvml_drain(self, index: int, drained: bool) -> None:
         assert self._node is not None
         try:
@@ -320,7 +431,7 @@ class Agent:
             log.warning("feature labels not written yet: %s", e)
             return
         if updated is not None:
-            self.view = updated
+            self._see(updated)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -367,6 +478,8 @@ class Agent:
                 "warnings": list(plugin.warnings),
             },
             "disabled": {str(d.index): d.to_json() for d in self.disabled.values()},
+            # GPUs that stopped answering NVML: served as unhealthy, left alone by MIG.
+            "broken": {str(i): reason for i, reason in self.plugin.inventory.lost.items()},
             "labels": dict(self.labels),
             "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
             "errors": dict(self.errors),
@@ -388,8 +501,44 @@ class Agent:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w") as out:
-                json.dump(self.status(), out, indent=2, sort_keys=True, default=str)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w") as out:
+                    json.dump(self.status(), out, indent=2, sort_keys=True, default=str)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)  # a failed write leaves nothing behind
+                raise
         except OSError as e:
             log.warning("cannot write status file %s: %s", path, e)
+
+
+def status_lock(status_file: Path) -> Path:
+    """The lock a running agent holds beside its status file (`tessera status` asks it)."""
+    return status_file.with_name(status_file.name + ".lock")
+
+
+#: A temporary file of an atomic write older than this was left by an interrupted writer.
+STALE_TEMP_SECONDS = 60.0
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete what interrupted atomic writes of `path` left (`.<name>.XXXX` beside it, as
+    `tempfile.mkstemp` names them here); young ones may be another writer's, in flight."""
+    removed = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for temp in path.parent.glob(f".{path.name}.*"):
+            with contextlib.suppress(OSError):
+                if temp.is_file() and now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+                    removed.append(temp)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted write left beside %s",
+                 len(removed), path)
+    return removed
+
+
+def _older(version: str, than: str) -> bool:
+    # resourceVersions are opaque by contract but integers in practice (etcd revisions, the
+    # local file's counter); when they are not, arrival order decides.
+    return version.isdigit() and than.isdigit() and int(version) < int(than)

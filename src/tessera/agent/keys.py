@@ -25,3 +25,8 @@ PENDING = "pending"
 SUCCESS = "success"
 FAILED = "failed"
 REBOOTING = "rebooting"
+
+# Why the agent cannot use a value of the key before it (set while it cannot, removed once
+# it can): the node says what is wrong with its own labels and annotations.
+GPU_DISABLE_ERROR = "tessera.dev/gpu.disable.error"
+PLUGIN_CONFIG_ERROR = "tessera.dev/device-plugin.config.error"

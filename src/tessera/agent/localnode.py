@@ -69,9 +69,13 @@ class LocalNode:
             raise ConfigError(f"node file {self.path}: cannot write in {self.path.parent} "
                               f"({e.strerror or e}); make it a writable directory or give "
                               "another with --node-file or XDG_STATE_HOME") from e
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out, indent=2, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
 
     def _view(self, data: Mapping[str, Any]) -> NodeView:
         return NodeView(name=self.name, labels=dict(data["labels"]),

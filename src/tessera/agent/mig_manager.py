@@ -15,18 +15,26 @@ As NVIDIA's mig-manager, minus its walls:
 - A node with no `nvidia.com/mig.config` label follows `MigSettings.default_config` when one
   is set (`--default-mig-config`), as the GPU Operator's `migManager.config.default`; the
   label is not written, so removing a node's label sends it back to the default.
+- The state on the node tells the truth after any API fault: the state and reason decided
+  last are asserted against every view of the node, and after a write that failed or lost
+  its answer, against a fresh read (`sync_metadata`).
+- A broken GPU is one broken GPU: a GPU NVML cannot read is left out of the plan and named
+  in the reason, the others converge (`success`), and the plan is made again after a while.
+- SIGTERM: `halt()` ends an apply at its next step boundary.
 
-The engine (plan, busy check, apply) runs in a worker thread with its own `Node`.
+Planning runs off the event loop in a daemon thread (`tasks.off_loop`: a stopping agent
+does not wait for it); the apply in a worker thread with its own `Node`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,12 +78,18 @@ from tessera.mig.steps import (
     DestroyGpuInstance,
     ResetGpu,
     SetMigMode,
+    Step,
 )
+from tessera.tasks import off_loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Device UUID -> the pods ("ns/name") the kubelet allocated it (or a replica of it) to.
 Allocations = Callable[[], Awaitable[Mapping[str, tuple[str, ...]]]]
+
+
+class Halted(Exception):  # noqa: N818 - not an error: the agent was told to stop
+    """Raised between two apply steps once `MigManager.halt()` was called."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,12 @@ class MigManager:
         self.status = MigStatus()
         self._done: Desired | None = None  # last inputs that reached a final outcome
         self._backoff = settings.retry_seconds
-        self._pending_meta: dict[str, dict[str, str | None]] | None = None
+        # The state label and reason as this manager last decided them: asserted against
+        # every view of the node until the server shows them (see `sync_metadata`).
+        self._wanted: dict[str, dict[str, str | None]] | None = None
+        self._doubt = False  # a write failed or was lost: read the server before trusting
+        self._halting = threading.Event()
+        self._broken_note: str | None = None
         self._retry_reason: str | None = None
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -223,20 +242,38 @@ class MigManager:
         retry = self.status.retry_at
         return retry is not None and self._clock() >= retry
 
-    async def sync_metadata(self) -> None:
-        """Send state labels a previous call could not (the API server was away)."""
-        if self._pending_meta is not None:
-            await self._patch(**self._pending_meta)
+    async def sync_metadata(self, view: NodeView | None) -> None:
+        """Make the node show the state and reason this manager decided, whatever happened
+        to the writes that said so.
+
+        `view` is the latest the watch brought (what the server said last); after a write
+        that failed or whose answer was lost the node is read afresh instead, since that
+        write may have committed after all, or a late one may have overtaken a newer one.
+        Anything that differs is written again: a state that stays `pending` on the node
+        while the GPUs and the agent say `success` is never left standing.
+        """
+        wanted = self._wanted
+        if wanted is None:
+            return
+        if self._doubt or view is None:
+            try:
+                view = await self.api.get()
+            except TesseraError as e:
+                log.debug("cannot read the node to check its MIG state: %s", e)
+                return
+            self._doubt = False
+        if _differs(view.labels, wanted["labels"]) or _differs(view.annotations,
+                                                                wanted["annotations"]):
+            await self._patch(**wanted)
 
     async def _patch(self, *, labels: dict[str, str | None],
                      annotations: dict[str, str | None]) -> None:
-        self._pending_meta = {"labels": labels, "annotations": annotations}
+        self._wanted = {"labels": labels, "annotations": annotations}
         try:
             await self.api.patch(labels=labels, annotations=annotations)
         except TesseraError as e:  # API away (kept, sent later) or refusing (RBAC: said why)
+            self._doubt = True
             log.warning("cannot record MIG state %s yet: %s", labels.get(MIG_CONFIG_STATE), e)
-            return
-        self._pending_meta = None
 
     async def _set_state(self, state: str, reason: str | None) -> None:
         self.status.state, self.status.reason = state, reason
@@ -254,16 +291,19 @@ class MigManager:
             self._node = await self._blocking(self._open_node)
         node = self._node
         try:
-            planned, seen = await self._blocking(self._plan, node, desired)
+            # Off the loop, in a thread a stopping agent does not wait for: planning reads
+            # the GPUs and computes, and changes nothing.
+            planned, seen = await off_loop(self._plan, node, desired, name="tessera-mig-plan")
         except PermanentError as e:
             return await self._final(desired, FAILED, str(e), "MigConfigInvalid")
         except TemporaryError as e:
             return await self._retry(desired, f"cannot read the GPUs: {e}")
+        broken = await self._note_broken(planned)
         if planned.empty:
             previous = view.labels.get(MIG_CONFIG_STATE)
-            return await self._final(desired, SUCCESS, None,
-                                     None if previous == SUCCESS else "MigConfigApplied",
-                                     f"node already matches {desired.target!r}")
+            return await self._settled(
+                desired, broken, None if previous == SUCCESS else "MigConfigApplied",
+                f"node already matches {desired.target!r}")
         gpu_uuids = {f.gpu.index: f.gpu.uuid for f in seen.gpus}
         try:
             if not desired.force:
@@ -282,7 +322,8 @@ class MigManager:
         self.status.paused = paused
         started = self._clock()
         try:
-            await self._blocking(apply, node, planned, seen.states, force=desired.force)
+            await self._blocking(apply, node, planned, seen.states, force=desired.force,
+                                 on_step=self._step_done, keep_going=True)
         except ApplyError as e:
             await self._resume(paused)
             self.status.paused = {}
@@ -296,29 +337,65 @@ class MigManager:
         self.status.last_apply_seconds = self._clock() - started
         await self._resume(paused)
         self.status.paused = {}
-        return await self._final(
-            desired, SUCCESS, None, "MigConfigApplied",
+        return await self._settled(
+            desired, broken, "MigConfigApplied",
             f"applied {desired.target!r} in {self.status.last_apply_seconds:.1f} s: "
             f"{instance_changes(planned)}", change=instance_changes(planned),
         )
+
+    async def _note_broken(self, planned: Plan) -> str | None:
+        """Why GPUs were left out of the plan (None: none were); a Warning Event the first
+        time a GPU's error is seen."""
+        if not planned.broken:
+            self._broken_note = None
+            return None
+        note = "; ".join(f"GPU {index} left alone, NVML cannot read it: {error}"
+                         for index, error in planned.broken)
+        if note != self._broken_note:
+            self._broken_note = note
+            await self.api.event("MigGpuUnreachable", note, type="Warning")
+            log.warning("MIG manager: %s", note)
+        return note
+
+    async def _settled(self, desired: Desired, broken: str | None, event: str | None,
+                       message: str, *, change: str | None = None) -> str:
+        """Every GPU that can be read holds the config: `success`. With GPUs left out, the
+        reason names them, and the plan is made again after a while, so a GPU back on the
+        bus (after a reset or reboot) gets its layout without anyone touching the label."""
+        state = await self._final(desired, SUCCESS, broken, event, message, change=change)
+        if broken is not None:
+            self.status.retry_at = self._clock() + self.settings.max_retry_seconds
+        return state
+
+    def halt(self) -> None:
+        """Stop an apply in progress at the next step boundary (SIGTERM): what is done stays
+        consistent, and the next start plans from there and converges."""
+        self._halting.set()
+
+    def _step_done(self, step: Step) -> None:
+        # Called by the applier between steps, in its thread.
+        if self._halting.is_set():
+            raise Halted(f"stopped after {step.describe()}: the agent is shutting down")
 
     def _plan(self, node: Node, desired: Desired) -> tuple[Plan, engine.Observation]:
         """The plan for the node's mode: a named config, only MIG mode (dynamic: instances
         are made by hand or by a controller, never by us), or an explicit layout."""
         if desired.mode == EXPLICIT:
             assert desired.layout is not None
-            return engine.plan_layout(node, parse_layout(desired.layout))
+            return engine.plan_layout(node, parse_layout(desired.layout), skip_broken=True)
         if desired.mode == DYNAMIC:
-            configs = engine.load_configs(node, None)
-            planned, seen = engine.plan_config(node, configs, "all-enabled")
+            configs = engine.load_configs(node, None, skip_broken=True)
+            planned, seen = engine.plan_config(node, configs, "all-enabled", skip_broken=True)
             steps = tuple(s for s in planned.steps if isinstance(s, SetMigMode | ResetGpu))
-            return Plan(config="dynamic", steps=steps), seen
+            return replace(planned, config="dynamic", steps=steps), seen
         if desired.mode != MANAGED:
             raise ConfigError(f"label {MIG_MODE}={desired.mode!r}: use {MANAGED} (follow "
                               f"{MIG_CONFIG}), {DYNAMIC} (MIG on, instances made by others) or "
                               f"{EXPLICIT} (follow the annotation {MIG_LAYOUT})")
-        configs = engine.load_configs(node, self.settings.config_path)
-        return engine.plan_config(node, configs, desired.config)
+        # A GPU NVML cannot read (off the bus, failing calls) is left out of the plan and
+        # named in it: one broken GPU must not hold the others' layout back.
+        configs = engine.load_configs(node, self.settings.config_path, skip_broken=True)
+        return engine.plan_config(node, configs, desired.config, skip_broken=True)
 
     async def _allocated(self, devices: Mapping[str, str]) -> str:
         """` (allocated by the kubelet to ns/pod: MIG-…; …)` for the devices a plan would take
@@ -388,3 +465,8 @@ class MigManager:
             return await self._final(desired, FAILED, f"reboot failed: {e}", "MigConfigFailed")
         self._done = desired
         return REBOOTING
+
+
+def _differs(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:
+    # A key to remove (None) that is already absent is no difference.
+    return any(current.get(key) != value for key, value in wanted.items())

@@ -30,9 +30,10 @@ def _local_gpus(common: Settings) -> KnownGpus | None:
 
 
 def _edit_disable(node_name: str, kubeconfig: Path | None, local: bool, node_file: Path | None,
-                  gpu: str, reason: str | None, known: KnownGpus | None) -> dict[str, str]:
+                  gpu: str, reason: str | None, known: KnownGpus | None,
+                  simulate: str | None) -> dict[str, str]:
     async def edit() -> dict[str, str]:
-        api = node_api(node_name, local, kubeconfig, node_file)
+        api = node_api(node_name, local, kubeconfig, node_file, simulate=simulate)
         try:
             view = await api.get()
             value, disabled = edit_disable(view.annotations.get(GPU_DISABLE), gpu, reason,
@@ -67,7 +68,8 @@ def gpu_disable(
         common = settings(ctx)
         standalone = standalone_mode(common, local, kubeconfig)
         known = _local_gpus(common) if standalone else None
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason, known)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, reason, known,
+                            common.simulate)
     print(f"GPU {gpu} disabled on {node_name} ({len(now)} disabled)")
 
 
@@ -81,7 +83,8 @@ def gpu_enable(
     """Put a disabled GPU back in service."""
     with reported():
         standalone = standalone_mode(settings(ctx), local, kubeconfig)
-        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None, None)
+        now = _edit_disable(node_name, kubeconfig, standalone, node_file, gpu, None, None,
+                            settings(ctx).simulate)
     print(f"GPU {gpu} enabled on {node_name} ({len(now)} still disabled)")
 
 

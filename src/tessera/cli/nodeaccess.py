@@ -1,5 +1,12 @@
 """Which node a command talks to: the API server's Node, or a standalone agent's local file,
-and where a standalone agent keeps its state and sockets."""
+and where a standalone agent keeps its state and sockets.
+
+A standalone node's files (its labels, the agent's status) are named by node and, when
+simulated, by preset too: `tessera --simulate a30x4 agent` and `tessera --simulate dgx-a100
+agent` on one machine are two nodes, and the labels written for one (a MIG config named for
+A30s) must never steer the other. Every command finds the same files from the same
+`--simulate` and node name.
+"""
 
 from __future__ import annotations
 
@@ -30,14 +37,20 @@ def standalone_mode(common: Settings, no_kube: bool, kubeconfig: Path | None) ->
 
 
 def node_api(node_name: str, standalone: bool, kubeconfig: Path | None,
-              node_file: Path | None) -> NodeApi:
+             node_file: Path | None, *, simulate: str | None = None) -> NodeApi:
     if standalone:
-        return LocalNode(node_name, node_file)
+        return LocalNode(node_name, node_file
+                         or state_dir() / f"node-{_key(node_name, simulate)}.json")
     return NodeClient.connect(node_name, kubeconfig)
 
 
 
-def status_path(node_name: str) -> Path:
-    return state_dir() / f"status-{node_name}.json"
+def status_path(node_name: str, *, simulate: str | None = None) -> Path:
+    return state_dir() / f"status-{_key(node_name, simulate)}.json"
+
+
+def _key(node_name: str, simulate: str | None) -> str:
+    """`<node>` on real GPUs, `<node>-sim-<preset>` on a simulated node (`--simulate`)."""
+    return f"{node_name}-sim-{simulate}" if simulate else node_name
 
 

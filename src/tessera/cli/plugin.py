@@ -21,6 +21,7 @@ from tessera.errors import TesseraError
 from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
+from tessera.plugin.lock import AlreadyRunning
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 
 log = logging.getLogger("tessera.plugin")
@@ -164,8 +165,8 @@ async def _serve(plugin: DevicePlugin) -> None:
     try:
         await plugin.start()
     except TesseraError as e:
-        if plugin.config.flags.fail_on_init_error:
-            await plugin.stop()
+        if plugin.config.flags.fail_on_init_error or isinstance(e, AlreadyRunning):
+            await plugin.stop()  # another plugin serves here: never wait beside it
             raise
         # NVIDIA's legacy mode: stay up (so a DaemonSet on a non-GPU node is not crash-looping)
         log.error("cannot start, waiting until stopped (failOnInitError is false): %s", e)

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tessera.agent.agent import status_lock
 from tessera.agent.report import node_status
 from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
@@ -23,6 +24,7 @@ from tessera.hardware.node import Node
 from tessera.kube import NodeClient
 from tessera.kube.config import find_credentials
 from tessera.mig import engine
+from tessera.plugin.lock import holder_of
 from tessera.textinput import read_json
 
 
@@ -45,7 +47,7 @@ def status(
     is read with --kubeconfig or $KUBECONFIG, or where the node has no agent status file and
     kubectl's credentials are there (in-cluster, ~/.kube/config).
     """
-    path = status_file or status_path(node_name)
+    path = status_file or status_path(node_name, simulate=settings(ctx).simulate)
     with reported():
         from_cluster = kubeconfig is not None or bool(os.environ.get("KUBECONFIG")) or (
             status_file is None and not path.exists() and find_credentials() is not None)
@@ -68,6 +70,8 @@ def status(
         fail(f"{path}: not an agent status file (a JSON object with its time); give the "
              "file `tessera agent` writes")
     data["age_seconds"] = round(time.time() - float(written), 1)
+    holder = holder_of(status_lock(path))
+    data["agent_running"] = holder is not None
     if output is Output.table:
         try:
             print_status(data, output)
@@ -89,15 +93,25 @@ async def _cluster_status(node_name: str, kubeconfig: Path | None) -> dict[str, 
 
 
 def print_layout(node: Node) -> None:
-    seen = engine.observe(node)
+    """Each GPU's MIG layout; a GPU NVML cannot read is marked with its error, the others
+    are shown all the same."""
+    seen = engine.observe(node, skip_broken=True)
     for facts in seen.gpus:
         for part in show_gpu(facts, seen.states[facts.gpu.index]):
             stdout.print(part)
+    for index, error in seen.broken.items():
+        stdout.print(f"[red]GPU {index}: broken[/] — {_escape(error)}")
 
 
 def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()) -> None:
     """The node's MIG state, what is advertised, problems and labels; `notes` go right
     under the table of what is advertised."""
+    age = data.get("age_seconds")
+    if data.get("agent_running") is False:
+        stdout.print(f"[yellow]the agent is not running[/]: what follows is what it last "
+                     f"wrote, {_age(age)} ago")
+    elif age is not None:
+        stdout.print(f"[dim]as of {_age(age)} ago[/]")
     mig = data.get("mig", {})
     detail = mig.get("reason") or (mig.get("last_change") if mig.get("state") == "success"
                                    else None)
@@ -118,6 +132,8 @@ def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()
             stdout.print(f"[red]{key.replace('_', ' ')}:[/] {plugin[key]}")
     for device, reason in sorted(plugin.get("unhealthy", {}).items()):
         stdout.print(f"[yellow]unhealthy[/] {device}: {reason}")
+    for index, reason in sorted(data.get("broken", {}).items()):
+        stdout.print(f"[red]broken[/] GPU {index}: {_escape(reason)}")
     for index, gpu in sorted(data.get("disabled", {}).items()):
         stdout.print(f"[yellow]disabled[/] GPU {index}: {gpu['reason']} ({gpu['state']}"
                      + (f", used by {gpu['users']}" if gpu.get("users") else "") + ")")
@@ -129,3 +145,17 @@ def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()
                                       "gpu.replicas", "gpu.sharing-strategy")))
 
 
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "an unknown time"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

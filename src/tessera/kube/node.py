@@ -11,7 +11,9 @@ What this module adds on top of the library is the agent's manners towards the A
 - it watches only its own Node (field selector `metadata.name`), from a list's
   resourceVersion, with bookmarks, re-listing on 410 Gone;
 - it patches only the keys whose values differ from the last view it has (a JSON merge
-  patch of metadata; nothing is sent when nothing changed);
+  patch of metadata; nothing is sent when nothing changed) — and after a write whose
+  outcome it cannot know (it failed, timed out, or its answer was lost after the server
+  committed it) it trusts that view no more, and reads the node afresh before the next;
 - it retries what retrying can fix (no connection, 409, 429, 5xx) with backoff and
   Retry-After, then raises `KubeUnavailable`, a TemporaryError, so the agent keeps serving
   devices and tries again on its next pass;
@@ -212,7 +214,10 @@ class NodeClient:
         """Set (or, with None, remove) labels and annotations; only those that differ from
         the last known view are sent, and nothing at all (returning None) if none differ.
 
-        The last known view is the watch's, when one runs; otherwise it is read first.
+        The last known view is the watch's, when one runs; otherwise it is read first. A
+        patch that raises leaves the server's state unknown (a write can commit and still
+        time out), so the next patch reads the node first instead of diffing against a
+        view the failed write may have made stale.
         """
         known = self._known or await self.get()
         metadata: dict[str, dict[str, str | None]] = {}
@@ -224,8 +229,12 @@ class NodeClient:
             return None
         # A merge patch without a resourceVersion: the keys we own do not conflict with
         # the kubelet's status updates, so there is no read-modify-write race to lose.
-        node = await self._call("PATCH", lambda: self.client.patch(
-            Node, self.name, {"metadata": metadata}, patch_type=PatchType.MERGE))
+        try:
+            node = await self._call("PATCH", lambda: self.client.patch(
+                Node, self.name, {"metadata": metadata}, patch_type=PatchType.MERGE))
+        except BaseException:
+            self._known = None
+            raise
         return self._remember(node)
 
     async def event(self, reason: str, message: str, *, type: str = "Normal") -> None:

@@ -17,9 +17,13 @@ real lightkube client and httpx2 stack, not patched functions:
 - A bearer token is required when the server has one, as `kubeconfig()` writes it.
 
 Test controls change objects as kubectl or the kubelet would (bumping the resourceVersion
-and notifying watches), and inject faults: `fail_next`, `down`/`up`, `delay`,
-`expire_watches`. Every request is logged in `requests` for assertions on what went over
-the wire. Use as `with FakeApiServer() as api:`; it serves from a background thread.
+and notifying watches), and inject faults: `fail_next` (an error answer instead of the
+work), `lose_next` (the work done and committed, then the connection dropped before the
+answer, as when a load balancer or the network fails at the wrong moment), `down`/`up` (a
+restart; the objects survive, as in etcd), `delay` (answers later than a client's timeout
+still commit), `heal` (end them all) and `expire_watches`. Every request is logged in
+`requests` for assertions on what went over the wire. Use as `with FakeApiServer() as
+api:`; it serves from a background thread.
 """
 
 from __future__ import annotations
@@ -97,7 +101,9 @@ class FakeApiServer:
         self.port = 0
         self._log: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
+        self._losses: list[str | None] = []  # methods (None: any) whose answer is dropped
         self._delay = 0.0
+        self._delay_method: str | None = None
         self._guard = threading.Lock()
         self._http: _Http | None = None
 
@@ -154,9 +160,24 @@ class FakeApiServer:
         with self._guard:
             self._faults.extend(_Fault(status, retry_after, method) for _ in range(n))
 
-    def delay(self, seconds: float) -> None:
-        """Answer every request `seconds` late (0 to stop)."""
-        self._delay = seconds
+    def lose_next(self, n: int = 1, *, method: str | None = None) -> None:
+        """Do the next `n` requests (of `method`, if given) — a write commits and watches see
+        it — then drop the connection without answering: the client cannot tell whether its
+        write took effect."""
+        with self._guard:
+            self._losses.extend(method for _ in range(n))
+
+    def delay(self, seconds: float, *, method: str | None = None) -> None:
+        """Do every request (of `method`, if given) `seconds` late (0 to stop). A write whose
+        client gave up meanwhile still commits, late, as on a real overloaded server."""
+        self._delay, self._delay_method = seconds, method
+
+    def heal(self) -> None:
+        """End every injected fault: pending failures and losses, and any delay."""
+        with self._guard:
+            self._faults.clear()
+            self._losses.clear()
+        self._delay, self._delay_method = 0.0, None
 
     def expire_watches(self) -> None:
         """Compact the history: open watches get a 410 ERROR and a resume must re-list."""
@@ -251,6 +272,14 @@ class FakeApiServer:
         with self._guard:
             self._log.append(request)
 
+    def _lost(self, method: str) -> bool:
+        with self._guard:
+            for i, lost in enumerate(self._losses):
+                if lost is None or lost == method:
+                    del self._losses[i]
+                    return True
+        return False
+
     def _fault_for(self, method: str) -> _Fault | None:
         with self._guard:
             for i, fault in enumerate(self._faults):
@@ -329,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
             api._record(RecordedRequest(self.command, url.path, query, content_type, status,
                                         body))
         try:
-            if api._delay:
+            if api._delay and api._delay_method in (None, self.command):
                 time.sleep(api._delay)
             if raw:
                 try:
@@ -352,7 +381,10 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = self._route(self.command, url.path, query, content_type, body)
                 status = 201 if self.command == "POST" else 200
                 record()
-                self._send(status, answer)
+                if api._lost(self.command):
+                    self._drop()
+                else:
+                    self._send(status, answer)
         except StatusError as e:
             status = e.code
             record()
@@ -501,6 +533,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
+
+    def _drop(self) -> None:
+        """Close the connection with no answer: the client sees the server disconnect."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _fail(self, fault: _Fault) -> None:
         reason, message = _FAULTS.get(fault.status, ("InternalError", "an error on the server"))

@@ -84,10 +84,11 @@ class TestKubelet(rpc.RegistrationServicer):
             self._server = None
 
     async def restart(self) -> None:
-        """A new kubelet: every socket in the directory deleted, a new kubelet.sock."""
+        """A new kubelet: every file in the directory deleted (as the kubelet does, all but
+        its checkpoint), a new kubelet.sock."""
         await self.stop()
         for path in self.directory.iterdir():
-            if path.is_socket() or path.suffix == ".sock":
+            if not path.is_dir() and path.name != "kubelet_internal_checkpoint":
                 path.unlink()
         await self.start()
 

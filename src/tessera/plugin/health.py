@@ -117,6 +117,11 @@ class XidListener:
     It opens its own `Node` (NVML handles are safe across threads, but the wait blocks, so it
     must not hold up the worker the other reads use). `deliver` must be thread-safe, e.g.
     `loop.call_soon_threadsafe` wrapped.
+
+    NVML delivers only the events raised after a GPU is registered in the event set, so
+    `armed` is set once the first registration is done (or has failed and been reported):
+    the plugin waits for it before it registers with the kubelet, so an XID raised as soon
+    as devices are advertised is never lost.
     """
 
     def __init__(self, open_node: Callable[[], Node], deliver: Callable[[XidEvent], None],
@@ -128,19 +133,24 @@ class XidListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tessera-xid", daemon=True)
         self.unwatched: dict[int, str] = {}
+        self.armed = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the thread; it notices within `wait_ms`. `wait=False` does not wait for it (a
+        stopping plugin: the thread is a daemon and closes its own NVML handle)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if wait and self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 with self._open_node() as node, XidWatcher(node) as watcher:
                     self.unwatched = dict(watcher.unwatched)
+                    self.armed.set()
                     for gpu, why in watcher.unwatched.items():
                         log.warning("GPU %d: no XID health checks (%s)", gpu, why)
                     while not self._stop.is_set():
@@ -151,4 +161,5 @@ class XidListener:
                 # NVIDIA marks every device unhealthy here; we report and retry, and the
                 # probes decide device by device.
                 self._on_error(f"XID event wait failed: {e}")
+                self.armed.set()  # reported; the devices are served rather than held back
                 self._stop.wait(1.0)

@@ -10,7 +10,10 @@ everything current without restarting anything:
 - Config changes: the config file or directory is re-read when its content changes, or when
   another named config is selected; a bad config is reported and the last good one stays.
 - Health: XIDs mark devices unhealthy at once; quiet devices are probed and recover.
-- Kubelet restarts: a new `kubelet.sock` means fresh sockets and a new registration.
+- Kubelet restarts: a new `kubelet.sock` means fresh sockets and a new registration; while
+  there is no `kubelet.sock` the log says so every `WAITING_LOG_SECONDS`.
+- One plugin per socket directory: a second one refuses to start, naming the first
+  (`tessera.plugin.lock`).
 - Runtime exclusion: devices taken out of service (GPU disable/drain, MIG changes in
   progress) stop being advertised; everything else keeps serving.
 """
@@ -36,14 +39,20 @@ from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from tessera.plugin.config import ConfigSet, PluginConfig, default_config, load_set, with_overrides
 from tessera.plugin.health import HealthBook, XidListener
 from tessera.plugin.inventory import GpuView, Inventory, read_inventory, read_topology
+from tessera.plugin.lock import LOCK_NAME, AlreadyRunning, InstanceLock
 from tessera.plugin.mps import MpsSupervisor
 from tessera.plugin.registration import KubeletIdentity, kubelet_identity, register
 from tessera.plugin.resources import ResourcePlan, plan_resources
 from tessera.plugin.server import Listing, ResourceServer
-from tessera.tasks import cancel_all
+from tessera.tasks import cancel_all, off_loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How long start() waits for the XID watcher to be armed before it serves anyway.
+XID_ARM_SECONDS = 10.0
+#: How often "waiting for the kubelet at …" is logged while it has no socket.
+WAITING_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ class DevicePlugin:
         self._mps: MpsSupervisor | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
+        self._instance = InstanceLock(settings.socket_dir / LOCK_NAME,
+                                      f"the device plugin sockets in {settings.socket_dir}")
+        self._waiting_logged: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,18 +136,25 @@ class DevicePlugin:
         NVML cannot start — the caller decides (NVIDIA's `failOnInitError`).
         """
         self.settings.socket_dir.mkdir(parents=True, exist_ok=True)
-        self._load_config(initial=True)
+        self._instance.acquire()  # before any socket is touched: never another's
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        await self._load_config(initial=True)
         self._node = await self._blocking(self._open_node)
         inventory = await self._blocking(read_inventory, self._node)
         self.inventory = inventory
-        self.plan = self._plan(inventory, self.config)
+        self.plan = await self._plan(inventory, self.config)
         node = self._node
 
         async def set_exclusive(gpu: int, exclusive: bool) -> None:
             await self._blocking(node.set_exclusive_process, gpu, exclusive)
 
         self._mps = MpsSupervisor(node.backend, self._on_mps_change, set_exclusive)
-        await self._sync()
         loop = asyncio.get_running_loop()
 
         def deliver(event: XidEvent) -> None:
@@ -144,9 +163,15 @@ class DevicePlugin:
         def report(message: str) -> None:
             loop.call_soon_threadsafe(log.warning, "%s", message)
 
+        # Armed before the kubelet hears of any device: an XID right after is not lost.
         self._xids = XidListener(self._open_node, deliver, report)
         if not self.config.health.disabled or self.config.health.enabled_xids:
             self._xids.start()
+            armed = await loop.run_in_executor(None, self._xids.armed.wait, XID_ARM_SECONDS)
+            if not armed:
+                log.warning("XID events not armed after %.0f s; serving devices anyway",
+                            XID_ARM_SECONDS)
+        await self._sync()
         for loop_fn in (self._refresh_loop, self._kubelet_loop, self._config_loop,
                         self._recovery_loop):
             self._tasks.append(asyncio.create_task(loop_fn(), name=loop_fn.__name__))
@@ -154,7 +179,7 @@ class DevicePlugin:
     async def stop(self) -> None:
         await cancel_all(self._tasks)
         if self._xids is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._xids.stop)
+            self._xids.stop(wait=False)  # it ends within its wait; SIGTERM must not wait
         if self._mps is not None:
             await self._mps.stop()
         for server in list(self.servers.values()):
@@ -166,6 +191,7 @@ class DevicePlugin:
             with contextlib.suppress(HardwareError):
                 await self._blocking(node.close)
             self._executor.shutdown(wait=False)
+        self._instance.release()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever what is advertised changes (for the agent)."""
@@ -183,13 +209,17 @@ class DevicePlugin:
 
     async def select_config(self, name: str | None) -> None:
         """Use another named config (the node label `nvidia.com/device-plugin.config`)."""
-        self._config_name = name
-        self._fingerprint = ""  # force a reload even if the files did not change
-        await self.reload_config()
+        async with self._lock:
+            # Under the lock: a reload in progress (the config poll, parsing off the loop)
+            # must not record its fingerprint after this reset and so skip the new name.
+            self._config_name = name
+            self._fingerprint = ""  # force a reload even if the files did not change
+            if await self._load_config(initial=False):
+                await self._replan()
 
     async def reload_config(self) -> None:
         async with self._lock:
-            if self._load_config(initial=False):
+            if await self._load_config(initial=False):
                 await self._replan()
 
     async def exclude(self, device: str, reason: str, *, owner: str = "runtime") -> None:
@@ -235,22 +265,36 @@ class DevicePlugin:
 
     # -- config --------------------------------------------------------------------------
 
-    def _load_config(self, *, initial: bool) -> bool:
-        """(Re)load the config; True if the effective config changed. A bad config raises at
-        start and is reported (keeping the last good one) afterwards."""
+    def _read_config(self, name: str | None) -> tuple[str | None, PluginConfig,
+                                                       ConfigSet | None]:
+        """Read, parse and select the config (in a worker thread: files and YAML)."""
         path = self.settings.config_path
-        fingerprint = content_digest(path)
+        if path is None:
+            return None, with_overrides(default_config(), self.settings.env,
+                                        source="<no config file>", config_name=None,
+                                        **self.settings.overrides), None
+        config_set = load_set(path, default=self.settings.default_config)
+        selected, config = config_set.select(name)
+        return (selected, with_overrides(config, self.settings.env, source=str(path),
+                                         config_name=selected, **self.settings.overrides),
+                config_set)
+
+    async def _load_config(self, *, initial: bool) -> bool:
+        """(Re)load the config; True if the effective config changed. A bad config raises at
+        start and is reported (keeping the last good one) afterwards.
+
+        Reading and parsing run off the event loop (`off_loop`): a huge or slow config,
+        selected live by a label, must not stall Allocate on the devices already served.
+        """
+        path = self.settings.config_path
+        fingerprint = await off_loop(content_digest, path, name="tessera-config")
         if not initial and fingerprint == self._fingerprint:
             return False
         try:
-            if path is None:
-                name, config = None, default_config()
-            else:
-                self._config_set = load_set(path, default=self.settings.default_config)
-                name, config = self._config_set.select(self._config_name)
-            config = with_overrides(config, self.settings.env,
-                                    source=str(path or "<no config file>"), config_name=name,
-                                    **self.settings.overrides)
+            name, config, config_set = await off_loop(self._read_config, self._config_name,
+                                                      name="tessera-config")
+            if config_set is not None:
+                self._config_set = config_set
         except PluginConfigError as e:
             if initial:
                 raise
@@ -282,8 +326,11 @@ class DevicePlugin:
 
     # -- devices and plan ----------------------------------------------------------------
 
-    def _plan(self, inventory: Inventory, config: PluginConfig) -> ResourcePlan:
-        plan = plan_resources(inventory, config, excluded=self._excluded_ids(inventory))
+    async def _plan(self, inventory: Inventory, config: PluginConfig) -> ResourcePlan:
+        # Planning is pure but its cost grows with replicas and devices: off the loop too.
+        excluded = self._excluded_ids(inventory)
+        plan = await off_loop(lambda: plan_resources(inventory, config, excluded=excluded),
+                              name="tessera-plan")
         for warning in plan.warnings:
             if warning not in self.plan.warnings:
                 log.warning("%s", warning)
@@ -315,7 +362,7 @@ class DevicePlugin:
 
     async def _replan(self) -> None:
         try:
-            plan = self._plan(self.inventory, self.config)
+            plan = await self._plan(self.inventory, self.config)
         except PluginConfigError as e:
             if str(e) != self.plan_error:
                 log.error("cannot advertise under config %s, keeping the last resources: %s",
@@ -478,8 +525,17 @@ class DevicePlugin:
         while True:
             await asyncio.sleep(self.settings.watch_seconds)
             identity = kubelet_identity(self.settings.kubelet_path)
-            if identity is None or not self.settings.register:
+            if not self.settings.register:
                 continue
+            if identity is None:
+                self._log_waiting()
+                continue
+            self._waiting_logged = None
+            if any(self._registered.get(name) != identity for name in self.servers):
+                try:
+                    self._instance.refresh()  # a new kubelet wiped the directory's files
+                except AlreadyRunning as e:
+                    log.error("%s", e)
             async with self._lock:
                 for name, server in list(self.servers.items()):
                     if self._registered.get(name) == identity and server.socket_alive:
@@ -488,6 +544,14 @@ class DevicePlugin:
                         log.info("socket of %s is gone (kubelet restart?): serving anew", name)
                         await server.restart()
                     await self._register(name)
+
+
+    def _log_waiting(self) -> None:
+        now = self._clock()
+        if self._waiting_logged is None or now - self._waiting_logged >= WAITING_LOG_SECONDS:
+            self._waiting_logged = now
+            log.info("waiting for the kubelet at %s (no socket there yet); serving meanwhile",
+                     self.settings.kubelet_path)
 
 
 async def run_until(plugin: DevicePlugin, stopped: Awaitable[object]) -> None:

@@ -4,8 +4,11 @@ For each resource shared with MPS the plugin runs the backend's control daemon
 (`nvidia-cuda-mps-control -f` on a node, a stand-in on the simulator) with its pipe and log
 directories under `mpsRoot/<resource>/`, sets the per-client defaults the plugin advertises
 (active thread percentage and pinned device memory per GPU, a `1/replicas` share each), and
-restarts it with backoff if it dies. While a daemon is not serving, that resource's replicas
-are reported unhealthy with the reason.
+restarts it with backoff if it dies. Before it starts, its GPUs are switched to
+exclusive-process compute mode; a switch that fails is a failed start like any other:
+retried with backoff, the replicas unhealthy meanwhile (a GPU left in default mode would let
+clients bypass the MPS server and its limits). While a daemon is not serving, that
+resource's replicas are reported unhealthy with the reason.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class _Daemon:
                 self._set_down(None)
                 code = await self._process.wait()
                 reason = f"MPS control daemon for {self.spec.resource} exited with code {code}"
-            except OSError as e:
+            except (OSError, TesseraError) as e:
                 reason = f"MPS control daemon for {self.spec.resource} failed: {e}"
             await self._kill()
             if loop.time() - started > _STABLE_AFTER:
@@ -180,7 +183,9 @@ class _Daemon:
             try:
                 await self._set_exclusive(share.gpu, exclusive)
             except TesseraError as e:
-                log.warning("GPU %d: compute mode not changed for MPS: %s", share.gpu, e)
+                if exclusive:
+                    raise  # not serving until it holds: see the module docstring
+                log.warning("GPU %d: compute mode not restored after MPS: %s", share.gpu, e)
 
     async def stop(self) -> None:
         self._task.cancel()

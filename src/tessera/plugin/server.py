@@ -8,6 +8,7 @@ publishes. Nothing here touches NVML, so nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -176,6 +177,7 @@ class ResourceServer:
         self.path = socket_dir / listing.resource.socket_name
         self.servicer = DevicePluginServicer(listing, exists)
         self._server: grpc.aio.Server | None = None
+        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket we made
 
     async def start(self) -> None:
         if len(os.fsencode(self.path)) > _MAX_SOCKET_PATH:
@@ -188,13 +190,27 @@ class ResourceServer:
         server.add_insecure_port(f"unix://{self.path}")
         await server.start()
         self._server = server
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
 
     async def stop(self, grace: float = 0.5, *, withdraw: bool = False) -> None:
         server, self._server = self._server, None
         if server is not None:
             self.servicer.close(withdraw=withdraw)
             await server.stop(grace)
-        self.path.unlink(missing_ok=True)
+        self._unlink_own()
+
+    def _unlink_own(self) -> None:
+        """Remove our socket file, and only ours: a file at that path made by someone else
+        (another instance, a plugin serving after a kubelet restart) is left alone."""
+        bound, self._bound = self._bound, None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if bound == (st.st_dev, st.st_ino):
+            self.path.unlink(missing_ok=True)
 
     async def restart(self) -> None:
         """Serve again on a fresh socket (after the kubelet wiped the directory)."""
