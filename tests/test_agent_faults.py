@@ -48,6 +48,7 @@ flags: {{mpsRoot: {tmp_path / "mps"}}}
 sharing:
   mps:
     resources: [{{name: nvidia.com/gpu, replicas: 2, devices: [0]}}]
+tessera: {{extensions: {{devices: true}}}}
 """
     async with rig("a30x4", state, config) as r:
         def why() -> str:

@@ -136,7 +136,7 @@ async def test_unusable_values_are_reported_on_the_node_and_cleared(tmp_path: Pa
 
             await until(lambda: GPU_DISABLE_ERROR in notes() and PLUGIN_CONFIG_ERROR in notes(),
                         what="both errors on the node")
-            assert "not JSON" in notes()[GPU_DISABLE_ERROR]
+            assert "not valid JSON" in notes()[GPU_DISABLE_ERROR]
             assert "no config named 'nope'" in notes()[PLUGIN_CONFIG_ERROR]
             warnings = {e["reason"] for e in server.events() if e["type"] == "Warning"}
             assert {"GpuDisableInvalid", "PluginConfigInvalid"} <= warnings
