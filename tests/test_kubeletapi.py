@@ -12,8 +12,8 @@ from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as dp
 from tessera.kubeletapi.dra.v1 import api_pb2 as dra1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as dra1b1
 from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as health
-from tessera.kubeletapi.podresources.v1 import api_pb2 as pr
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as reg
+from tessera.kubeletapi.podresources.v1 import api_pb2 as pr
 
 
 def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
@@ -67,7 +67,8 @@ def _fields(message: type) -> dict[str, int]:
         (dra1.Device, "k8s.io.kubelet.pkg.apis.dra.v1.Device",
          {"request_names": 1, "pool_name": 2, "device_name": 3, "cdi_device_ids": 4,
           "share_id": 5}),
-        (dra1.NodePrepareResourceResponse, "k8s.io.kubelet.pkg.apis.dra.v1.NodePrepareResourceResponse",
+        (dra1.NodePrepareResourceResponse,
+         "k8s.io.kubelet.pkg.apis.dra.v1.NodePrepareResourceResponse",
          {"devices": 1, "error": 2}),
         (dra1.NodeUnprepareResourceResponse,
          "k8s.io.kubelet.pkg.apis.dra.v1.NodeUnprepareResourceResponse", {"error": 1}),
@@ -117,7 +118,8 @@ def test_dra_method_paths_are_the_ones_the_kubelet_dials() -> None:
         "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources"]
     assert _paths(health) == ["/v1alpha1.DRAResourceHealth/NodeWatchResources"]
     watch = health.DESCRIPTOR.services_by_name["DRAResourceHealth"].methods[0]
-    assert watch.server_streaming and not watch.client_streaming
+    assert watch.server_streaming
+    assert not watch.client_streaming
     assert {v.name: v.number for v in health.HealthStatus.DESCRIPTOR.values} == {
         "UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
 
