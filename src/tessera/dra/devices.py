@@ -6,8 +6,9 @@
   device per valid placement of every profile, `gpu-<minor>-mig-<profile>-<profile id>-<start>`
   (`type: mig`), consuming its capacities and the memory slices it covers, so the scheduler
   itself picks a placement and never two that overlap. A GPU instance that already exists at
-  a placement keeps that device (with its `uuid` unless a claim of ours made it); placements that overlap an instance no claim
-  of ours holds are left out, so nothing the node already runs is ever offered again.
+  a placement keeps that device (with its `uuid`, unless a claim of ours made it); other
+  placements overlapping an instance no claim of ours holds are left out, so no placement is
+  ever offered on top of an instance that exists.
 
 The whole GPU is not offered while MIG is on: Tessera does not toggle MIG mode for a claim
 (on many hosts that needs a reset no one can do). Names, attributes and capacities are
@@ -105,7 +106,7 @@ def _instance_name(view: GpuView, instance: Instance) -> str | None:
 def _version(text: str) -> str:
     """A semantic version from a driver's dotted version (`535.104.05` -> `535.104.5`)."""
     parts = [str(int(p)) for p in re.findall(r"\d+", text)[:3]]
-    return ".".join((parts + ["0", "0", "0"])[:3])
+    return ".".join(([*parts, "0", "0", "0"])[:3])
 
 
 def _common_attributes(inventory: Inventory, view: GpuView) -> Obj:

@@ -7,7 +7,9 @@ Two layouts (`resource.k8s.io/v1`, KEP-4815):
   each), then device slices of at most 64 devices (128 when no device consumes counters).
 - `combined` (1.34): each slice holds whole GPUs' counter sets together with the devices that
   consume them, at most 32 counters and 64 devices per slice; GPUs without counters go in
-  device-only slices of at most 128.
+  device-only slices of at most 128. A device must sit in its counter set's slice, so a GPU
+  with more placements than one slice holds publishes the first ones in order (no product
+  comes near: an H100 has 25).
 
 All slices of the node form one pool named after the node. `pool.generation` and
 `pool.resourceSliceCount` stay consistent: while the slice names stay the same, a changed
