@@ -16,7 +16,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, ResourceSlice
 from lightkube.types import PatchType
 
-from tessera.errors import TemporaryError
+from tessera.errors import ClaimError, TemporaryError
 from tessera.kube.config import load_config, make_client
 
 Obj = dict[str, Any]
@@ -82,6 +82,9 @@ class DraApi:
             if e.status.code == 404:
                 return None
             raise _failed(f"reading ResourceClaim {namespace}/{name}", e) from e
+        except ValueError as e:  # the client library could not decode it into the model
+            raise ClaimError(f"ResourceClaim {namespace}/{name} is not a valid "
+                             f"resource.k8s.io/v1 ResourceClaim: {e}") from e
 
     async def patch_claim_status(self, namespace: str, name: str, status: Obj) -> Obj:
         """Merge `status` into the claim's status subresource."""
