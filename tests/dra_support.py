@@ -19,7 +19,7 @@ MIG_PRESETS = tuple(sorted(presets()))
 
 def mig_node(preset: str, state_file: object = None) -> tuple[Node, SimulatorControl]:
     """A simulated node with MIG mode on (and no instances) on every MIG-capable GPU."""
-    node, control = make_node(preset, state_file)  # type: ignore[arg-type]
+    node, control = make_node(preset, state_file)
     for gpu in node.gpus():
         if gpu.mig_capable and not node.mig_state(gpu.index).mode.current:
             node.set_mig_mode(gpu.index, True)

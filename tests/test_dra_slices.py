@@ -29,7 +29,7 @@ def _publication(preset: str) -> Publication:
 
 
 def _consumed(device: dict[str, object]) -> dict[str, int]:
-    [uses] = device["consumesCounters"]  # type: ignore[misc]
+    [uses] = device["consumesCounters"]
     return {k: quantity(v["value"]) for k, v in uses["counters"].items()}
 
 
@@ -37,7 +37,7 @@ def _valid_layout(targets: Sequence[Target], compute_slices: int) -> bool:
     """The hardware's rules for GPU instances on one GPU, from the product data."""
     placements = [t.placement for t in targets]
     assert all(p is not None for p in placements)
-    if any(a.overlaps(b) for a, b in itertools.combinations(placements, 2)):  # type: ignore[union-attr, arg-type]
+    if any(a.overlaps(b) for a, b in itertools.combinations(placements, 2)):
         return False
     profiles = [t.profile for t in targets if t.profile is not None]
     counts = Counter(p.id for p in profiles)
@@ -72,14 +72,14 @@ def test_the_counters_admit_exactly_the_layouts_the_hardware_can_make(preset: st
             for j in chosen:
                 total.update(uses[j])
             fits = all(total[k] <= capacity[k] for k in total)
-            valid = _valid_layout([targets[j] for j in chosen], product.mig.compute_slices)  # type: ignore[union-attr]
+            valid = _valid_layout([targets[j] for j in chosen], product.mig.compute_slices)
             assert fits == valid, [targets[j].name for j in chosen]
             checked += 1
             return
         visit(i + 1, chosen)
         placement = targets[i].placement
         assert placement is not None
-        if all(not placement.overlaps(targets[j].placement) for j in chosen):  # type: ignore[arg-type]
+        if all(not placement.overlaps(targets[j].placement) for j in chosen):
             visit(i + 1, [*chosen, i])
 
     visit(0, [])
@@ -99,7 +99,7 @@ def test_every_placement_of_every_profile_is_published_once_by_nvidias_names(pre
         if not profiles:
             assert [t.name for t in mine] == [f"gpu-{gpu.minor_number}"]
             continue
-        assert sorted((t.profile.id, t.placement.start) for t in mine) == sorted(  # type: ignore[union-attr]
+        assert sorted((t.profile.id, t.placement.start) for t in mine) == sorted(
             (p.id, at.start) for p in profiles for at in p.placements)
     for device in publication.devices:
         attributes = device["attributes"]
@@ -181,8 +181,8 @@ def test_placements_overlapping_an_instance_no_claim_holds_are_withheld() -> Non
     gpu0 = [t for t in publication.targets.values() if t.gpu == 0]
     held = next(t for t in gpu0 if t.name == "gpu-0-mig-3g40gb-9-0")
     assert held.uuid is not None
-    assert {t.placement.start for t in gpu0 if t is not held} >= {4, 5, 6}  # type: ignore[union-attr]
-    assert all(not t.placement.overlaps(Placement(0, 4)) for t in gpu0 if t is not held)  # type: ignore[union-attr]
+    assert {t.placement.start for t in gpu0 if t is not held} >= {4, 5, 6}
+    assert all(not t.placement.overlaps(Placement(0, 4)) for t in gpu0 if t is not held)
     device = next(d for d in publication.devices if d["name"] == held.name)
     assert device["attributes"]["uuid"] == {"string": held.uuid}
     # Once a claim of ours holds it, it is published as a plain placement again.
@@ -211,7 +211,7 @@ def test_slices_respect_the_limits_and_keep_everything_in_order(
     layout: str, limits: Limits
 ) -> None:
     publication = _publication("dgx-a100")
-    slices = desired_slices(publication, driver=DRIVER, node="node-a", layout=layout,  # type: ignore[arg-type]
+    slices = desired_slices(publication, driver=DRIVER, node="node-a", layout=layout,
                             limits=limits)
     devices = [d for s in slices for d in s["spec"].get("devices", [])]
     sets = [c for s in slices for c in s["spec"].get("sharedCounters", [])]
@@ -241,7 +241,7 @@ def test_slices_respect_the_limits_and_keep_everything_in_order(
 
 
 def _stored(writes_create: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [{**body, "metadata": {**body["metadata"], "resourceVersion": str(i)}}  # type: ignore[dict-item]
+    return [{**body, "metadata": {**body["metadata"], "resourceVersion": str(i)}}
             for i, body in enumerate(writes_create, start=1)]
 
 
@@ -253,7 +253,7 @@ def test_only_changed_slices_are_written_and_the_pool_stays_consistent() -> None
     assert not first.replace
     assert not first.delete
     stored = _stored(first.create)
-    assert {s["spec"]["pool"]["generation"] for s in stored} == {1}  # type: ignore[index]
+    assert {s["spec"]["pool"]["generation"] for s in stored} == {1}
     assert len(reconcile(desired, stored)) == 0
 
     # One device's attribute changes: that slice alone, at the same generation.
@@ -261,7 +261,7 @@ def test_only_changed_slices_are_written_and_the_pool_stays_consistent() -> None
     changed[2]["spec"]["devices"][0]["attributes"]["productName"] = {"string": "renamed"}
     writes = reconcile(changed, stored)
     assert [b["metadata"]["name"] for b, _ in writes.replace] == [changed[2]["metadata"]["name"]]
-    assert writes.replace[0][1] == stored[2]["metadata"]["resourceVersion"]  # type: ignore[index]
+    assert writes.replace[0][1] == stored[2]["metadata"]["resourceVersion"]
     assert writes.replace[0][0]["spec"]["pool"]["generation"] == 1
     assert not writes.create
     assert not writes.delete
@@ -273,4 +273,4 @@ def test_only_changed_slices_are_written_and_the_pool_stays_consistent() -> None
     assert len(writes.replace) == len(fewer)
     assert {b["spec"]["pool"]["generation"] for b, _ in writes.replace} == {2}
     assert {b["spec"]["pool"]["resourceSliceCount"] for b, _ in writes.replace} == {len(fewer)}
-    assert writes.delete == sorted(s["metadata"]["name"] for s in stored[len(fewer):])  # type: ignore[index]
+    assert writes.delete == sorted(s["metadata"]["name"] for s in stored[len(fewer):])

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tessera import __version__
-from tessera.cli import agent, exporter, gpu, mig, plugin, sim, status
+from tessera.cli import agent, dra, exporter, gpu, mig, plugin, sim, status
 from tessera.cli.common import Settings
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(mig.app, name="mig")
 app.add_typer(sim.app, name="sim")
 app.command("plugin")(plugin.plugin)
+app.command("dra")(dra.dra)
 app.command("exporter")(exporter.exporter)
 app.command("agent")(agent.agent)
 app.command("status")(status.status)

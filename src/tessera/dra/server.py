@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +26,7 @@ import grpc
 from tessera.dra import cdi
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.prepare import ClaimRef, Preparer
-from tessera.dra.slices import Layout, Writes, desired_slices, reconcile
+from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.errors import ConfigError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
@@ -40,6 +41,8 @@ from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 log = logging.getLogger(__name__)
 
 DEFAULT_DRIVER = "gpu.nvidia.com"
+_DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 KUBELET_DIR = Path("/var/lib/kubelet")
 
 
@@ -54,6 +57,22 @@ class DraSettings:
     resync_seconds: float = 30.0
     registry_check_seconds: float = 1.0
     mig_minors: Path = cdi.MIG_MINORS
+
+    def __post_init__(self) -> None:
+        if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
+            raise ConfigError(f"driver name {self.driver!r} is not a DNS subdomain of at most "
+                              "63 characters (a DRA driver name such as gpu.nvidia.com)")
+        if not _NODE_NAME.match(self.node_name) or len(self.node_name) > 253:
+            raise ConfigError(f"node name {self.node_name!r} is not a Kubernetes node name "
+                              "(a DNS subdomain); pass --node-name or set NODE_NAME")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"slice layout {self.layout!r} is not one of "
+                              f"{', '.join(LAYOUTS)}")
+        for label, value, low, high in (("resync interval", self.resync_seconds, 1, 86400),
+                                        ("registry check interval",
+                                         self.registry_check_seconds, 0.01, 60)):
+            if not low <= value <= high:
+                raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
 
     @property
     def plugin_dir(self) -> Path:
