@@ -274,3 +274,17 @@ def test_only_changed_slices_are_written_and_the_pool_stays_consistent() -> None
     assert {b["spec"]["pool"]["generation"] for b, _ in writes.replace} == {2}
     assert {b["spec"]["pool"]["resourceSliceCount"] for b, _ in writes.replace} == {len(fewer)}
     assert writes.delete == sorted(s["metadata"]["name"] for s in stored[len(fewer):])
+
+
+def test_an_instance_appearing_on_one_gpu_rewrites_that_gpus_slice_only() -> None:
+    node, _ = mig_node("dgx-a100")
+    stored = _stored(reconcile(desired_slices(publish(read_inventory(node)), driver=DRIVER,
+                                              node="node-a"), []).create)
+    profile = next(p for p in node.gpu_instance_profiles(3) if p.name == "4g.40gb")
+    node.create_gpu_instance(3, profile.id, Placement(0, 4))
+    writes = reconcile(desired_slices(publish(read_inventory(node)), driver=DRIVER,
+                                      node="node-a"), stored)
+    assert not writes.create
+    assert not writes.delete
+    [(body, _)] = writes.replace
+    assert {d["name"].split("-mig-")[0] for d in body["spec"]["devices"]} == {"gpu-3"}

@@ -4,7 +4,8 @@ bring the stored slices there (pure).
 Two layouts (`resource.k8s.io/v1`, KEP-4815):
 
 - `split` (Kubernetes 1.35 and later): counter sets in slices of their own (at most 8 sets
-  each), then device slices of at most 64 devices (128 when no device consumes counters).
+  each), then one device slice per GPU (split further past 64 devices; the GPUs without
+  counters share slices of at most 128).
 - `combined` (1.34): each slice holds whole GPUs' counter sets together with the devices that
   consume them, at most 32 counters and 64 devices per slice; GPUs without counters go in
   device-only slices of at most 128. A device must sit in its counter set's slice, so a GPU
@@ -66,12 +67,23 @@ def _chunks(items: Sequence[Obj], size: int) -> Iterator[list[Obj]]:
         yield list(items[i:i + size])
 
 
+def _groups(publication: Publication) -> list[tuple[str | None, list[Obj]]]:
+    """Devices by the counter set they consume (None: none), in order of first appearance."""
+    groups: dict[str | None, list[Obj]] = {}
+    for device in publication.devices:
+        uses = device.get("consumesCounters") or []
+        groups.setdefault(uses[0]["counterSet"] if uses else None, []).append(device)
+    return list(groups.items())
+
+
 def _split(publication: Publication, limits: Limits) -> list[Obj]:
+    # One device slice per GPU (more if it has more devices than a slice holds), so a change
+    # on one GPU rewrites that GPU's slice only.
     bodies = [{"sharedCounters": chunk}
               for chunk in _chunks(publication.counter_sets, limits.counter_sets)]
-    counted = any(d.get("consumesCounters") for d in publication.devices)
-    size = limits.devices_with_counters if counted else limits.devices
-    bodies += [{"devices": chunk} for chunk in _chunks(publication.devices, size)]
+    for counter_set, devices in _groups(publication):
+        size = limits.devices if counter_set is None else limits.devices_with_counters
+        bodies += [{"devices": chunk} for chunk in _chunks(devices, size)]
     return bodies
 
 
