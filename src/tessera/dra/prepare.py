@@ -3,11 +3,12 @@ GPUs, always through the MIG engine's explicit-layout path (never NVML directly)
 
 Prepare checks everything first (claim, configs, devices, no device already prepared for
 another claim), records the claim as `PrepareStarted` with the instances it will create (if
-it creates any), creates each missing GPU instance and its compute instance at exactly the allocated placement,
-writes the claim's CDI spec and records `PrepareCompleted`. A creation that fails part-way is
-rolled back (the half-made GPU instance destroyed) and the claim forgotten, so nothing is left
-half-made. Unprepare destroys exactly the instances the claim's record says it made (the
-applier refuses while processes use them), removes the CDI spec, then the record.
+it creates any), creates each missing GPU instance and its compute instance at exactly the
+allocated placement, writes the claim's CDI spec and records `PrepareCompleted`. A creation
+that fails part-way is rolled back (the half-made GPU instance destroyed) and the claim
+forgotten, so nothing is left half-made. Unprepare destroys exactly the instances the claim's
+record says it made (the applier refuses while processes use them), removes the CDI spec,
+then the record.
 
 Both are idempotent and survive a kill at any step: a retried prepare adopts the instances a
 `PrepareStarted` record names, and a completed one answers from the record.
