@@ -127,9 +127,7 @@ class Preparer:
         for alloc in allocated(claim, uid=ref.uid, driver=self.driver, pool=self.pool):
             target = publication.targets.get(alloc.device)
             if target is None:
-                raise ClaimError(f"{where}: device {alloc.device} is not on this node; it "
-                                 f"offers {len(publication.targets)} devices in pool "
-                                 f"{self.pool!r} (the claim was allocated from stale slices)")
+                raise self._missing(where, alloc.device, inventory, publication)
             kind = "gpu" if target.profile is None else "mig"
             if not device_type_matches(alloc.config, kind):
                 raise ClaimError(f"{where}: a {alloc.config} does not apply to {kind} device "
@@ -148,6 +146,26 @@ class Preparer:
         if not planned:
             raise ClaimError(f"{where}: no device of driver {self.driver} is allocated to it")
         return tuple(planned)
+
+    def _missing(self, where: str, device: str, inventory: Inventory,
+                 publication: Publication) -> TesseraError:
+        """Why `device` cannot be prepared: its placement is taken by an instance made
+        outside Tessera since the claim was allocated (temporary: once the slices say so the
+        scheduler allocates elsewhere), or the node has no such device at all."""
+        bare = publish(Inventory(inventory.driver_version, inventory.cuda_driver_version,
+                                 tuple(replace(v, instances=()) for v in inventory.gpus)))
+        target = bare.targets.get(device)
+        if target is not None and target.placement is not None:
+            view = next(v for v in inventory.gpus if v.gpu.index == target.gpu)
+            taken = [i.placement for i in view.instances if i.placement.overlaps(target.placement)]
+            return PrepareError(
+                f"{where}: the placement of device {device} (memory slices "
+                f"{target.placement}) is taken on GPU {target.gpu} by an instance made "
+                f"outside Tessera (at {', '.join(map(str, taken))}); the slices no longer "
+                "offer it, so the claim must be allocated again")
+        return ClaimError(f"{where}: device {device} is not on this node; it offers "
+                          f"{len(publication.targets)} devices in pool {self.pool!r} (the "
+                          "claim was allocated from stale slices)")
 
     def _create(self, ref: ClaimRef, device: PreparedDevice) -> None:
         assert device.create is not None
