@@ -85,7 +85,7 @@ def kubelet_dir() -> Iterator[Path]:
 
 def _settings(tmp: Path, kubelet_dir: Path) -> DraSettings:
     return DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
-                       registry_check_seconds=0.05, resync_seconds=3600)
+                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05)
 
 
 @pytest.fixture
@@ -110,7 +110,8 @@ async def test_the_plugin_registers_and_publishes_every_placement(cluster: Clust
     registration = cluster.kubelet.registrations[DRIVER]
     assert registration.service == "v1.DRAPlugin"
     assert registration.info.endpoint == str(cluster.settings.dra_socket)
-    assert list(registration.info.supported_versions) == ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+    assert list(registration.info.supported_versions) == [
+        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
     assert cluster.plugin.registration.registered
     slices = cluster.api.slices(driver=DRIVER, node=NODE)
     devices = [d["name"] for s in slices for d in s["spec"].get("devices", [])]
@@ -364,3 +365,17 @@ async def test_a_placement_taken_out_of_band_fails_with_the_reason(cluster: Clus
     again = cluster.claim_for("late-2", "3g.40gb")
     assert (await cluster.kubelet.prepare(DRIVER, [again]))[again.uid].error == ""
     assert cluster.instances(0) == [(0, 4), (4, 2)]
+
+
+async def test_a_gpu_that_falls_off_the_bus_turns_its_devices_unhealthy(cluster: Cluster) -> None:
+    registration = cluster.kubelet.registrations[DRIVER]
+    await cluster.kubelet.wait_for(lambda k: len(registration.health) == 8 * 25,
+                                   what="the first health report")
+    assert set(registration.health.values()) == {"HEALTHY"}
+    cluster.control.raise_xid(3, 79)  # XID 79: the GPU has fallen off the bus
+    await cluster.kubelet.wait_for(
+        lambda k: "UNHEALTHY" in registration.health.values(), what="the lost GPU reported")
+    unhealthy = {device for (_, device), h in registration.health.items() if h == "UNHEALTHY"}
+    assert unhealthy == {device for (_, device) in registration.health
+                         if device.startswith("gpu-3-")}
+    assert len(unhealthy) == 25

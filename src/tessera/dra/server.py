@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,18 +27,26 @@ from typing import Any
 
 import grpc
 
-from tessera.dra import cdi
+from tessera.dra import cdi, health
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
+from tessera.dra.devices import Publication
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.errors import ConfigError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
-from tessera.kubeletapi.constants import DRA_PLUGIN_TYPE, DRA_V1_SERVICE, DRA_V1BETA1_SERVICE
+from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1ALPHA1_SERVICE,
+    DRA_PLUGIN_TYPE,
+    DRA_V1_SERVICE,
+    DRA_V1BETA1_SERVICE,
+)
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as healthpb
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -57,6 +68,7 @@ class DraSettings:
     layout: Layout = "split"
     resync_seconds: float = 30.0
     registry_check_seconds: float = 1.0
+    health_seconds: float = 5.0
     mig_minors: Path = cdi.MIG_MINORS
 
     def __post_init__(self) -> None:
@@ -71,7 +83,9 @@ class DraSettings:
                               f"{', '.join(LAYOUTS)}")
         for label, value, low, high in (("resync interval", self.resync_seconds, 1, 86400),
                                         ("registry check interval",
-                                         self.registry_check_seconds, 0.01, 60)):
+                                         self.registry_check_seconds, 0.01, 60),
+                                        ("health check interval", self.health_seconds,
+                                         0.01, 3600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
 
@@ -117,6 +131,7 @@ class DraPlugin:
                                  mig_minors=settings.mig_minors)
         self.registration = RegistrationState()
         self.last_writes = Writes()
+        self.last_publication = Publication((), (), {})
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +155,7 @@ class DraPlugin:
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
+            (healthrpc.add_DRAResourceHealthServicer_to_server, _Health(self)),
         ])
         await self.publish()
         await self._serve_registration()
@@ -219,6 +235,7 @@ class DraPlugin:
             settings = self.settings
             try:
                 publication = await asyncio.to_thread(self.preparer.publication)
+                self.last_publication = publication
                 desired = desired_slices(publication, driver=settings.driver,
                                          node=settings.node_name, layout=settings.layout)
                 stored = await self.api.node_slices(settings.driver, settings.node_name)
@@ -299,6 +316,43 @@ def _servicer(pb: ModuleType, rpc: ModuleType, plugin: DraPlugin) -> Any:
     return Servicer()
 
 
+class _Health(healthrpc.DRAResourceHealthServicer):
+    """NodeWatchResources: the complete health list at once, then again whenever it changes
+    (checked every `health_seconds`)."""
+
+    def __init__(self, plugin: DraPlugin) -> None:
+        self.plugin = plugin
+
+    async def NodeWatchResources(  # noqa: N802 - the kubelet's RPC name
+        self, request: healthpb.NodeWatchResourcesRequest,
+        context: grpc.aio.ServicerContext[healthpb.NodeWatchResourcesRequest,
+                                          healthpb.NodeWatchResourcesResponse],
+    ) -> AsyncIterator[healthpb.NodeWatchResourcesResponse]:
+        settings = self.plugin.settings
+        timeout = max(1, math.ceil(3 * settings.health_seconds))
+        last: tuple[health.DeviceHealth, ...] | None = None
+        while True:
+            current = await asyncio.to_thread(self._read)
+            if current != last:
+                stamp = int(time.time())
+                yield healthpb.NodeWatchResourcesResponse(devices=[
+                    healthpb.DeviceHealth(
+                        device=healthpb.DeviceIdentifier(pool_name=d.pool, device_name=d.device),
+                        health=d.health, last_updated_time=stamp,
+                        health_check_timeout_seconds=timeout)
+                    for d in current])
+                last = current
+            await asyncio.sleep(settings.health_seconds)
+
+    def _read(self) -> tuple[health.DeviceHealth, ...]:
+        # The devices last published (a lost GPU may not answer the reads a new publication
+        # needs), each with its GPU's probe.
+        node = self.plugin.node
+        probes = {i: node.probe(i) for i in range(node.gpu_count())}
+        return health.report(self.plugin.last_publication, self.plugin.settings.node_name,
+                             probes)
+
+
 class _Registrar(regrpc.RegistrationServicer):
     def __init__(self, plugin: DraPlugin) -> None:
         self.plugin = plugin
@@ -310,7 +364,8 @@ class _Registrar(regrpc.RegistrationServicer):
         settings = self.plugin.settings
         return regpb.PluginInfo(type=DRA_PLUGIN_TYPE, name=settings.driver,
                                 endpoint=str(settings.dra_socket),
-                                supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE])
+                                supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE,
+                                                    DRA_HEALTH_V1ALPHA1_SERVICE])
 
     async def NotifyRegistrationStatus(  # noqa: N802 - the kubelet's RPC name
         self, request: regpb.RegistrationStatus,

@@ -11,7 +11,9 @@ It does what the kubelet's plugin watcher and DRA manager do with a DRA plugin:
 - forgets a plugin whose registration socket disappears, and registers it again when a socket
   reappears (a restarted plugin);
 - calls `NodePrepareResources` / `NodeUnprepareResources` on the chosen service version, with
-  claim references only, as the kubelet does.
+  claim references only, as the kubelet does;
+- when the plugin also lists `v1alpha1.DRAResourceHealth`, streams `NodeWatchResources` from
+  its endpoint and keeps the latest health of each device (`health`).
 
 `wipe()` is a kubelet restart that cleared `plugins_registry/`: every registration is
 forgotten and every socket there deleted, so a plugin must notice and register again.
@@ -28,11 +30,17 @@ from types import ModuleType
 
 import grpc
 
-from tessera.kubeletapi.constants import DRA_PLUGIN_TYPE, KUBELET_DRA_SERVICES
+from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1ALPHA1_SERVICE,
+    DRA_PLUGIN_TYPE,
+    KUBELET_DRA_SERVICES,
+)
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as healthpb
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -77,6 +85,9 @@ class DraRegistration:
     error: str = ""
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
     stub: object = field(default=None, repr=False)
+    health: dict[tuple[str, str], str] = field(default_factory=dict)  # (pool, device) -> status
+    health_updates: int = 0
+    health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class TestDraKubelet:
@@ -180,8 +191,26 @@ class TestDraKubelet:
                 await _close(old)
             if not registration.error:
                 self.registrations[info.name] = registration
+                if DRA_HEALTH_V1ALPHA1_SERVICE in info.supported_versions:
+                    registration.health_task = asyncio.create_task(
+                        self._watch_health(registration))
             self.history.append(registration)
             self._changed.notify_all()
+
+    async def _watch_health(self, registration: DraRegistration) -> None:
+        assert registration.channel is not None
+        stub = healthrpc.DRAResourceHealthStub(registration.channel)  # type: ignore[no-untyped-call]
+        try:
+            async for response in stub.NodeWatchResources(healthpb.NodeWatchResourcesRequest()):
+                async with self._changed:
+                    registration.health = {
+                        (d.device.pool_name, d.device.device_name):
+                            healthpb.HealthStatus.Name(d.health)
+                        for d in response.devices}
+                    registration.health_updates += 1
+                    self._changed.notify_all()
+        except grpc.aio.AioRpcError:
+            pass
 
     async def _deregister(self, socket: Path) -> None:
         async with self._changed:
@@ -247,6 +276,11 @@ def _claim(pb: ModuleType, ref: ClaimRef) -> object:
 
 
 async def _close(registration: DraRegistration) -> None:
+    if registration.health_task is not None:
+        registration.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registration.health_task
+        registration.health_task = None
     if registration.channel is not None:
         await registration.channel.close()
         registration.channel = None
