@@ -147,8 +147,16 @@ async def test_a_3g_claim_gets_an_instance_at_its_placement_a_cdi_spec_and_id(
     [entry] = spec["devices"]
     assert entry["name"] == f"{ref.uid}-gpu-0-mig-3g40gb-9-4"
     assert entry["containerEdits"]["env"] == [f"NVIDIA_VISIBLE_DEVICES={mig_uuid}"]
-    # Preparing rewrites no slice: the instance is published as the placement it was made at.
+    # The claim says what was made for it.
     await cluster.plugin.settle()
+    [status] = cluster.api.claim("train")["status"]["devices"]
+    assert (status["driver"], status["pool"], status["device"]) == (
+        DRIVER, NODE, "gpu-0-mig-3g40gb-9-4")
+    assert status["data"] == {"uuid": mig_uuid, "gpu": 0, "profile": "3g.40gb",
+                              "placementStart": 4}
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Ready", "True")]
+
+    # Preparing rewrites no slice: the instance is published as the placement it was made at.
     assert not [r for r in cluster.api.requests[writes_before:]
                 if r.method in ("POST", "PUT", "DELETE") and "resourceslices" in r.path]
 

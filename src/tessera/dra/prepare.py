@@ -202,8 +202,9 @@ class Preparer:
                    for d in planned]
         body = cdi.spec(self.driver, ref.uid, entries, cdi.read_mig_minors(self.mig_minors))
         cdi.write_spec(self.cdi_dir, self.driver, ref.uid, body)
-        return tuple(replace(d, cdi_ids=(cdi.device_id(self.driver, ref.uid, d.device),))
-                     for d in planned)
+        return tuple(replace(d, cdi_ids=(cdi.device_id(self.driver, ref.uid, d.device),),
+                             uuid=entry.uuid)
+                     for d, entry in zip(planned, entries, strict=True))
 
     # -- unprepare -------------------------------------------------------------------------
 

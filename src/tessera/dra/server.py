@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +32,7 @@ from tessera.dra import cdi, health
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.devices import Publication
 from tessera.dra.prepare import ClaimRef, Preparer
+from tessera.dra.status import device_status
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.errors import ConfigError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
@@ -138,6 +140,7 @@ class DraPlugin:
         self._publish_lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
+        self._reports: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -163,7 +166,7 @@ class DraPlugin:
                        asyncio.create_task(self._watch_registry())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._reports]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -223,8 +226,10 @@ class DraPlugin:
         self._kick.set()
 
     async def settle(self) -> None:
-        """Wait until no background publication is pending or running."""
+        """Wait until no background publication or claim status write is pending."""
         await self._idle.wait()
+        while self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
 
     # -- slices ----------------------------------------------------------------------------
 
@@ -263,7 +268,23 @@ class DraPlugin:
         devices = await asyncio.to_thread(self.preparer.prepare,
                                           ClaimRef(namespace, uid, name), claim)
         self.publish_soon()
+        # In the background too: the kubelet's answer does not wait for the API server.
+        task = asyncio.create_task(self._report(namespace, name, claim, devices))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
         return devices
+
+    async def _report(self, namespace: str, name: str, claim: dict[str, Any] | None,
+                      devices: tuple[PreparedDevice, ...]) -> None:
+        """Write the devices' status into the claim. Best effort: the claim is prepared
+        whether or not the API server takes it (it may not serve the field before 1.33)."""
+        existing = ((claim or {}).get("status") or {}).get("devices") or []
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.api.patch_claim_status(namespace, name, {
+                "devices": device_status(existing, self.settings.driver, devices, now)})
+        except TemporaryError as e:
+            log.warning("could not write the device status of %s/%s: %s", namespace, name, e)
 
     async def unprepare(self, uid: str) -> None:
         await asyncio.to_thread(self.preparer.unprepare, uid)
