@@ -32,8 +32,8 @@ from tessera.dra import cdi, health
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.devices import Publication
 from tessera.dra.prepare import ClaimRef, Preparer
-from tessera.dra.status import device_status
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
+from tessera.dra.status import device_status
 from tessera.errors import ConfigError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
