@@ -387,3 +387,59 @@ async def test_a_gpu_that_falls_off_the_bus_turns_its_devices_unhealthy(cluster:
     assert unhealthy == {device for (_, device) in registration.health
                          if device.startswith("gpu-3-")}
     assert len(unhealthy) == 25
+
+
+async def test_mig_capability_nodes_come_from_the_drivers_mig_minors_table(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    # The table as the driver writes it in /proc/driver/nvidia-caps/mig-minors.
+    minors = tmp_path / "mig-minors"
+    lines = ["config 1", "monitor 2"]
+    for gi in range(15):
+        lines.append(f"gpu0/gi{gi}/access {100 + gi}")
+        lines += [f"gpu0/gi{gi}/ci{ci}/access {200 + 10 * gi + ci}" for ci in range(8)]
+    minors.write_text("\n".join(lines) + "\n")
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
+                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        api.add_claim("c", {"devices": {"requests": [{"name": "mig", "exactly": {
+            "deviceClassName": "mig.nvidia.com"}}]}})
+        Allocator(api).allocate("c")
+        uid = api.claim("c")["metadata"]["uid"]
+        assert (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid].error == ""
+        [gi] = node.mig_state(0).gpu_instances
+        ci = gi.compute_instances[0]
+        spec = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
+        nodes = [n["path"] for n in spec["devices"][0]["containerEdits"]["deviceNodes"]]
+        assert nodes == [f"/dev/nvidia{node.gpu(0).minor_number}",
+                         f"/dev/nvidia-caps/nvidia-cap{100 + gi.id}",
+                         f"/dev/nvidia-caps/nvidia-cap{200 + 10 * gi.id + ci.id}"]
+        assert [n["path"] for n in spec["containerEdits"]["deviceNodes"]] == [
+            "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    await dra.close()
+
+
+async def test_the_134_layout_serves_the_same_allocation(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
+                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined")
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        slices = api.slices(node=NODE)
+        assert all(s["spec"].get("sharedCounters") and s["spec"].get("devices") for s in slices)
+        assert len(slices) == 4  # two GPUs (2 x 15 counters) per slice
+        api.add_claim("c", {"devices": {"requests": [{"name": "mig", "exactly": {
+            "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+                f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}})
+        Allocator(api).allocate("c")
+        [result] = api.claim("c")["status"]["allocation"]["devices"]["results"]
+        assert result["device"] == "gpu-0-mig-3g40gb-9-4"
+        uid = api.claim("c")["metadata"]["uid"]
+        assert (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid].error == ""
+    await dra.close()
