@@ -443,3 +443,20 @@ async def test_the_134_layout_serves_the_same_allocation(
         uid = api.claim("c")["metadata"]["uid"]
         assert (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid].error == ""
     await dra.close()
+
+
+async def test_unprepare_never_destroys_an_instance_a_process_uses(cluster: Cluster) -> None:
+    ref = cluster.claim_for("busy", "3g.40gb")
+    assert (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""
+    [gi] = cluster.node.mig_state(0).gpu_instances
+    process = cluster.control.start_process(gi.compute_instances[0].uuid)
+    answer = await cluster.kubelet.unprepare(DRIVER, [ref])
+    assert f"used by PIDs {process.pid}" in answer[ref.uid]
+    assert cluster.instances(0) == [(4, 4)]
+    assert Checkpoint(cluster.settings.checkpoint_file).load()[ref.uid].state == \
+        "PrepareCompleted"
+    assert list(cluster.settings.cdi_dir.glob("*.json"))  # still usable by the container
+    # The container exits; the kubelet's retry goes through.
+    cluster.control.stop_process(process.pid)
+    assert await cluster.kubelet.unprepare(DRIVER, [ref]) == {ref.uid: ""}
+    assert cluster.instances(0) == []
