@@ -460,3 +460,59 @@ async def test_unprepare_never_destroys_an_instance_a_process_uses(cluster: Clus
     cluster.control.stop_process(process.pid)
     assert await cluster.kubelet.unprepare(DRIVER, [ref]) == {ref.uid: ""}
     assert cluster.instances(0) == []
+
+
+KILLED_AT = ["after the record", "after the GPU instance", "after the compute instance",
+             "after the CDI spec"]
+
+
+@pytest.mark.parametrize("killed_at", range(len(KILLED_AT)), ids=KILLED_AT)
+@pytest.mark.parametrize("then", ["prepare", "unprepare"])
+async def test_a_plugin_killed_at_any_step_converges_when_started_again(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path, killed_at: int, then: str,
+) -> None:
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = _settings(tmp_path, kubelet_dir)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    spec = {"devices": {"requests": [{"name": "mig", "exactly": {
+        "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+            f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}}
+    api.add_claim("train", spec)
+    device = "gpu-0-mig-3g40gb-9-4"  # what the allocator gives it (see the 3g test above)
+    api.set_claim_status("train", {"allocation": {"devices": {"results": [
+        {"request": "mig", "driver": DRIVER, "pool": NODE, "device": device}]}}})
+    uid = api.claim("train")["metadata"]["uid"]
+    ref = ClaimRef("default", uid, "train")
+    # What the killed plugin left, step by step, in the order prepare takes them.
+    Checkpoint(settings.checkpoint_file).put(ClaimRecord(uid, "default", "train",
+        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),)))
+    profile = next(p for p in node.gpu_instance_profiles(0) if p.name == "3g.40gb")
+    if killed_at >= 1:
+        gi = node.create_gpu_instance(0, profile.id, Placement(4, 4))
+    if killed_at >= 2:
+        full = next(c for c in node.compute_instance_profiles(profile) if c.slices == 3)
+        node.create_compute_instance(0, gi, full.id, full.placements[0])
+    if killed_at >= 3:
+        settings.cdi_dir.mkdir(parents=True)
+        (settings.cdi_dir / f"k8s.gpu.nvidia.com-claim_{uid}.json").write_text("{}")
+
+    restarted, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(restarted, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        if then == "prepare":
+            answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
+            assert answer.error == ""
+            [gi_now] = restarted.mig_state(0).gpu_instances
+            assert gi_now.placement == Placement(4, 4)
+            assert len(gi_now.compute_instances) == 1
+            record = Checkpoint(settings.checkpoint_file).load()[uid]
+            assert record.state == "PrepareCompleted"
+            written = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
+            assert written["devices"][0]["containerEdits"]["env"] == [
+                f"NVIDIA_VISIBLE_DEVICES={gi_now.compute_instances[0].uuid}"]
+        else:
+            assert await kubelet.unprepare(DRIVER, [ref]) == {uid: ""}
+            assert restarted.mig_state(0).gpu_instances == ()
+            assert Checkpoint(settings.checkpoint_file).load() == {}
+            assert not list(settings.cdi_dir.glob("*.json"))
+    await dra.close()
