@@ -9,12 +9,16 @@ import pytest
 
 from tessera.kubeletapi import codegen
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as dp
+from tessera.kubeletapi.dra.v1 import api_pb2 as dra1
+from tessera.kubeletapi.dra.v1beta1 import api_pb2 as dra1b1
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as health
+from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as reg
 from tessera.kubeletapi.podresources.v1 import api_pb2 as pr
 
 
 def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
     fresh = codegen.generate(tmp_path)
-    assert len(fresh) == 3 * len(codegen.PROTOS) == 6
+    assert len(fresh) == 3 * len(codegen.PROTOS) == 18
     for path in fresh:
         committed = codegen.SOURCE_ROOT / path.relative_to(tmp_path)
         assert committed.read_bytes() == path.read_bytes(), (
@@ -55,6 +59,26 @@ def _fields(message: type) -> dict[str, int]:
          {"claim_name": 2, "claim_namespace": 3, "claim_resources": 4}),
         (pr.ClaimResource, "v1.ClaimResource",
          {"cdi_devices": 1, "driver_name": 2, "pool_name": 3, "device_name": 4, "share_id": 5}),
+        (reg.PluginInfo, "pluginregistration.PluginInfo",
+         {"type": 1, "name": 2, "endpoint": 3, "supported_versions": 4}),
+        (reg.RegistrationStatus, "pluginregistration.RegistrationStatus",
+         {"plugin_registered": 1, "error": 2}),
+        (dra1.Claim, "k8s.io.kubelet.pkg.apis.dra.v1.Claim", {"namespace": 1, "uid": 2, "name": 3}),
+        (dra1.Device, "k8s.io.kubelet.pkg.apis.dra.v1.Device",
+         {"request_names": 1, "pool_name": 2, "device_name": 3, "cdi_device_ids": 4,
+          "share_id": 5}),
+        (dra1.NodePrepareResourceResponse,
+         "k8s.io.kubelet.pkg.apis.dra.v1.NodePrepareResourceResponse",
+         {"devices": 1, "error": 2}),
+        (dra1.NodeUnprepareResourceResponse,
+         "k8s.io.kubelet.pkg.apis.dra.v1.NodeUnprepareResourceResponse", {"error": 1}),
+        (dra1b1.Device, "k8s.io.kubelet.pkg.apis.dra.v1beta1.Device",
+         {"request_names": 1, "pool_name": 2, "device_name": 3, "cdi_device_ids": 4}),
+        (dra1b1.Claim, "k8s.io.kubelet.pkg.apis.dra.v1beta1.Claim",
+         {"namespace": 1, "uid": 2, "name": 3}),
+        (health.DeviceHealth, "v1alpha1.DeviceHealth",
+         {"device": 1, "health": 2, "last_updated_time": 3, "health_check_timeout_seconds": 4}),
+        (health.DeviceIdentifier, "v1alpha1.DeviceIdentifier", {"pool_name": 1, "device_name": 2}),
     ],
 )
 def test_messages_match_the_kubelet_wire_contract(
@@ -74,6 +98,40 @@ def test_method_paths_are_the_kubelets() -> None:
                                  "GetPreferredAllocation", "Allocate", "PreStartContainer"],
         "v1.PodResourcesLister": ["List", "GetAllocatableResources", "Get"],
     }
+
+
+def _paths(module: object) -> list[str]:
+    return [f"/{s.full_name}/{m.name}"
+            for s in module.DESCRIPTOR.services_by_name.values()  # type: ignore[attr-defined]
+            for m in s.methods]
+
+
+def test_dra_method_paths_are_the_ones_the_kubelet_dials() -> None:
+    # The kubelet calls these full paths; a wrong `package` line would make every call
+    # UNIMPLEMENTED on a real node while a Python-to-Python test still passed.
+    assert _paths(reg) == ["/pluginregistration.Registration/GetInfo",
+                           "/pluginregistration.Registration/NotifyRegistrationStatus"]
+    assert _paths(dra1) == ["/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources",
+                            "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources"]
+    assert _paths(dra1b1) == [
+        "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodePrepareResources",
+        "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources"]
+    assert _paths(health) == ["/v1alpha1.DRAResourceHealth/NodeWatchResources"]
+    watch = health.DESCRIPTOR.services_by_name["DRAResourceHealth"].methods[0]
+    assert watch.server_streaming
+    assert not watch.client_streaming
+    assert {v.name: v.number for v in health.HealthStatus.DESCRIPTOR.values} == {
+        "UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+
+
+def test_a_prepare_response_maps_claim_uids_to_results() -> None:
+    response = dra1.NodePrepareResourcesResponse()
+    response.claims["uid-1"].devices.add(request_names=["gpu"], pool_name="node-a",
+                                         device_name="gpu-0", cdi_device_ids=["k/c=x"])
+    # Field 1 is map<string, message>: each entry is a nested message {1: key, 2: value}.
+    decoded = dra1.NodePrepareResourcesResponse.FromString(response.SerializeToString())
+    assert decoded.claims["uid-1"].devices[0].cdi_device_ids == ["k/c=x"]
+    assert not decoded.claims["uid-1"].devices[0].HasField("share_id")
 
 
 def test_a_register_request_encodes_as_the_kubelet_expects() -> None:

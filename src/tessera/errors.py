@@ -10,6 +10,7 @@ exit codes, the agent's state machine) decide by class, never by parsing message
     │   │   ├── MigConfigError    a mig-parted v1 config that cannot apply to this node
     │   │   └── PluginConfigError a device plugin config v1 that is invalid or cannot apply
     │   ├── UnsupportedError      the hardware cannot do what was asked (MIG on a non-MIG GPU)
+    │   ├── ClaimError            a DRA ResourceClaim this node cannot prepare as written
     │   └── SimulatorError        a bad simulator preset, state file or sim command
     └── TemporaryError            may succeed later (back off, retry)
         ├── HardwareError         an NVML call failed; carries the NVML code and the GPU
@@ -95,6 +96,11 @@ class PluginConfigError(ConfigError):
 
 class UnsupportedError(PermanentError):
     """The hardware cannot do what was asked."""
+
+
+class ClaimError(PermanentError):
+    """A DRA ResourceClaim that cannot be prepared as written: a bad opaque config, a sharing
+    strategy Tessera does not know, a device this node does not have. Says which claim."""
 
 
 class SimulatorError(PermanentError):

@@ -28,6 +28,7 @@ _COMMANDS = {
     "mig": _Lazy("tessera.cli.mig", "app"),
     "sim": _Lazy("tessera.cli.sim", "app"),
     "plugin": _Lazy("tessera.cli.plugin", "plugin"),
+    "dra": _Lazy("tessera.cli.dra", "dra"),
     "exporter": _Lazy("tessera.cli.exporter", "exporter"),
     "agent": _Lazy("tessera.cli.agent", "agent"),
     "status": _Lazy("tessera.cli.status", "status"),

@@ -1,7 +1,8 @@
 """The storage behind `FakeApiServer`: objects, resourceVersions and watch history.
 
 It keeps what etcd and the watch cache keep for kube-apiserver, for the few resources the
-agent uses (nodes, pods, events): one global resourceVersion bumped by every change, a
+agent uses (nodes, pods, events, and resource.k8s.io/v1's ResourceSlices, ResourceClaims and
+DeviceClasses for DRA): one global resourceVersion bumped by every change, a
 history of changes that watches resume from, compaction (a resume from before it is
 410 Gone), field and label selectors, and the patch semantics of metadata maps. No HTTP
 here; `tessera.kube.testing` serves it.
@@ -25,7 +26,25 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "nodes": ("Node", False),
     "pods": ("Pod", True),
     "events": ("Event", True),
+    "resourceslices": ("ResourceSlice", False),
+    "resourceclaims": ("ResourceClaim", True),
+    "deviceclasses": ("DeviceClass", False),
 }
+
+#: resource -> apiVersion, for those outside the core group
+API_VERSIONS: dict[str, str] = {
+    "resourceslices": "resource.k8s.io/v1",
+    "resourceclaims": "resource.k8s.io/v1",
+    "deviceclasses": "resource.k8s.io/v1",
+}
+
+#: resources with a status subresource: writes to the object keep its status, and writes to
+#: `/status` change only the status (as kube-apiserver's status strategy)
+WITH_STATUS = frozenset({"resourceclaims"})
+
+
+def api_version(resource: str) -> str:
+    return API_VERSIONS.get(resource, "v1")
 
 
 class StatusError(Exception):
@@ -203,7 +222,9 @@ class Store:
                 raise StatusError(409, "AlreadyExists",
                                  f'{resource} "{meta["name"]}" already exists',
                                  name=meta["name"], kind=resource)
-            obj["apiVersion"], obj["kind"] = "v1", kind
+            obj["apiVersion"], obj["kind"] = api_version(resource), kind
+            if resource in WITH_STATUS:
+                obj.pop("status", None)  # set through the status subresource only
             if namespace:
                 meta["namespace"] = namespace
             meta.setdefault("uid", str(uuid.uuid4()))

@@ -14,6 +14,10 @@ real lightkube client and httpx2 stack, not patched functions:
   an `ERROR` event with a 410 Status when that version is older than the history kept,
   periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`.
 - `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`.
+- `resource.k8s.io/v1` under `/apis/resource.k8s.io/v1/`: ResourceSlices and DeviceClasses
+  (cluster-scoped) and ResourceClaims (namespaced, with a `/status` subresource: writes to
+  the claim keep its status, writes to `/status` change only the status), with the same
+  verbs, lists, selectors and watches as the core resources.
 - A bearer token is required when the server has one, as `kubeconfig()` writes it.
 
 Test controls change objects as kubectl or the kubelet would (bumping the resourceVersion
@@ -43,12 +47,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tessera.kube.fakestore import (
+    API_VERSIONS,
     RESOURCES,
+    WITH_STATUS,
     Change,
     Obj,
     Selector,
     StatusError,
     Store,
+    api_version,
     merge_patch,
     now,
     select,
@@ -248,6 +255,39 @@ class FakeApiServer:
         items, _ = self.store.query("events", namespace, lambda _: True)
         return items
 
+    # resource.k8s.io/v1, as the cluster admin, users and the scheduler write it
+
+    def add_device_class(self, name: str, selectors: list[str]) -> Obj:
+        """A DeviceClass whose devices match every CEL expression of `selectors`."""
+        return self.store.create("deviceclasses", "", {
+            "metadata": {"name": name},
+            "spec": {"selectors": [{"cel": {"expression": e}} for e in selectors]}})
+
+    def add_claim(self, name: str, spec: Obj, *, namespace: str = "default") -> Obj:
+        """A ResourceClaim with `spec` (`{"devices": {"requests": [...]}}`), unallocated."""
+        return self.store.create("resourceclaims", namespace,
+                                 {"metadata": {"name": name}, "spec": copy.deepcopy(spec)})
+
+    def claim(self, name: str, namespace: str = "default") -> Obj:
+        return self.store.get("resourceclaims", namespace, name)
+
+    def set_claim_status(self, name: str, status: Obj, namespace: str = "default") -> Obj:
+        """Replace a claim's status, as the scheduler does when it allocates."""
+        def write(claim: Obj) -> Obj:
+            claim["status"] = copy.deepcopy(status)
+            return claim
+        return self.store.update("resourceclaims", namespace, name, write)
+
+    def delete_claim(self, name: str, namespace: str = "default") -> Obj:
+        return self.store.delete("resourceclaims", namespace, name)
+
+    def slices(self, *, driver: str | None = None, node: str | None = None) -> list[Obj]:
+        """The ResourceSlices stored, optionally only one driver's or one node's."""
+        items, _ = self.store.query("resourceslices", None, lambda s: (
+            (driver is None or s["spec"].get("driver") == driver)
+            and (node is None or s["spec"].get("nodeName") == node)))
+        return items
+
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._guard:
@@ -401,16 +441,19 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/version":
             return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tessera-fake",
                     "platform": "linux/amd64"}
+        path, subresource = _subresource(path)
         namespace, resource, name = _parse(path)
         kind, namespaced = RESOURCES[resource]
         if name is None:
+            if subresource is not None:
+                raise _not_allowed(method, path + "/" + subresource)
             if method == "GET":
                 selector = select(query.get("fieldSelector"), query.get("labelSelector"))
                 items, version = store.query(resource, namespace, selector)
                 for item in items:  # list items carry no kind, as kube-apiserver's
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
-                return {"kind": f"{kind}List", "apiVersion": "v1",
+                return {"kind": f"{kind}List", "apiVersion": api_version(resource),
                         "metadata": {"resourceVersion": str(version)}, "items": items}
             if method == "POST" and namespaced == (namespace is not None):
                 obj = _object(body, kind)
@@ -420,8 +463,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return store.create(resource, namespace or "", obj)
             raise _not_allowed(method, path)
         ns = namespace or ""
+        keep = _status_rule(resource, subresource)
         if method == "GET":
             return store.get(resource, ns, name)
+        if subresource is not None and method not in ("PUT", "PATCH"):
+            raise _not_allowed(method, f"{path}/{subresource}")
         if method == "DELETE":
             return store.delete(resource, ns, name)
         if method == "PUT":
@@ -430,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not expect:
                 raise StatusError(422, "Invalid", f"{kind} {name!r} is invalid: "
                                  "metadata.resourceVersion: must be specified for an update")
-            return store.update(resource, ns, name, lambda _: obj, expect=expect)
+            return store.update(resource, ns, name, lambda old: keep(old, obj), expect=expect)
         if method == "PATCH":
             if content_type not in PATCH_TYPES:
                 raise StatusError(415, "UnsupportedMediaType",
@@ -443,8 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
             expect = patch.get("metadata", {}).get("resourceVersion")
             # Strategic merge and apply differ from a merge patch only on lists and field
             # ownership; for the metadata maps the agent writes, all three merge.
-            return store.update(resource, ns, name, lambda old: _merged(old, patch),
-                                expect=expect)
+            return store.update(resource, ns, name,
+                                lambda old: keep(old, _merged(old, patch)), expect=expect)
         raise _not_allowed(method, path)
 
     def _watch_of(self, path: str, query: dict[str, str]) -> _Watch:
@@ -503,7 +549,7 @@ class _Handler(BaseHTTPRequestHandler):
             if watch.bookmarks and now_ >= next_bookmark:
                 kind, _ = RESOURCES[watch.resource]
                 self._events([{"type": "BOOKMARK", "object": {
-                    "kind": kind, "apiVersion": "v1",
+                    "kind": kind, "apiVersion": api_version(watch.resource),
                     "metadata": {"resourceVersion": str(cursor)}}}])
                 next_bookmark = now_ + api.bookmark_interval
             if deadline is not None and now_ >= deadline:
@@ -560,17 +606,47 @@ _FAULTS = {
 }
 
 
+def _subresource(path: str) -> tuple[str, str | None]:
+    """A `/status` path split into the object's path and "status"."""
+    parts = path.rstrip("/").split("/")
+    if parts[-1] == "status" and len(parts) >= 6 and parts[-3] in WITH_STATUS:
+        return "/".join(parts[:-1]), "status"
+    return path, None
+
+
+def _status_rule(resource: str, subresource: str | None) -> Any:
+    """How a write merges with the stored object: only the status through `/status`, all but
+    the status otherwise (for resources with a status subresource), everything elsewhere."""
+    if resource not in WITH_STATUS:
+        return lambda old, new: new
+    if subresource == "status":
+        return lambda old, new: {**old, "status": new.get("status")}
+
+    def keep_status(old: Obj, new: Obj) -> Obj:
+        new = dict(new)
+        new.pop("status", None)
+        if "status" in old:
+            new["status"] = old["status"]
+        return new
+    return keep_status
+
+
 def _parse(path: str) -> tuple[str | None, str, str | None]:
-    """(namespace, resource, name) of an /api/v1 path; 404 for anything else."""
+    """(namespace, resource, name) of an /api/v1 or /apis/<group>/<version> path; 404 for
+    anything else."""
     parts = path.strip("/").split("/")
-    if parts[:2] != ["api", "v1"]:
+    if parts[:2] == ["api", "v1"]:
+        rest, group = parts[2:], "v1"
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        rest, group = parts[3:], f"{parts[1]}/{parts[2]}"
+    else:
         raise StatusError(404, "NotFound", f"the server could not find the requested resource "
                          f"({path})")
-    rest = parts[2:]
     namespace = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
-    if not rest or rest[0] not in RESOURCES or len(rest) > 2:
+    if (not rest or rest[0] not in RESOURCES or len(rest) > 2
+            or API_VERSIONS.get(rest[0], "v1") != group):
         raise StatusError(404, "NotFound", f"the server could not find the requested resource "
                          f"({path})")
     _, namespaced = RESOURCES[rest[0]]

@@ -1,0 +1,98 @@
+"""The plugin's checkpoint: which claims it has prepared, with what, and how far it got.
+
+A claim is recorded as `PrepareStarted`, with every device and the instance it will create,
+before anything on the node changes, and as `PrepareCompleted` once its CDI spec is written;
+unprepare removes it only after everything it made is gone. So a plugin killed at any step
+and started again knows which instances are its own (to adopt on a retried prepare or destroy
+on unprepare) and never prepares a device for two claims. Written atomically: a reader sees
+the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tessera.errors import ConfigError
+
+State = Literal["PrepareStarted", "PrepareCompleted"]
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedDevice:
+    """One allocated device of a claim. `create` is the placement to make (profile, start)
+    on `gpu` when the device is a MIG placement that had no instance; `cdi_ids` and `uuid`
+    (the GPU's or MIG device's, as the container sees it) are filled in when the claim
+    completes."""
+
+    device: str
+    pool: str
+    requests: tuple[str, ...]
+    gpu: int
+    create: tuple[str, int] | None = None
+    cdi_ids: tuple[str, ...] = ()
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    uid: str
+    namespace: str
+    name: str
+    state: State
+    devices: tuple[PreparedDevice, ...] = field(default=())
+
+
+class Checkpoint:
+    """The checkpoint file at `path` (created on first write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, ClaimRecord]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self.path}: the DRA checkpoint cannot be read ({e}); move it "
+                              "aside only after checking no prepared claim is running") from e
+        if not isinstance(raw, dict) or raw.get("version") != VERSION:
+            raise ConfigError(f"{self.path}: not a version {VERSION} DRA checkpoint")
+        return {uid: _record(uid, entry) for uid, entry in raw.get("claims", {}).items()}
+
+    def save(self, claims: dict[str, ClaimRecord]) -> None:
+        body = {"version": VERSION, "claims": {
+            uid: {k: v for k, v in asdict(r).items() if k != "uid"}
+            for uid, r in sorted(claims.items())}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_name(f".{self.path.name}.tmp")
+        with scratch.open("w") as out:
+            json.dump(body, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, self.path)
+
+    def put(self, record: ClaimRecord) -> None:
+        claims = self.load()
+        claims[record.uid] = record
+        self.save(claims)
+
+    def drop(self, uid: str) -> None:
+        claims = self.load()
+        if claims.pop(uid, None) is not None:
+            self.save(claims)
+
+
+def _record(uid: str, entry: dict[str, Any]) -> ClaimRecord:
+    devices = tuple(
+        PreparedDevice(device=d["device"], pool=d["pool"], requests=tuple(d["requests"]),
+                       gpu=int(d["gpu"]),
+                       create=(d["create"][0], int(d["create"][1])) if d.get("create") else None,
+                       cdi_ids=tuple(d.get("cdi_ids", ())), uuid=str(d.get("uuid", "")))
+        for d in entry.get("devices", ()))
+    return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices)

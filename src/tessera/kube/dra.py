@@ -1,0 +1,113 @@
+"""The Kubernetes seam for DRA: one node's ResourceSlices and the ResourceClaims it prepares
+(`resource.k8s.io/v1`), through lightkube.
+
+Objects go in and out as plain JSON dicts, so the DRA plugin's cores stay pure functions over
+data the API server would return; only this module knows the client library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightkube
+from lightkube import ApiError
+from lightkube.codecs import from_dict
+from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, ResourceSlice
+from lightkube.types import PatchType
+
+from tessera.errors import ClaimError, TemporaryError
+from tessera.kube.config import load_config, make_client
+
+Obj = dict[str, Any]
+API_VERSION = "resource.k8s.io/v1"
+
+
+class DraApiError(TemporaryError):
+    """The API server refused or failed a DRA read or write (names the object)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DraApi:
+    """Reads and writes one node's DRA objects. Build with `DraApi.connect(kubeconfig)` or
+    around an existing `lightkube.AsyncClient`."""
+
+    def __init__(self, client: lightkube.AsyncClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls, kubeconfig: Path | None = None, *, timeout: float = 10.0) -> DraApi:
+        return cls(make_client(load_config(kubeconfig), timeout=timeout))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def node_slices(self, driver: str, node: str) -> list[Obj]:
+        """The ResourceSlices of `driver` on `node`, as stored (with resourceVersions)."""
+        try:
+            return [_plain(s) async for s in self.client.list(
+                ResourceSlice, fields={"spec.nodeName": node, "spec.driver": driver})]
+        except ApiError as e:
+            raise _failed(f"listing ResourceSlices of {driver} on {node}", e) from e
+
+    async def create_slice(self, body: Obj) -> Obj:
+        try:
+            return _plain(await self.client.create(_slice(body)))
+        except ApiError as e:
+            raise _failed(f"creating ResourceSlice {body['metadata']['name']}", e) from e
+
+    async def replace_slice(self, body: Obj, resource_version: str) -> Obj:
+        """Replace a slice, only if it is still at `resource_version` (409 otherwise)."""
+        body = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+        try:
+            return _plain(await self.client.replace(_slice(body)))
+        except ApiError as e:
+            raise _failed(f"replacing ResourceSlice {body['metadata']['name']}", e) from e
+
+    async def delete_slice(self, name: str) -> None:
+        try:
+            await self.client.delete(ResourceSlice, name)
+        except ApiError as e:
+            if e.status.code != 404:
+                raise _failed(f"deleting ResourceSlice {name}", e) from e
+
+    async def claim(self, namespace: str, name: str) -> Obj | None:
+        """The ResourceClaim, or None when it does not exist."""
+        try:
+            return _plain(await self.client.get(ResourceClaim, name, namespace=namespace))
+        except ApiError as e:
+            if e.status.code == 404:
+                return None
+            raise _failed(f"reading ResourceClaim {namespace}/{name}", e) from e
+        except ValueError as e:  # the client library could not decode it into the model
+            raise ClaimError(f"ResourceClaim {namespace}/{name} is not a valid "
+                             f"resource.k8s.io/v1 ResourceClaim: {e}") from e
+
+    async def patch_claim_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        """Merge `status` into the claim's status subresource."""
+        try:
+            return _plain(await self.client.patch(
+                ResourceClaimStatus, name, {"status": status}, namespace=namespace,
+                patch_type=PatchType.MERGE))
+        except ApiError as e:
+            raise _failed(f"writing the status of ResourceClaim {namespace}/{name}", e) from e
+
+
+def _slice(body: Obj) -> ResourceSlice:
+    obj = from_dict({**body, "apiVersion": API_VERSION, "kind": "ResourceSlice"})
+    assert isinstance(obj, ResourceSlice)
+    return obj
+
+
+def _plain(obj: Any) -> Obj:
+    data: Obj = obj.to_dict()
+    return data
+
+
+def _failed(what: str, error: ApiError) -> DraApiError:
+    code = error.status.code
+    return DraApiError(f"{what}: the API server answered {code} "
+                       f"{error.status.reason}: {error.status.message}", status=code)

@@ -1,0 +1,1 @@
+"""The kubelet's Dynamic Resource Allocation plugin API."""

@@ -1,0 +1,1 @@
+"""DRA plugin API v1 (`k8s.io.kubelet.pkg.apis.dra.v1`): messages and gRPC stubs."""

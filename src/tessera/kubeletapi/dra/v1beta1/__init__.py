@@ -1,0 +1,1 @@
+"""DRA plugin API v1beta1 (`k8s.io.kubelet.pkg.apis.dra.v1beta1`): messages and gRPC stubs."""

@@ -1,0 +1,95 @@
+"""The DRA seam (`tessera.kube.dra`) against the fake API server over real HTTP through
+lightkube: one node's ResourceSlices, claims and the claim status subresource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tessera.kube.dra import DraApi, DraApiError
+from tessera.kube.testing import FakeApiServer
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def dra(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[DraApi]:
+    client = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    yield client
+    await client.close()
+
+
+def _slice(name: str, node: str, devices: list[str]) -> dict[str, object]:
+    return {"metadata": {"name": name}, "spec": {
+        "driver": "gpu.nvidia.com", "nodeName": node,
+        "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+        "devices": [{"name": d, "attributes": {"type": {"string": "gpu"}}} for d in devices]}}
+
+
+async def test_slices_are_listed_per_node_and_driver(api: FakeApiServer, dra: DraApi) -> None:
+    await dra.create_slice(_slice("a-0", "node-a", ["gpu-0"]))
+    await dra.create_slice(_slice("b-0", "node-b", ["gpu-0", "gpu-1"]))
+    mine = await dra.node_slices("gpu.nvidia.com", "node-a")
+    assert [s["metadata"]["name"] for s in mine] == ["a-0"]
+    assert mine[0]["apiVersion"] == "resource.k8s.io/v1"
+    assert await dra.node_slices("other.example.com", "node-a") == []
+    paths = {r.path for r in api.requests}
+    assert "/apis/resource.k8s.io/v1/resourceslices" in paths
+
+
+async def test_a_stale_replace_is_a_conflict_and_changes_nothing(
+    api: FakeApiServer, dra: DraApi
+) -> None:
+    made = await dra.create_slice(_slice("a-0", "node-a", ["gpu-0"]))
+    version = made["metadata"]["resourceVersion"]
+    await dra.replace_slice(_slice("a-0", "node-a", ["gpu-0", "gpu-1"]), version)
+    with pytest.raises(DraApiError, match="409") as raised:
+        await dra.replace_slice(_slice("a-0", "node-a", ["gpu-9"]), version)
+    assert raised.value.status == 409
+    [stored] = api.slices(node="node-a")
+    assert [d["name"] for d in stored["spec"]["devices"]] == ["gpu-0", "gpu-1"]
+    await dra.delete_slice("a-0")
+    await dra.delete_slice("a-0")  # gone already: not an error
+    assert api.slices() == []
+
+
+async def test_claim_status_is_written_only_through_its_subresource(
+    api: FakeApiServer, dra: DraApi
+) -> None:
+    spec = {"devices": {"requests": [{"name": "gpu", "exactly": {
+        "deviceClassName": "gpu.nvidia.com"}}]}}
+    api.add_claim("train", spec, namespace="ml")
+    assert await dra.claim("ml", "missing") is None
+    claim = await dra.claim("ml", "train")
+    assert claim is not None
+    assert claim["spec"] == spec
+    assert "status" not in claim or not claim["status"]
+
+    await dra.patch_claim_status("ml", "train", {"devices": [
+        {"driver": "gpu.nvidia.com", "pool": "node-a", "device": "gpu-0"}]})
+    stored = api.claim("train", "ml")
+    assert stored["status"]["devices"][0]["device"] == "gpu-0"
+    assert stored["spec"] == spec
+
+    # A merge patch of the claim itself cannot touch the status, as kube-apiserver's strategy.
+    url = f"{api.url}/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/train"
+    answer = httpx2.patch(url, json={"status": {"devices": []}, "metadata": {"labels": {"a": "b"}}},
+                          headers={"Authorization": f"Bearer {api.token}",
+                                   "Content-Type": "application/merge-patch+json"})
+    assert answer.status_code == 200
+    stored = api.claim("train", "ml")
+    assert stored["metadata"]["labels"] == {"a": "b"}
+    assert stored["status"]["devices"][0]["device"] == "gpu-0"
+
+
+async def test_core_paths_do_not_serve_resource_objects(api: FakeApiServer) -> None:
+    answer = httpx2.get(f"{api.url}/api/v1/resourceslices",
+                        headers={"Authorization": f"Bearer {api.token}"})
+    assert answer.status_code == 404
