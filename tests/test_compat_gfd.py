@@ -299,3 +299,14 @@ async def test_no_timestamp_leaves_it_out_and_removes_ours(tmp_path: Path) -> No
             labels, _ = await r.metadata()
     assert TIMESTAMP not in labels
     assert labels["nvidia.com/gpu.mode"] == "compute"
+
+
+async def test_the_config_files_no_timestamp_leaves_it_out(tmp_path: Path) -> None:
+    """GFD's `flags.gfd.noTimestamp` in the shared config file does what --no-timestamp does."""
+    config = "version: v1\nflags:\n  gfd:\n    noTimestamp: true\n"
+    async with agent_rig("dgx-a100", tmp_path / "sim.json", plugin_config=config) as r:
+        await r.set_metadata(labels={TIMESTAMP: "1700000000"})
+        await r.pass_(2)
+        labels, _ = await r.metadata()
+    assert TIMESTAMP not in labels
+    assert labels["nvidia.com/gpu.mode"] == "compute"

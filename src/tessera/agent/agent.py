@@ -79,7 +79,9 @@ class AgentSettings:
     mig: MigSettings = field(default_factory=MigSettings)
     mig_manager: bool = True
     feature_labels: bool = True
-    gfd_timestamp: bool = True  # GFD's noTimestamp (--no-timestamp, GFD_NO_TIMESTAMP) unset
+    # GFD's noTimestamp unset (--no-timestamp, GFD_NO_TIMESTAMP; flags.gfd.noTimestamp in the
+    # plugin config does the same)
+    gfd_timestamp: bool = True
     machine_type_file: Path = DMI_PRODUCT_NAME  # what gpu.machine says (GFD's machineTypeFile)
     nvml_drain: bool = False
     status_file: Path | None = None
@@ -419,7 +421,7 @@ class Agent:
         labels = feature_labels(facts, mig_strategy=strategy,
                                 sharing=sharing_facts(self.plugin.plan, strategy))
         current = self.view.labels if self.view is not None else {}
-        if self.settings.gfd_timestamp:
+        if self.settings.gfd_timestamp and not self.plugin.config.flags.gfd_no_timestamp:
             labels = stamped(current, labels, int(time.time()))
         self.labels = labels
         changes = label_changes(current, self.labels)

@@ -136,6 +136,7 @@ def _flags(wire: _FlagsWire, where: _Where, warnings: list[str]) -> Flags:
         mofed_enabled=bool(wire.mofed_enabled),
         device_discovery_strategy=wire.device_discovery_strategy
         or defaults.device_discovery_strategy,
+        gfd_no_timestamp=bool(wire.gfd is not None and wire.gfd.no_timestamp),
         plugin=PluginFlags(
             pass_device_specs=bool(plugin.pass_device_specs),
             device_list_strategy=_list_strategies(

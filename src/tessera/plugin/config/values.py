@@ -129,6 +129,7 @@ class Flags:
     mofed_enabled: bool = False
     # Checked and kept for the effective config; Tessera finds devices through NVML always.
     device_discovery_strategy: DiscoveryStrategy = "auto"
+    gfd_no_timestamp: bool = False  # flags.gfd.noTimestamp: GFD writes no gfd.timestamp
     plugin: PluginFlags = PluginFlags()
 
 
