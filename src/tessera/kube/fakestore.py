@@ -1,10 +1,10 @@
 """The storage behind `FakeApiServer`: objects, resourceVersions and watch history.
 
 It keeps what etcd and the watch cache keep for kube-apiserver, for the few resources the
-agent uses (nodes, pods, events): one global resourceVersion bumped by every change, a
-history of changes that watches resume from, compaction (a resume from before it is
-410 Gone), field and label selectors, and the patch semantics of metadata maps. No HTTP
-here; `tessera.kube.testing` serves it.
+agent and the partitioner use (nodes, pods, events, leases): one global resourceVersion
+bumped by every change, a history of changes that watches resume from, compaction (a resume
+from before it is 410 Gone), field and label selectors, and the patch semantics of metadata
+maps. No HTTP here; `tessera.kube.testing` serves it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "nodes": ("Node", False),
     "pods": ("Pod", True),
     "events": ("Event", True),
+    "leases": ("Lease", True),
 }
+
+#: resource -> apiVersion, for those outside the core group
+API_VERSIONS: dict[str, str] = {"leases": "coordination.k8s.io/v1"}
 
 
 class StatusError(Exception):
@@ -203,7 +207,7 @@ class Store:
                 raise StatusError(409, "AlreadyExists",
                                  f'{resource} "{meta["name"]}" already exists',
                                  name=meta["name"], kind=resource)
-            obj["apiVersion"], obj["kind"] = "v1", kind
+            obj["apiVersion"], obj["kind"] = API_VERSIONS.get(resource, "v1"), kind
             if namespace:
                 meta["namespace"] = namespace
             meta.setdefault("uid", str(uuid.uuid4()))

@@ -13,7 +13,10 @@ real lightkube client and httpx2 stack, not patched functions:
   lines from the given `resourceVersion` (none or "0": the current objects as ADDED first),
   an `ERROR` event with a 410 Status when that version is older than the history kept,
   periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`.
-- `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`.
+- `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`;
+  a pod's `status` subresource (`PATCH` changes only `status`) and `binding` (`POST` sets
+  `spec.nodeName` once, 409 if already bound), as the scheduler and controllers use them.
+- `coordination.k8s.io/v1` `leases` (get, create, `PUT` with a resourceVersion, watch).
 - A bearer token is required when the server has one, as `kubeconfig()` writes it.
 
 Test controls change objects as kubectl or the kubelet would (bumping the resourceVersion
@@ -39,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tessera.kube.fakestore import (
+    API_VERSIONS,
     RESOURCES,
     Change,
     Obj,
@@ -220,6 +224,33 @@ class FakeApiServer:
             "status": {"phase": phase},
         })
 
+    def add_pending_pod(self, name: str, requests: Mapping[str, str], *,
+                        namespace: str = "default", priority: int = 0,
+                        node_selector: Mapping[str, str] | None = None,
+                        owner_kind: str | None = None) -> Obj:
+        """A pod the scheduler found no node for: Pending, unbound, `PodScheduled=False`
+        with reason Unschedulable, asking for `requests` (limits the same, as extended
+        resources require)."""
+        meta: Obj = {"name": name}
+        if owner_kind:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner_kind,
+                                        "name": f"{name}-owner", "uid": f"{name}-owner",
+                                        "controller": True}]
+        spec: Obj = {"containers": [{"name": "main", "image": "busybox", "resources": {
+            "requests": dict(requests), "limits": dict(requests)}}], "priority": priority}
+        if node_selector:
+            spec["nodeSelector"] = dict(node_selector)
+        return self.store.create("pods", namespace, {
+            "metadata": meta, "spec": spec,
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient "
+                           f"{', '.join(requests)}."}]},
+        })
+
+    def pod(self, name: str, namespace: str = "default") -> Obj:
+        return self.store.get("pods", namespace, name)
+
     def remove_pod(self, name: str, namespace: str = "default") -> Obj:
         return self.store.delete("pods", namespace, name)
 
@@ -369,8 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/version":
             return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tessera-fake",
                     "platform": "linux/amd64"}
-        namespace, resource, name = _parse(path)
+        namespace, resource, name, sub = _parse(path)
         kind, namespaced = RESOURCES[resource]
+        if sub is not None:
+            assert name is not None
+            return self._subresource(method, path, namespace or "", name, sub, content_type,
+                                     body)
         if name is None:
             if method == "GET":
                 selector = select(query.get("fieldSelector"), query.get("labelSelector"))
@@ -378,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for item in items:  # list items carry no kind, as kube-apiserver's
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
-                return {"kind": f"{kind}List", "apiVersion": "v1",
+                return {"kind": f"{kind}List", "apiVersion": API_VERSIONS.get(resource, "v1"),
                         "metadata": {"resourceVersion": str(version)}, "items": items}
             if method == "POST" and namespaced == (namespace is not None):
                 obj = _object(body, kind)
@@ -415,10 +450,41 @@ class _Handler(BaseHTTPRequestHandler):
                                 expect=expect)
         raise _not_allowed(method, path)
 
+    def _subresource(self, method: str, path: str, namespace: str, name: str, sub: str,
+                     content_type: str | None, body: Any) -> Obj:
+        store = self.server.api.store
+        if sub == "status" and method == "GET":
+            return store.get("pods", namespace, name)
+        if sub == "status" and method == "PATCH":
+            if content_type not in PATCH_TYPES:
+                raise StatusError(415, "UnsupportedMediaType", "unknown patch format")
+            patch = _object(body, "Pod")
+            # The status subresource ignores everything but status, as kube-apiserver does.
+            return store.update("pods", namespace, name, lambda old: _merged(
+                old, {"status": patch.get("status") or {}}))
+        if sub == "binding" and method == "POST":
+            target = (_object(body, "Binding").get("target") or {}).get("name")
+            if not target:
+                raise StatusError(422, "Invalid", "Binding is invalid: target.name: Required")
+
+            def bind(pod: Obj) -> Obj:
+                if pod.get("spec", {}).get("nodeName"):
+                    raise StatusError(409, "Conflict", f"pod {name} is already assigned to "
+                                      f"node {pod['spec']['nodeName']!r}")
+                pod.setdefault("spec", {})["nodeName"] = target
+                conditions = [c for c in pod.get("status", {}).get("conditions", [])
+                              if c.get("type") != "PodScheduled"]
+                pod.setdefault("status", {})["conditions"] = [
+                    *conditions, {"type": "PodScheduled", "status": "True"}]
+                return pod
+            store.update("pods", namespace, name, bind)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+        raise _not_allowed(method, path)
+
     def _watch_of(self, path: str, query: dict[str, str]) -> _Watch:
         """What a watch request asks for; StatusError (before any answer) if it is wrong."""
-        namespace, resource, name = _parse(path)
-        if name is not None:
+        namespace, resource, name, sub = _parse(path)
+        if name is not None or sub is not None:
             raise _not_allowed("WATCH", path)
         asked = query.get("resourceVersion", "")
         if asked not in ("", "0") and not asked.isdigit():
@@ -471,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             if watch.bookmarks and now_ >= next_bookmark:
                 kind, _ = RESOURCES[watch.resource]
                 self._events([{"type": "BOOKMARK", "object": {
-                    "kind": kind, "apiVersion": "v1",
+                    "kind": kind, "apiVersion": API_VERSIONS.get(watch.resource, "v1"),
                     "metadata": {"resourceVersion": str(cursor)}}}])
                 next_bookmark = now_ + api.bookmark_interval
             if deadline is not None and now_ >= deadline:
@@ -522,25 +588,35 @@ _FAULTS = {
 }
 
 
-def _parse(path: str) -> tuple[str | None, str, str | None]:
-    """(namespace, resource, name) of an /api/v1 path; 404 for anything else."""
+_SUBRESOURCES = {"pods": ("status", "binding")}
+
+
+def _parse(path: str) -> tuple[str | None, str, str | None, str | None]:
+    """(namespace, resource, name, subresource) of an /api/v1 or /apis/<group>/<version>
+    path; 404 for anything else."""
     parts = path.strip("/").split("/")
-    if parts[:2] != ["api", "v1"]:
-        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
-                         f"({path})")
-    rest = parts[2:]
+    missing = StatusError(404, "NotFound", f"the server could not find the requested resource "
+                          f"({path})")
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise missing
     namespace = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
-    if not rest or rest[0] not in RESOURCES or len(rest) > 2:
-        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
-                         f"({path})")
+    if not rest or rest[0] not in RESOURCES or API_VERSIONS.get(rest[0], "v1") != group:
+        raise missing
+    sub = rest[2] if len(rest) == 3 else None
+    if len(rest) > 3 or (sub is not None and sub not in _SUBRESOURCES.get(rest[0], ())):
+        raise missing
     _, namespaced = RESOURCES[rest[0]]
     if namespace is not None and not namespaced:
         raise StatusError(404, "NotFound", f"{rest[0]} are not namespaced ({path})")
-    if namespace is None and namespaced and len(rest) == 2:
+    if namespace is None and namespaced and len(rest) >= 2:
         raise StatusError(404, "NotFound", f"{rest[0]} are namespaced ({path})")
-    return namespace, rest[0], rest[1] if len(rest) == 2 else None
+    return namespace, rest[0], rest[1] if len(rest) >= 2 else None, sub
 
 
 def _object(body: Any, kind: str) -> Obj:
