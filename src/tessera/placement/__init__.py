@@ -4,6 +4,7 @@ No I/O and no Kubernetes: the partitioner controller and `bench/partitioner.py` 
 with it.
 """
 
+from tessera.placement.layout import layout_annotation, profiles_of
 from tessera.placement.model import (
     Assignment,
     GpuView,
@@ -16,8 +17,10 @@ from tessera.placement.model import (
     Toleration,
     Unplaced,
 )
+from tessera.placement.planner import POLICIES, plan
 
 __all__ = [
+    "POLICIES",
     "Assignment",
     "GpuView",
     "NodeView",
@@ -28,4 +31,7 @@ __all__ = [
     "Taint",
     "Toleration",
     "Unplaced",
+    "layout_annotation",
+    "plan",
+    "profiles_of",
 ]
