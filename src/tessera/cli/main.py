@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tessera import __version__
-from tessera.cli import agent, exporter, gpu, mig, plugin, sim, status
+from tessera.cli import agent, exporter, gpu, mig, partitioner, plugin, sim, status
 from tessera.cli.common import Settings
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.command("exporter")(exporter.exporter)
 app.command("agent")(agent.agent)
 app.command("status")(status.status)
 app.add_typer(gpu.gpu_app, name="gpu")
+app.add_typer(partitioner.app, name="partitioner")
 
 
 def _version(value: bool) -> None:

@@ -107,6 +107,28 @@ class Mirror(Generic[V]):
                 version = None
                 failures = await self._failed(failures, Failure(None, repr(e)))
 
+    def remember(self, view: V) -> None:
+        """Take in a newer copy of an object: from the watch, or one this client just wrote
+        (a patch's answer), so a reader does not act on the older copy before the watch
+        delivers the change, and a late watch event does not bring the older one back."""
+        key = self.key(view)
+        old = self.items.get(key)
+        new_version = str(getattr(view, "resource_version", ""))
+        old_version = str(getattr(old, "resource_version", "")) if old is not None else ""
+        if old_version.isdigit() and new_version.isdigit() and int(new_version) < int(
+                old_version):
+            return
+        self.items = MappingProxyType({**self.items, key: view})
+
+    async def sync(self) -> None:
+        """One list, no watch: for a look at the cluster now (`partitioner plan`)."""
+        await self._call_list()
+
+    async def _call_list(self) -> str:
+        return await retried(self._list, retry=self.retry, outage=self._outage,
+                             what=f"LIST {self.what}", rejected=lambda f: _rejected(
+                                 f"LIST {self.what}", f))
+
     async def _list(self) -> str:
         listed = self.client.list(self.kind, namespace=lightkube.ALL_NS
                                   if self.kind is Pod else None, labels=self.labels or None)
@@ -120,12 +142,12 @@ class Mirror(Generic[V]):
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             return  # a BOOKMARK moved the resourceVersion only
         view = self.view(obj)
-        items = dict(self.items)
         if kind == "DELETED":
+            items = dict(self.items)
             items.pop(self.key(view), None)
+            self.items = MappingProxyType(items)
         else:
-            items[self.key(view)] = view
-        self.items = MappingProxyType(items)
+            self.remember(view)
         self.changed.set()
 
     async def _failed(self, failures: int, failure: Failure) -> int:
@@ -170,11 +192,28 @@ class ClusterClient:
             patch_type=PatchType.MERGE))
         return node_view(patched)
 
-    async def nominate(self, namespace: str, name: str, node: str | None) -> None:
-        """Set (None: clear) the pod's `status.nominatedNodeName`, through pods/status."""
-        await self._call(f"PATCH pods/status of {namespace}/{name}", lambda: self.client.patch(
-            Pod.Status, name, {"status": {"nominatedNodeName": node}}, namespace=namespace,
-            patch_type=PatchType.MERGE))
+    async def nominate(self, namespace: str, name: str, node: str | None, *,
+                       resource_version: str = "") -> bool:
+        """Set (None: clear) the pod's `status.nominatedNodeName`, through pods/status.
+
+        With `resource_version`, only if the pod is still that version (as KEP-5278 asks of
+        components other than the scheduler, so a nomination never overwrites one the
+        scheduler just made); False when the pod changed meanwhile."""
+        patch: dict[str, object] = {"status": {"nominatedNodeName": node}}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+
+        async def send() -> bool:
+            try:
+                await self.client.patch(Pod.Status, name, patch, namespace=namespace,
+                                        patch_type=PatchType.MERGE)
+            except ApiError as e:
+                if e.status.code == 409 and resource_version:
+                    return False  # the pod moved on: look again with its new version
+                raise
+            return True
+
+        return await self._call(f"PATCH pods/status of {namespace}/{name}", send)
 
     async def event(self, *, kind: str, name: str, namespace: str | None, uid: str,
                     reason: str, message: str, type: str = "Normal") -> None:

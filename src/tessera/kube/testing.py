@@ -459,9 +459,11 @@ class _Handler(BaseHTTPRequestHandler):
             if content_type not in PATCH_TYPES:
                 raise StatusError(415, "UnsupportedMediaType", "unknown patch format")
             patch = _object(body, "Pod")
-            # The status subresource ignores everything but status, as kube-apiserver does.
+            # The status subresource ignores everything but status, as kube-apiserver does;
+            # a resourceVersion in the patch is a precondition.
             return store.update("pods", namespace, name, lambda old: _merged(
-                old, {"status": patch.get("status") or {}}))
+                old, {"status": patch.get("status") or {}}),
+                expect=(patch.get("metadata") or {}).get("resourceVersion"))
         if sub == "binding" and method == "POST":
             target = (_object(body, "Binding").get("target") or {}).get("name")
             if not target:
