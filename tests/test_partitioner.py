@@ -1,0 +1,266 @@
+"""The partitioner controller over the fake API server (real HTTP, lightkube), with nodes
+publishing what agents publish: which pods it takes up, what it writes, when it nominates,
+what it says, and how it treats bad input. Its pure parts are tested directly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from partitioner_support import (
+
+    a100,
+    events,
+    opted_in,
+    partitioner,
+    publish,
+    until,
+)
+from typer.testing import CliRunner
+
+from tessera.cli.main import app
+from tessera.errors import ConfigError
+from tessera.kube.layoutstatus import GENERATION, LAYOUT, STATUS
+from tessera.kube.views import NodeView as KubeNode
+from tessera.kube.views import PodSchedulingView
+from tessera.kube.testing import FakeApiServer
+from tessera.partitioner.batching import Batcher
+from tessera.partitioner.pending import Rejected, request_of, waiting
+from tessera.partitioner.render import picture
+from tessera.partitioner.settings import PartitionerSettings
+from tessera.partitioner.snapshot import node_state
+from tessera.placement import Slice
+
+ONE_G = [("1g.10gb", s, False) for s in range(7)]
+
+
+def pod(**over: object) -> PodSchedulingView:
+    base: dict[str, object] = dict(
+        namespace="ml", name="infer", uid="u1", phase="Pending", node_name="",
+        nominated_node="", scheduled_status="False", scheduled_reason="Unschedulable",
+        owner_kinds=("ReplicaSet",), deleting=False, priority=0,
+        requests={"nvidia.com/mig-3g.40gb": "1", "cpu": "500m", "memory": "1Gi"},
+        node_selector={}, tolerations=())
+    base.update(over)
+    return PodSchedulingView(**base)  # type: ignore[arg-type]
+
+
+# -- pure parts ---------------------------------------------------------------------------
+
+
+def test_only_pods_the_scheduler_gave_up_on_for_mig_are_taken_up() -> None:
+    ours = {"gpu-1"}
+    assert waiting(pod(), ours)
+    assert waiting(pod(nominated_node="gpu-1"), ours), "our own nomination"
+    assert not waiting(pod(nominated_node="cpu-9"), ours), "a preemption's nomination"
+    assert not waiting(pod(owner_kinds=("DaemonSet",)), ours)
+    assert not waiting(pod(node_name="gpu-1"), ours)
+    assert not waiting(pod(scheduled_status="True"), ours)
+    assert not waiting(pod(scheduled_reason="SchedulerError"), ours)
+    assert not waiting(pod(deleting=True), ours)
+    assert not waiting(pod(requests={"nvidia.com/gpu": "1"}), ours)
+
+
+def test_requests_are_read_and_nonsense_is_named() -> None:
+    made = request_of(pod(priority=7))
+    assert not isinstance(made, Rejected)
+    assert (made.key, made.profile, made.count, made.priority) == ("ml/infer", "3g.40gb", 1, 7)
+    assert (made.cpu_milli, made.memory_bytes) == (500, 1 << 30)
+    me = request_of(pod(requests={"nvidia.com/mig-1g.10gb+me": "2"}))
+    assert not isinstance(me, Rejected)
+    assert (me.profile, me.count) == ("1g.10gb+me", 2)
+    for requests, says in (
+        ({"nvidia.com/mig-3g.40gb": "1", "nvidia.com/mig-1g.10gb": "1"}, "2 MIG profiles"),
+        ({"nvidia.com/mig-3g.40gb": "1.5"}, "not a whole number"),
+        ({"nvidia.com/mig-3g.40gb": "1000"}, "not a whole number"),
+        ({"nvidia.com/mig-big": "1"}, "not a MIG profile resource"),
+    ):
+        rejected = request_of(pod(requests=requests))
+        assert isinstance(rejected, Rejected)
+        assert says in rejected.reason
+
+
+def test_a_batch_closes_after_the_idle_window_or_at_the_cap() -> None:
+    b = Batcher(idle_s=1.0, cap_s=3.0)
+    b.offer(["a"], 0.0)
+    assert not b.due(0.5)
+    assert b.due(1.0)
+    b = Batcher(idle_s=1.0, cap_s=3.0)
+    for t in (0.0, 0.8, 1.6, 2.4):  # a steady trickle keeps it open...
+        b.offer([f"p{t}"], t)
+        assert not b.due(t)
+    assert b.due(3.0)  # ...until the cap
+    b.closed()
+    b.offer(["p2.4"], 3.1)
+    assert not b.due(10.0), "pods already planned do not open a batch by themselves"
+    b.reopen(10.0)
+    assert b.due(11.0)
+
+
+def test_a_node_with_garbage_annotations_is_described_not_planned() -> None:
+    def state(annotations: dict[str, str]) -> str | None:
+        return node_state(KubeNode("gpu-1", {}, annotations, "1"), ()).problem
+
+    assert "not JSON" in str(state({STATUS: "{nope"}))
+    assert "expected a generation number" in str(state({STATUS: "{}", GENERATION: "-1"}))
+    assert "`used` must be true or false" in str(state({STATUS: json.dumps(
+        {"version": "v1", "gpus": {"0": {"product": "A100-SXM4-80GB", "mig": True,
+                                         "instances": [{"profile": "3g.40gb",
+                                                        "placement": 0, "used": 1}]}}})}))
+    assert "has not published" in str(state({}))
+
+
+def test_free_cpu_and_memory_are_allocatable_less_what_bound_pods_ask() -> None:
+    from tessera.kube.layoutstatus import format_status
+
+    node = KubeNode("gpu-1", {}, {STATUS: format_status([a100(0)])}, "1",
+                    allocatable={"cpu": "8", "memory": "16Gi"})
+    state = node_state(node, [pod(node_name="gpu-1", requests={"cpu": "1500m",
+                                                               "memory": "4Gi"}),
+                              pod(node_name="gpu-1", phase="Succeeded",
+                                  requests={"cpu": "4"})])
+    assert state.view is not None
+    assert (state.view.free_cpu_milli, state.view.free_memory_bytes) == (6500, 12 << 30)
+
+
+def test_slice_pictures_span_the_memory_slices_an_instance_occupies() -> None:
+    assert picture("A100-SXM4-80GB", [Slice("1g.10gb", 0, True), Slice("3g.40gb", 4)]) == (
+        "|1g.10gb*|        |        |        |3g.40gb                            |")
+
+
+def test_settings_are_bounded() -> None:
+    with pytest.raises(ConfigError, match="cap the longer|must be the longer"):
+        PartitionerSettings(batch_idle_s=5, batch_cap_s=2)
+    with pytest.raises(ConfigError, match="placement policy 'best'"):
+        PartitionerSettings(policy="best")
+
+
+# -- the controller over HTTP -------------------------------------------------------------
+
+
+async def test_a_pending_pod_gets_a_layout_then_a_nomination_and_events(tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0, *ONE_G[:4], ("1g.10gb", 4, True))])
+        server.add_node("cpu-1")  # not opted in: never touched
+        server.add_pending_pod("infer", {"nvidia.com/mig-3g.40gb": "1"}, namespace="ml")
+        async with partitioner(server, tmp_path) as p:
+            await until(lambda: GENERATION in server.node("gpu-1")["metadata"]["annotations"],
+                        what="a layout written")
+            annotations = server.node("gpu-1")["metadata"]["annotations"]
+            assert annotations[GENERATION] == "1"
+            assert "3g.40gb" in annotations[LAYOUT]
+            assert "1g.10gb" in annotations[LAYOUT], "the used 1g at slice 4 stays"
+            await until(lambda: events(server, "MigPlanned", "infer"), what="MigPlanned")
+            planned = events(server, "MigPlanned", "infer")
+            assert [e["message"] for e in planned] == ["node gpu-1 GPU 0 gets 3g.40gb at slice 0"]
+            assert "nominatedNodeName" not in server.pod("infer", "ml")["status"], \
+                "not before the node advertises the slice"
+            # The agent reaches generation 1 and the kubelet counts the new device.
+            publish(server, "gpu-1", [a100(0, ("3g.40gb", 0, False), ("1g.10gb", 4, True))],
+                    observed="1")
+            await until(lambda: server.pod("infer", "ml")["status"].get("nominatedNodeName")
+                        == "gpu-1", what="nominated")
+            await until(lambda: events(server, "MigNominated", "infer"), what="MigNominated")
+            assert events(server, "MigLayoutPlanned", "gpu-1")
+            assert server.node("cpu-1")["metadata"]["annotations"] == {}
+            assert p.metrics.nominations._value.get() == 1  # noqa: SLF001
+
+
+async def test_a_profile_no_gpu_offers_gets_one_event_and_no_churn(tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0, *ONE_G)])
+        server.add_pending_pod("huge", {"nvidia.com/mig-4g.20gb": "1"})
+        async with partitioner(server, tmp_path) as p:
+            await until(lambda: events(server, "MigProfileUnavailable"), what="the Event")
+            rounds = p.rounds
+            await until(lambda: p.rounds > rounds + 5, what="more rounds")
+            said = events(server, "MigProfileUnavailable")
+            assert len(said) == 1
+            assert said[0]["count"] == 1
+            assert "no opted-in GPU offers MIG profile 4g.20gb" in str(said[0]["message"])
+            assert GENERATION not in server.node("gpu-1")["metadata"]["annotations"]
+
+
+async def test_a_node_with_garbage_is_skipped_with_an_event_and_others_still_planned(
+        tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-bad")
+        server.set_annotations("gpu-bad", {STATUS: "{\"version\": \"v1\", \"gpus\": 7}"})
+        opted_in(server, "gpu-good")
+        publish(server, "gpu-good", [a100(0)])
+        server.add_pending_pod("p", {"nvidia.com/mig-2g.20gb": "1"})
+        async with partitioner(server, tmp_path):
+            await until(lambda: GENERATION in server.node("gpu-good")["metadata"]["annotations"],
+                        what="the good node planned")
+            skipped = events(server, "MigNodeSkipped", "gpu-bad")
+            assert len(skipped) == 1
+            assert "gpus" in str(skipped[0]["message"])
+            assert GENERATION not in server.node("gpu-bad")["metadata"]["annotations"]
+
+
+async def test_a_node_still_applying_is_not_planned_again(tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0)])
+        server.set_annotations("gpu-1", {GENERATION: "4", "tessera.dev/mig.layout.observed": "3"})
+        server.add_pending_pod("p", {"nvidia.com/mig-1g.10gb": "1"})
+        async with partitioner(server, tmp_path) as p:
+            await until(lambda: p.batches >= 1, what="a batch")
+            assert server.node("gpu-1")["metadata"]["annotations"][GENERATION] == "4"
+            assert events(server, "MigUnplaced", "p"), "said why it is not placed"
+            publish(server, "gpu-1", [a100(0)], observed="4")
+            await until(lambda: server.node("gpu-1")["metadata"]["annotations"][GENERATION]
+                        == "5", what="planned once settled")
+
+
+def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
+        tmp_path: Path) -> None:
+    from tessera.kube.layoutstatus import MODE, PARTITIONED, format_status
+
+    node = {"kind": "Node", "apiVersion": "v1", "metadata": {
+        "name": "gpu-7", "labels": {MODE: PARTITIONED},
+        "annotations": {STATUS: format_status([a100(0, ("1g.10gb", 0, True)),
+                                               a100(1, *ONE_G)])}},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi"}}}
+    waiting_pod = {"kind": "Pod", "apiVersion": "v1",
+                   "metadata": {"name": "infer", "namespace": "ml", "uid": "u"},
+                   "spec": {"containers": [{"name": "c", "resources": {
+                       "limits": {"nvidia.com/mig-3g.40gb": "1"}}}]},
+                   "status": {"phase": "Pending", "conditions": [{
+                       "type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"kind": "List", "apiVersion": "v1",
+                                "items": [node, waiting_pod]}))
+    before = path.read_text()
+    done = CliRunner().invoke(app, ["partitioner", "plan", "--from-file", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "ml/infer  3g.40gb  gpu-7" in done.output
+    assert "gpu-7 GPU 0 (A100-SXM4-80GB)" in done.output
+    assert "  plan  |1g.10gb*|" in done.output
+    assert "1 placed, 0 not placed" in done.output
+    assert path.read_text() == before
+
+    path.write_text("[1, 2")
+    bad = CliRunner().invoke(app, ["partitioner", "plan", "--from-file", str(path)])
+    assert bad.exit_code == 2
+    assert "cluster.json" in bad.output
+    assert "Traceback" not in bad.output
+    both = CliRunner().invoke(app, ["partitioner", "plan"])
+    assert both.exit_code == 2
+    assert "exactly one of --from-cluster and --from-file" in both.output
+
+
+def test_bad_flags_are_one_line_and_exit_2() -> None:
+    done = CliRunner().invoke(app, ["partitioner", "--batch-idle", "20", "--batch-cap", "5",
+                                    "--no-leader-elect"])
+    assert done.exit_code == 2
+    assert "must be the longer" in done.output
+    label = CliRunner().invoke(app, ["partitioner", "--node-label", "nolabel"])
+    assert label.exit_code == 2
+    assert "--node-label 'nolabel'" in label.output
+
+
+
