@@ -5,14 +5,16 @@ token change only the layout annotations of Nodes and the nomination of pods."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from chart_support import NAMESPACE, AdmissionPolicy, Rendered, render
 from partitioner_support import a100, events, opted_in, partitioner, publish, until
-
 from tessera.kube.layoutstatus import GENERATION, LAYOUT, STATUS
 from tessera.kube.testing import FakeApiServer, RecordedRequest
 
@@ -61,7 +63,7 @@ def test_the_deployment_follows_the_values() -> None:
 
 
 def test_bad_values_are_refused_with_the_reason() -> None:
-    with pytest.raises(Exception, match="capSeconds .* is shorter than idleSeconds"):
+    with pytest.raises(Exception, match=r"capSeconds .* is shorter than idleSeconds"):
         render({"partitioner": {"enabled": True, "batch": {"idleSeconds": 5,
                                                             "capSeconds": 2}}})
     with pytest.raises(Exception, match="policy"):
@@ -117,9 +119,6 @@ async def test_rbac_grants_exactly_the_partitioners_requests(rendered: Rendered,
         elector = LeaderElector(client, LeaseSettings(
             name="tessera-partitioner", namespace=NAMESPACE, identity="a", duration_s=1.5,
             renew_deadline_s=1.0, retry_s=0.1))
-        import asyncio
-        import contextlib
-
         task = asyncio.create_task(elector.run(asyncio.Event().wait))
         await elector.leading.wait()
         await asyncio.sleep(0.3)  # a few renewals
