@@ -215,6 +215,33 @@ async def test_a_node_still_applying_is_not_planned_again(tmp_path: Path) -> Non
                         == "5", what="planned once settled")
 
 
+async def test_a_layout_the_node_failed_at_is_planned_again_around_what_is_used(
+        tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0, *ONE_G)])
+        server.add_pending_pod("p", {"nvidia.com/mig-3g.40gb": "1"})
+        async with partitioner(server, tmp_path):
+            await until(lambda: server.node("gpu-1")["metadata"]["annotations"].get(GENERATION)
+                        == "1", what="generation 1")
+            first = server.node("gpu-1")["metadata"]["annotations"][LAYOUT]
+            assert "profile: 3g.40gb, placement: 4" in first
+            # Meanwhile a pod took the 1g at slice 4 that the layout destroys: the agent
+            # refuses, says why, and reports the generation it failed at.
+            publish(server, "gpu-1", [a100(0, *ONE_G[:4], ("1g.10gb", 4, True), *ONE_G[5:])])
+            server.set_annotations("gpu-1", {
+                "tessera.dev/mig.layout.failed": "1",
+                "tessera.dev/mig.config.reason": "MIG device MIG-x is in use by ml/x"})
+            await until(lambda: server.node("gpu-1")["metadata"]["annotations"].get(GENERATION)
+                        == "2", what="planned again")
+            second = server.node("gpu-1")["metadata"]["annotations"][LAYOUT]
+            assert "profile: 1g.10gb, placement: 4" in second, "the used 1g is kept"
+            assert "profile: 3g.40gb, placement: 0" in second
+            failed = events(server, "MigLayoutFailed", "gpu-1")
+            assert len(failed) == 1
+            assert "in use by ml/x" in str(failed[0]["message"])
+
+
 def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
         tmp_path: Path) -> None:
     from tessera.kube.layoutstatus import MODE, PARTITIONED, format_status

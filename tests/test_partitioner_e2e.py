@@ -7,10 +7,12 @@ outage all end with the pods bound."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
 from cluster_support import Cluster, simulated_cluster, until
+from metrics_support import parse, promtool_problems, scrape
 from tessera.kube.layoutstatus import GENERATION, STATUS, parse_status
 
 ALL_1G = json.dumps({"version": "v1", "gpus": {
@@ -74,6 +76,19 @@ async def test_a_pending_3g_pod_gets_a_slice_and_binds_and_a_used_instance_is_un
         assert device in {m.uuid for m in hardware.mig_devices(gpu)}, "holder still intact"
         written = sum(generation(cluster, n) - before[n] for n in cluster.nodes)
         assert written == 1, "the restarted partitioner reused the instance made for train"
+
+        # p2 takes the Lease once p1's expires, resumes from the nodes and writes nothing:
+        # its metrics, scraped as Prometheus would, say so (and pass promtool's lint).
+        await until(lambda: _holder(cluster) == "p2", what="p2 leads")
+        port = int(re.search(r"metrics on :(\d+)", cluster.log("p2")).group(1))  # type: ignore[union-attr]
+        await until(lambda: parse(scrape(port))["tessera_partitioner_leader"] == [({}, 1.0)],
+                    what="p2 reports leading")
+        text = scrape(port)
+        assert promtool_problems(text) == []
+        rows = parse(text)
+        assert rows["tessera_partitioner_pending_pods"] == [({}, 0.0)]
+        assert rows["tessera_partitioner_layouts_written"] == [({}, 0.0)]
+        assert used_on(cluster, "gpu-a") >= 1
 
 
 async def test_leader_handoff_and_an_api_outage(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shlex
@@ -17,7 +16,7 @@ import typer
 from tessera.agent.agent import Agent, AgentSettings
 from tessera.agent.mig_manager import MigSettings
 from tessera.agent.nodeapi import NodeApi
-from tessera.cli.common import Output, fail, reported, settings
+from tessera.cli.common import Output, configure_logging, fail, reported, settings
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
 from tessera.errors import ConfigError
@@ -33,24 +32,6 @@ from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.plugin.manager import PluginSettings
 
 log = logging.getLogger("tessera.agent")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log pipelines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _logging(fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def _seed_labels(api: NodeApi, labels: list[str]) -> None:
@@ -142,7 +123,7 @@ def agent(
     """Run the node agent: device plugin, MIG manager, feature labels, GPU drain."""
     if log_format not in ("text", "json"):
         fail(f"--log-format {log_format!r}: use text or json")
-    _logging(log_format)
+    configure_logging(log_format)
     common = settings(ctx)
     with reported():
         standalone = standalone_mode(common, no_kube, kubeconfig)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from tessera.cli.common import fail, reported
+from tessera.cli.common import configure_logging, fail, reported
 from tessera.kube.layoutstatus import MODE, PARTITIONED
 from tessera.kube.lease import LeaseSettings
 from tessera.kube.listfile import read_cluster_file
@@ -69,9 +69,9 @@ def partitioner(
         return
     if log_format not in ("text", "json"):
         fail(f"--log-format {log_format!r}: use text or json")
-    from tessera.cli.agent import _logging
-
-    _logging(log_format)
+    configure_logging(log_format)
+    # One line per API request would drown what the controller says.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     with reported():
         settings = PartitionerSettings(
             node_labels=parse_label(node_label), batch_idle_s=batch_idle,
