@@ -266,7 +266,7 @@ def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
     assert "ml/infer  3g.40gb  gpu-7" in done.output
     assert "gpu-7 GPU 0 (A100-SXM4-80GB)" in done.output
     assert "  plan  |1g.10gb*|" in done.output
-    assert "1 placed, 0 not placed" in done.output
+    assert "1 placed, 0 not placed; 1 GPU instance to create" in done.output
     assert path.read_text() == before
 
     path.write_text("[1, 2")

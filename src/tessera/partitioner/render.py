@@ -29,10 +29,11 @@ def plan_table(plan: Plan) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=False))
              + "  " + r[-1] for r in rows]
+    gpus = sum(len(g) for g in plan.layouts.values())
     lines.append(f"{len(plan.assignments)} placed, {len(plan.unplaced)} not placed; "
-                 f"{plan.created} GPU instances to create, {plan.destroyed} idle to destroy, "
-                 f"{sum(len(g) for g in plan.layouts.values())} GPUs on "
-                 f"{len(plan.layouts)} nodes change")
+                 f"{_count(plan.created, 'GPU instance')} to create, {plan.destroyed} idle to "
+                 f"destroy; {_count(gpus, 'GPU')} on {_count(len(plan.layouts), 'node')} "
+                 "change")
     return lines
 
 
@@ -71,3 +72,7 @@ def picture(product: str, slices: Sequence[Slice]) -> str:
         cells.append(" " * CELL)
         at += 1
     return "|" + "|".join(cells) + "|"
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
