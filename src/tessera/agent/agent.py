@@ -178,6 +178,18 @@ class Agent:
         await self.reconcile()
         await self.reconcile()
 
+    def _take(self, updated: NodeView | None) -> None:
+        """Keep a patch's answer as the view, unless the watch has already brought a newer
+        one: an answer can arrive after the watch event of a later change (someone else's),
+        and going back to it would hide that change until the node changes again."""
+        if updated is None:
+            return
+        current = self.view.resource_version if self.view is not None else ""
+        if current.isdigit() and updated.resource_version.isdigit() and int(
+                updated.resource_version) < int(current):
+            return
+        self.view = updated
+
     async def _watch(self) -> None:
         async for view in self.api.watch():
             self.view = view
@@ -258,8 +270,7 @@ class Agent:
         except TesseraError as e:
             log.warning("MIG layout status not published yet: %s", e)
             return
-        if updated is not None:
-            self.view = updated
+        self._take(updated)
 
     # -- disable / drain -------------------------------------------------------------------
 
@@ -351,8 +362,7 @@ class Agent:
         except TesseraError as e:
             log.warning("feature labels not written yet: %s", e)
             return
-        if updated is not None:
-            self.view = updated
+        self._take(updated)
 
     # -- status ----------------------------------------------------------------------------
 
