@@ -15,4 +15,5 @@ only::
     metrics     Prometheus metrics
     controller  the loop: mirrors -> batch -> plan -> write -> nominate
     dryrun      the plan it would make now, from the cluster or a file, changing nothing
+    service     the process: credentials, metrics endpoint, leader election, signals
 """

@@ -61,8 +61,8 @@ async def serve(settings: PartitionerSettings, lease: LeaseSettings | None,
         await cluster.close()
         if http is not None:
             http.shutdown()
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
+    if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+        raise error
 
 
 async def plan_from_cluster(settings: PartitionerSettings,
