@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chart_support import NAMESPACE, AdmissionPolicy, Rendered, render
+from chart_support import NAMESPACE, AdmissionPolicy, Rendered, lint, render
 from partitioner_support import a100, events, opted_in, partitioner, publish, until
 from tessera.kube.layoutstatus import GENERATION, LAYOUT, STATUS
 from tessera.kube.testing import FakeApiServer, RecordedRequest
@@ -32,6 +32,12 @@ def rendered() -> Rendered:
 def policy(rendered: Rendered) -> AdmissionPolicy:
     return AdmissionPolicy(rendered.one("ValidatingAdmissionPolicy",
                                         "tessera-partitioner-layout-only"))
+
+
+def test_helm_lint_is_clean_with_it_on() -> None:
+    assert lint(ON) == []
+    assert lint({"partitioner": {"enabled": True}, "metrics": {
+        "serviceMonitor": {"enabled": True}}}) == []
 
 
 def test_off_by_default() -> None:
@@ -60,6 +66,20 @@ def test_the_deployment_follows_the_values() -> None:
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_its_metrics_have_a_service_and_a_service_monitor() -> None:
+    r = render({"partitioner": {"enabled": True, "metricsPort": 9555},
+                "metrics": {"serviceMonitor": {"enabled": True}}})
+    service = r.one("Service", "tessera-partitioner")
+    assert service["spec"]["ports"][0]["port"] == 9555
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "partitioner"
+    monitor = r.one("ServiceMonitor", "tessera-partitioner")
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "partitioner")
+    (container,) = r.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=9555" in container["args"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9555}]
 
 
 def test_bad_values_are_refused_with_the_reason() -> None:
