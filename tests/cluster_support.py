@@ -6,8 +6,9 @@
   PodResources service naming which device each bound pod holds;
 - a stand-in kubelet status loop that reports each node's healthy devices as its capacity
   and allocatable, as the kubelet does;
-- a stand-in scheduler that binds pending pods to a node whose allocatable fits (as
-  kube-scheduler's NodeResourcesFit would), trying the nominated node first and keeping a
+- a stand-in scheduler that binds pending pods to a node whose labels match their
+  nodeSelector and whose allocatable fits (as kube-scheduler's NodeAffinity and
+  NodeResourcesFit would), trying the nominated node first and keeping a
   nominated pod's devices from pods of no higher priority (the scheduler's nominator), and
   on binding allocates a free device of the pod's resource, as the kubelet would.
 """
@@ -147,7 +148,11 @@ async def _scheduler(cluster: Cluster) -> None:
                 continue
             nominated = (pod.get("status") or {}).get("nominatedNodeName")
             order = sorted(cluster.nodes, key=lambda n: (n != nominated, n))
+            selector = pod["spec"].get("nodeSelector") or {}
             for name in order:
+                labels = cluster.server.node(name)["metadata"].get("labels", {})
+                if any(labels.get(k) != v for k, v in selector.items()):
+                    continue
                 node = cluster.nodes[name]
                 if all(len(node.free(r)) - _reserved(pending, pod, name, r) >= n
                        for r, n in asked.items()):
@@ -200,7 +205,8 @@ async def simulated_cluster(tmp_path: Path, names: list[str], preset: str = "mix
                 hardware, control = make_node(preset, directory / "sim.json")
                 stack.callback(hardware.close)
                 (directory / "plugin.yaml").write_text(MIXED)
-                server.add_node(name, labels={MODE: PARTITIONED})
+                server.add_node(name, labels={MODE: PARTITIONED,
+                                              "kubernetes.io/hostname": name})
                 if layout is not None:
                     server.set_annotations(name, {"tessera.dev/mig.layout": layout,
                                                   "tessera.dev/mig.layout.generation": "1"})

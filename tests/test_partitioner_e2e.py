@@ -65,29 +65,40 @@ async def test_a_pending_3g_pod_gets_a_slice_and_binds_and_a_used_instance_is_un
         assert device in {m.uuid for m in hardware.mig_devices(gpu)}
         assert pid in {p.pid for p in cluster.nodes["gpu-a"].control.processes()}
 
-        # Killed right after writing a layout, before nominating: a new one converges.
+        # Killed mid-plan: a batch whose plan changes both nodes (each pod may run on one
+        # only), with every API answer slowed so the kill lands after the first node's
+        # layout and before the second's. The next leader finishes it without redoing the
+        # first.
         before = {n: generation(cluster, n) for n in cluster.nodes}
-        cluster.server.add_pending_pod("train", {"nvidia.com/mig-4g.40gb": "1"})
+        for name in cluster.nodes:
+            cluster.server.add_pending_pod(f"train-{name}", {"nvidia.com/mig-4g.40gb": "1"},
+                                           node_selector={"kubernetes.io/hostname": name})
+        cluster.server.delay(0.5)
         await until(lambda: any(generation(cluster, n) > before[n] for n in cluster.nodes),
-                    what="a layout written for train")
+                    what="the first layout of the batch written")
         cluster.stop_partitioner("p1", signal.SIGKILL)
+        written_at_kill = sum(generation(cluster, n) > before[n] for n in cluster.nodes)
+        cluster.server.delay(0)
+        assert written_at_kill == 1, "killed between the two nodes' layouts"
         cluster.start_partitioner("p2")
-        await until(lambda: bound(cluster, "train"), what="train bound after the restart")
+        for name in cluster.nodes:
+            await until(lambda n=name: bound(cluster, f"train-{n}") == n,  # type: ignore[misc]
+                        what=f"train-{name} bound after the restart")
         assert device in {m.uuid for m in hardware.mig_devices(gpu)}, "holder still intact"
-        written = sum(generation(cluster, n) - before[n] for n in cluster.nodes)
-        assert written == 1, "the restarted partitioner reused the instance made for train"
+        assert {n: generation(cluster, n) - before[n] for n in cluster.nodes} == {
+            "gpu-a": 1, "gpu-b": 1}, "one layout per node: the first was not redone"
 
-        # p2 takes the Lease once p1's expires, resumes from the nodes and writes nothing:
-        # its metrics, scraped as Prometheus would, say so (and pass promtool's lint).
+        # p2 took the Lease once p1's expired and wrote the one layout left: its metrics,
+        # scraped as Prometheus would, say so (and pass promtool's lint).
         await until(lambda: _holder(cluster) == "p2", what="p2 leads")
         port = int(re.search(r"metrics on :(\d+)", cluster.log("p2")).group(1))  # type: ignore[union-attr]
-        await until(lambda: parse(scrape(port))["tessera_partitioner_leader"] == [({}, 1.0)],
-                    what="p2 reports leading")
+        await until(lambda: parse(scrape(port))["tessera_partitioner_pending_pods"] == [
+            ({}, 0.0)], what="p2 sees no pod waiting")
         text = scrape(port)
         assert promtool_problems(text) == []
         rows = parse(text)
-        assert rows["tessera_partitioner_pending_pods"] == [({}, 0.0)]
-        assert rows["tessera_partitioner_layouts_written"] == [({}, 0.0)]
+        assert rows["tessera_partitioner_leader"] == [({}, 1.0)]
+        assert rows["tessera_partitioner_layouts_written"] == [({}, 1.0)]
         assert used_on(cluster, "gpu-a") >= 1
 
 
