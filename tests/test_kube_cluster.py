@@ -133,6 +133,11 @@ async def test_mirrors_follow_changes_and_outages(tmp_path: Path) -> None:
             await until(lambda: "ml/p2" in client.pods.items, what="p2 after the outage")
             await until(lambda: client.nodes.items["gpu-1"].labels.get("x") == "y",
                         what="node change after a 410")
+            server.set_labels("gpu-1", {"tessera.dev/mig.mode": None})
+            await until(lambda: "gpu-1" not in client.nodes.items,
+                        what="a node that leaves the selector leaves the mirror")
+            server.set_labels("cpu-1", {"tessera.dev/mig.mode": "partitioned"})
+            await until(lambda: "cpu-1" in client.nodes.items, what="one that enters it")
             await client.nominate("default", "p1", "gpu-1")
             assert server.pod("p1")["status"]["nominatedNodeName"] == "gpu-1"
             assert server.pod("p1")["status"]["phase"] == "Pending", "the rest of status kept"

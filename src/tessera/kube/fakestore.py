@@ -75,6 +75,7 @@ class Change:
     resource: str
     type: str  # ADDED, MODIFIED or DELETED
     object: Obj
+    previous: Obj | None = None  # MODIFIED: the object before, for selector transitions
 
 
 Selector = Callable[[Obj], bool]
@@ -187,9 +188,20 @@ class Store:
         if version < self.compacted:
             raise expired(version, self.compacted)
         start = bisect.bisect_right(self.history, version, key=lambda c: c.version)
-        matching = [c for c in self.history[start:] if c.resource == resource
-                    and (namespace is None or c.object["metadata"].get("namespace") == namespace)
-                    and selector(c.object)]
+        matching = []
+        for c in self.history[start:]:
+            if c.resource != resource or (namespace is not None and
+                                          c.object["metadata"].get("namespace") != namespace):
+                continue
+            now_in = selector(c.object)
+            was_in = c.previous is not None and selector(c.previous)
+            if c.type == "MODIFIED" and was_in != now_in:
+                # As kube-apiserver's watch cache: an object that leaves a selector is
+                # DELETED for that watch, one that enters it ADDED.
+                matching.append(Change(c.version, c.resource, "ADDED" if now_in else "DELETED",
+                                       c.object))
+            elif now_in:
+                matching.append(c)
         return matching, self.version
 
     # -- writing -------------------------------------------------------------------------
@@ -232,7 +244,7 @@ class Store:
             new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
             if new == old:
                 return copy.deepcopy(old)
-            return self._commit(resource, "MODIFIED", new)
+            return self._commit(resource, "MODIFIED", new, previous=old)
 
     def delete(self, resource: str, namespace: str, name: str) -> Obj:
         with self.changed:
@@ -258,12 +270,12 @@ class Store:
             self.history.clear()
             self.changed.notify_all()
 
-    def _commit(self, resource: str, type_: str, obj: Obj) -> Obj:
+    def _commit(self, resource: str, type_: str, obj: Obj, previous: Obj | None = None) -> Obj:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
         namespace = obj["metadata"].get("namespace", "")
         self.objects[resource][(namespace, obj["metadata"]["name"])] = obj
-        self._record(Change(self.version, resource, type_, copy.deepcopy(obj)))
+        self._record(Change(self.version, resource, type_, copy.deepcopy(obj), previous))
         return copy.deepcopy(obj)
 
     def _record(self, change: Change) -> None:

@@ -12,7 +12,9 @@ real lightkube client and httpx2 stack, not patched functions:
 - watch (`?watch=true`) on any of the lists: a chunked stream of `{"type", "object"}`
   lines from the given `resourceVersion` (none or "0": the current objects as ADDED first),
   an `ERROR` event with a 410 Status when that version is older than the history kept,
-  periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`.
+  periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`; an
+  object a change takes out of a watch's selector is `DELETED` for it, one it brings in
+  `ADDED`, as the watch cache does.
 - `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`;
   a pod's `status` subresource (`PATCH` changes only `status`) and `binding` (`POST` sets
   `spec.nodeName` once, 409 if already bound), as the scheduler and controllers use them.
