@@ -8,6 +8,7 @@ and tests build the same values with no API server.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -175,6 +176,12 @@ def quantity(text: str | None) -> Decimal | None:
     """A Kubernetes quantity ("500m", "1Gi", "2") as a number; None if absent or not one."""
     if text is None:
         return None
+    return _quantity(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantity(text: str) -> Decimal | None:
+    # A cluster's pods spell a few dozen quantities between them: parse each once.
     try:
         return parse_quantity(text)
     except ValueError:

@@ -85,6 +85,9 @@ class Partitioner:
         self.batches = 0
         self._said: dict[tuple[str, str], str] = {}  # (object uid, topic) -> last message
         self._settled: dict[str, bool] = {}
+        # node -> (its resourceVersion and its bound pods' versions, the state read from them):
+        # a round re-reads only the nodes that changed, not every status document.
+        self._states: dict[str, tuple[tuple[str, ...], NodeState]] = {}
         self._demand: dict[str, float] = {}  # recent demand mix, decayed batch by batch
         self._last_plan = clock()
 
@@ -156,8 +159,17 @@ class Partitioner:
         for pod in pods.values():
             if pod.node_name:
                 bound.setdefault(pod.node_name, []).append(pod)
-        states = {name: node_state(view, bound.get(name, ()))
-                  for name, view in self.cluster.nodes.items.items()}
+        states: dict[str, NodeState] = {}
+        for name, view in self.cluster.nodes.items.items():
+            on_node = bound.get(name, [])
+            key = (view.resource_version, *(p.resource_version for p in on_node))
+            cached = self._states.get(name)
+            if cached is None or cached[0] != key:
+                cached = (key, node_state(view, on_node))
+                self._states[name] = cached
+            states[name] = cached[1]
+        for gone in set(self._states) - set(states):
+            del self._states[gone]
         counts = Counter("unreadable" if s.view is None else
                          ("settled" if s.settled else "applying") for s in states.values())
         for kind in ("settled", "applying", "unreadable"):
