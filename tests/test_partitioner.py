@@ -290,3 +290,24 @@ def test_bad_flags_are_one_line_and_exit_2() -> None:
 
 
 
+
+
+def test_plan_from_the_cluster_reads_and_writes_nothing(tmp_path: Path) -> None:
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0, *ONE_G)])
+        server.add_pending_pod("infer", {"nvidia.com/mig-3g.40gb": "1"}, namespace="ml")
+        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
+        done = CliRunner().invoke(app, ["partitioner", "plan", "--from-cluster",
+                                        "--kubeconfig", str(kubeconfig)])
+        assert done.exit_code == 0, done.output
+        assert "ml/infer  3g.40gb  gpu-1  0" in done.output
+        assert "gpu-1 GPU 0 (A100-SXM4-80GB)" in done.output
+        assert {r.method for r in server.requests} == {"GET"}, "a dry run changes nothing"
+        assert GENERATION not in server.node("gpu-1")["metadata"]["annotations"]
+        server.down()
+        away = CliRunner().invoke(app, ["partitioner", "plan", "--from-cluster",
+                                        "--kubeconfig", str(kubeconfig)])
+        assert away.exit_code == 1
+        assert "Kubernetes API unavailable" in away.output
+        assert "Traceback" not in away.output

@@ -93,11 +93,19 @@ def plan(
     from_file: Path | None = typer.Option(
         None, "--from-file", metavar="SNAPSHOT",
         help="Read them from `kubectl get nodes,pods -A -o json` output."),
+    kubeconfig: Path | None = KUBECONFIG,
+    node_label: str | None = typer.Option(None, "--node-label", metavar="KEY=VALUE",
+                                          help="As for the partitioner itself."),
+    policy: str | None = typer.Option(None, "--policy", help="As for the partitioner."),
 ) -> None:
     """Print the plan the partitioner would make now, as a table and a slice picture per
     changed GPU. Changes nothing."""
-    kubeconfig, node_label, policy, solver_time_limit = ctx.obj or (
+    # Given before `plan` (as the partitioner's own flags) or after it: the same meaning.
+    group_kubeconfig, group_label, group_policy, solver_time_limit = ctx.obj or (
         None, f"{MODE}={PARTITIONED}", "tessera", 1.0)
+    kubeconfig = kubeconfig or group_kubeconfig
+    node_label = node_label or group_label
+    policy = policy or group_policy
     if from_cluster == (from_file is not None):
         fail("give exactly one of --from-cluster and --from-file SNAPSHOT")
     with reported():
