@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
@@ -68,10 +69,11 @@ def events(server: FakeApiServer, reason: str, name: str | None = None) -> list[
 
 @contextlib.asynccontextmanager
 async def partitioner(server: FakeApiServer, tmp_path: Path,
-                      settings: PartitionerSettings = QUICK) -> AsyncIterator[Partitioner]:
+                      settings: PartitionerSettings = QUICK,
+                      clock: Callable[[], float] = time.monotonic) -> AsyncIterator[Partitioner]:
     client = make_client(load_config(server.kubeconfig(tmp_path / "kubeconfig")), timeout=2.0)
     cluster = ClusterClient(client, node_labels=settings.node_labels, retry=FAST)
-    running = Partitioner(cluster, settings)
+    running = Partitioner(cluster, settings, clock=clock)
     task = asyncio.create_task(running.run())
     try:
         yield running

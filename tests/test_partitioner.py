@@ -242,6 +242,29 @@ async def test_a_layout_the_node_failed_at_is_planned_again_around_what_is_used(
             assert "in use by ml/x" in str(failed[0]["message"])
 
 
+async def test_pods_planned_onto_a_node_that_never_settles_go_elsewhere(
+        tmp_path: Path) -> None:
+    import time
+
+    skew = [0.0]
+    with FakeApiServer() as server:
+        for name in ("gpu-1", "gpu-2"):
+            opted_in(server, name)
+            publish(server, name, [a100(0, *ONE_G)])
+        server.add_pending_pod("p", {"nvidia.com/mig-3g.40gb": "1"})
+        async with partitioner(server, tmp_path, clock=lambda: time.monotonic() + skew[0]):
+            def generation(node: str) -> str | None:
+                return server.node(node)["metadata"]["annotations"].get(GENERATION)
+            await until(lambda: generation("gpu-1") or generation("gpu-2"), what="a layout")
+            first = "gpu-1" if generation("gpu-1") else "gpu-2"
+            other = "gpu-2" if first == "gpu-1" else "gpu-1"
+            # The node's agent is gone: it never reaches generation 1. Six minutes later...
+            skew[0] = 360.0
+            await until(lambda: events(server, "MigLayoutStuck", first), what="stuck Event")
+            await until(lambda: generation(other) == "1", what="planned on the other node")
+            assert generation(first) == "1", "the stuck node is not planned again"
+
+
 def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
         tmp_path: Path) -> None:
     from tessera.kube.layoutstatus import MODE, PARTITIONED, format_status

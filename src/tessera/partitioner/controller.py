@@ -51,6 +51,10 @@ Planner = Callable[..., Plan]
 #: scheduler binds a pod within seconds of its node advertising the slice; a pod still not
 #: bound after this lost its slice to a higher-priority pod, or cannot run there).
 NOMINATION_GRACE_S = 60.0
+#: How long a node may take to reach a layout before the pods planned onto it are planned
+#: elsewhere (an agent that stopped, a GPU reset that hangs); the node itself stays out of
+#: planning until it settles.
+LAYOUT_TIMEOUT_S = 300.0
 #: How much of the demand mix each batch keeps of the ones before it.
 DEMAND_DECAY = 0.8
 
@@ -65,6 +69,7 @@ class Expectation:
     start: int
     profile: str
     generation: int
+    planned_at: float = 0.0
     nominated_at: float | None = None
 
 
@@ -270,7 +275,7 @@ class Partitioner:
             pod = pods[a.pod]
             generation = states[a.node].generation + (a.node in made.layouts)
             self.expected[a.pod] = Expectation(pod.uid, a.node, a.gpu, a.start, a.profile,
-                                               generation)
+                                               generation, planned_at=self._clock())
         await self._write(made, states)
         for a in made.assignments:
             pod = pods[a.pod]
@@ -328,6 +333,13 @@ class Partitioner:
                 del self.expected[key]  # bound, gone, or its node left the opted-in set
                 continue
             if state.generation < e.generation or not state.settled:
+                if now - e.planned_at > LAYOUT_TIMEOUT_S:
+                    del self.expected[key]  # plan it elsewhere; the node stays unplanned
+                    self.batcher.reopen(now)
+                    await self._say(state.uid or state.name, "stuck", "Node", state.name, None,
+                                    messages.LAYOUT_STUCK,
+                                    messages.stuck(state.name, e.generation, LAYOUT_TIMEOUT_S),
+                                    warning=True)
                 continue  # the agent is still applying the layout (or the mirror catching up)
             if state.generation != e.generation and state.observed != state.generation:
                 del self.expected[key]  # another layout since, not reached: plan again

@@ -18,6 +18,7 @@ INVALID = "MigRequestInvalid"
 LAYOUT_WRITTEN = "MigLayoutPlanned"
 LAYOUT_FAILED = "MigLayoutFailed"
 NODE_SKIPPED = "MigNodeSkipped"
+LAYOUT_STUCK = "MigLayoutStuck"
 
 
 def planned(a: Assignment) -> str:
@@ -53,3 +54,9 @@ def picture_words(slices: tuple[Slice, ...]) -> str:
 def layout_failed(node: str, generation: int, reason: str) -> str:
     return (f"node {node} could not apply layout generation {generation}: "
             f"{reason or 'no reason given'}; planning it again from what it holds")
+
+
+def stuck(node: str, generation: int, waited_s: float) -> str:
+    return (f"node {node} has not reached layout generation {generation} in {waited_s:.0f} s "
+            "(is its agent running?); its pods are planned on other nodes, and the node is "
+            "not planned again until it settles")
