@@ -136,7 +136,8 @@ def _asks(pod: Mapping[str, Any]) -> dict[str, int]:
 
 
 async def _scheduler(cluster: Cluster) -> None:
-    """Bind what fits, as kube-scheduler would (see the module docstring)."""
+    """Bind what fits, as kube-scheduler would: the node's allocatable less what the pods
+    bound to it ask for and what pods nominated to it of no lower priority hold."""
     store = cluster.server.store
     while True:
         pods, _ = store.query("pods", None, lambda _: True)
@@ -154,7 +155,13 @@ async def _scheduler(cluster: Cluster) -> None:
                 if any(labels.get(k) != v for k, v in selector.items()):
                     continue
                 node = cluster.nodes[name]
-                if all(len(node.free(r)) - _reserved(pending, pod, name, r) >= n
+                allocatable = cluster.server.node(name)["status"].get("allocatable", {})
+                on_node = [p for p in pods if p["spec"].get("nodeName") == name
+                           and (p.get("status") or {}).get("phase") not in ("Succeeded",
+                                                                            "Failed")]
+                if all(int(allocatable.get(r, 0)) - sum(_asks(p).get(r, 0) for p in on_node)
+                       - _reserved(pending, pod, name, r) >= n
+                       and len(node.free(r)) >= n  # the kubelet's admission: a device to give
                        for r, n in asked.items()):
                     _bind(cluster, pod, node, asked)
                     break

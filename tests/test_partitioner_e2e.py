@@ -10,6 +10,7 @@ import json
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 from cluster_support import Cluster, simulated_cluster, until
 from metrics_support import parse, promtool_problems, scrape
@@ -33,6 +34,11 @@ def holder_instance(cluster: Cluster) -> tuple[str, int, str, int]:
     node = cluster.nodes["gpu-a"]
     device = node.free("nvidia.com/mig-1g.10gb")[0]
     cluster.server.add_pod("holder", node="gpu-a")
+
+    def asks(pod: dict[str, Any]) -> dict[str, Any]:
+        pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/mig-1g.10gb": "1"}}
+        return pod
+    cluster.server.store.update("pods", "default", "holder", asks)
     node.hold("default/holder", "nvidia.com/mig-1g.10gb", device)
     job = node.control.start_process(device)
     return "gpu-a", job.gpu, device, job.pid
