@@ -71,6 +71,9 @@ class Mirror(Generic[V]):
 
     async def run(self) -> None:
         """Keep `items` current until cancelled; raises nothing else."""
+        # A mirror started again (a new leadership term) is not synced until it has listed:
+        # what it held may be from before an outage.
+        self.synced.clear()
         version: str | None = None
         failures = 0
         while True:
