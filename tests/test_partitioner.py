@@ -207,9 +207,9 @@ async def test_a_node_still_applying_is_not_planned_again(tmp_path: Path) -> Non
         server.set_annotations("gpu-1", {GENERATION: "4", "tessera.dev/mig.layout.observed": "3"})
         server.add_pending_pod("p", {"nvidia.com/mig-1g.10gb": "1"})
         async with partitioner(server, tmp_path) as p:
-            await until(lambda: p.batches >= 1, what="a batch")
+            await until(lambda: events(server, "MigUnplaced", "p"), what="why it is not placed")
+            assert p.batches >= 1
             assert server.node("gpu-1")["metadata"]["annotations"][GENERATION] == "4"
-            assert events(server, "MigUnplaced", "p"), "said why it is not placed"
             publish(server, "gpu-1", [a100(0)], observed="4")
             await until(lambda: server.node("gpu-1")["metadata"]["annotations"][GENERATION]
                         == "5", what="planned once settled")

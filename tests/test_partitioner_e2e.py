@@ -61,11 +61,13 @@ async def test_a_pending_3g_pod_gets_a_slice_and_binds_and_a_used_instance_is_un
         assert cluster.pod("infer")["status"]["phase"] == "Running"
         assert generation(cluster, node) == 2, "one layout written for it"
         assert cluster.annotations(node)["tessera.dev/mig.layout.observed"] == "2"
-        planned = [e["message"] for e in cluster.server.events()
-                   if e["involvedObject"]["name"] == "infer" and e["reason"] == "MigPlanned"]
-        assert len(planned) == 1
-        assert str(planned[0]).startswith(f"node {node} GPU "), "bound where it was planned"
-        assert "gets 3g.40gb at slice" in str(planned[0])
+        def planned() -> list[object]:
+            return [e["message"] for e in cluster.server.events()
+                    if e["involvedObject"]["name"] == "infer" and e["reason"] == "MigPlanned"]
+        await until(planned, what="the MigPlanned Event")
+        assert len(planned()) == 1
+        assert str(planned()[0]).startswith(f"node {node} GPU "), "bound where it was planned"
+        assert "gets 3g.40gb at slice" in str(planned()[0])
         # The holder's instance is where it was, with its process.
         hardware = cluster.nodes["gpu-a"].hardware
         assert device in {m.uuid for m in hardware.mig_devices(gpu)}
