@@ -265,6 +265,29 @@ async def test_pods_planned_onto_a_node_that_never_settles_go_elsewhere(
             assert generation(first) == "1", "the stuck node is not planned again"
 
 
+async def test_a_plan_that_would_destroy_a_used_instance_is_never_written(
+        tmp_path: Path) -> None:
+    from tessera.placement import Assignment, Plan
+
+    def reckless(snapshot: object, pods: object, **_: object) -> Plan:
+        """A stand-in planner that breaks the planner's promise."""
+        return Plan(layouts={"gpu-1": {0: (Slice("7g.80gb", 0),)}},
+                    assignments=(Assignment("default/p", "gpu-1", 0, "7g.80gb", 0, False),),
+                    unplaced=(), created=1, destroyed=7)
+
+    with FakeApiServer() as server:
+        opted_in(server, "gpu-1")
+        publish(server, "gpu-1", [a100(0, ("1g.10gb", 0, True), *ONE_G[1:])])
+        server.add_pending_pod("p", {"nvidia.com/mig-7g.80gb": "1"})
+        async with partitioner(server, tmp_path) as p:
+            p.planner = reckless
+            await until(lambda: events(server, "MigLayoutRefused", "gpu-1"), what="refused")
+            assert "in use at slice 0 of GPU 0" in str(
+                events(server, "MigLayoutRefused", "gpu-1")[0]["message"])
+            assert GENERATION not in server.node("gpu-1")["metadata"]["annotations"]
+            assert "default/p" not in p.expected
+
+
 def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
         tmp_path: Path) -> None:
     from tessera.kube.layoutstatus import MODE, PARTITIONED, format_status

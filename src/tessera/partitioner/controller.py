@@ -300,6 +300,15 @@ class Partitioner:
         for name, gpus in sorted(made.layouts.items()):
             state = states[name]
             generation = state.generation + 1
+            if (lost := _used_lost(state, gpus)) is not None:
+                # The planner's promise, checked again where it matters: never write it.
+                log.error("refusing the plan for node %s: %s", name, lost)
+                await self._say(state.uid or name, "refused", "Node", name, None,
+                                messages.LAYOUT_REFUSED, lost, warning=True)
+                for key, e in list(self.expected.items()):
+                    if e.node == name:
+                        del self.expected[key]
+                continue
             try:
                 view = await self.cluster.patch_node_annotations(name, {
                     LAYOUT: layout_annotation(gpus), GENERATION: str(generation)})
@@ -377,6 +386,19 @@ class Partitioner:
         await self.cluster.event(kind=kind, name=name, namespace=namespace, uid=uid,
                                  reason=reason, message=message,
                                  type="Warning" if warning else "Normal")
+
+
+def _used_lost(state: NodeState, after: Mapping[int, tuple[Slice, ...]]) -> str | None:
+    """Why writing `after` would take away an instance in use on `state`'s node, if it would."""
+    for gpu in state.view.gpus if state.view else ():
+        if gpu.index not in after or not gpu.mig_enabled:
+            continue
+        kept = {(s.profile, s.start) for s in after[gpu.index]}
+        for s in gpu.instances:
+            if s.used and (s.profile, s.start) not in kept:
+                return (f"the plan would destroy the {s.profile} instance in use at slice "
+                        f"{s.start} of GPU {gpu.index}; not written")
+    return None
 
 
 def _operations(before: Mapping[int, GpuView], after: Mapping[int, tuple[Slice, ...]]

@@ -19,6 +19,7 @@ LAYOUT_WRITTEN = "MigLayoutPlanned"
 LAYOUT_FAILED = "MigLayoutFailed"
 NODE_SKIPPED = "MigNodeSkipped"
 LAYOUT_STUCK = "MigLayoutStuck"
+LAYOUT_REFUSED = "MigLayoutRefused"
 
 
 def planned(a: Assignment) -> str:
