@@ -32,8 +32,13 @@ FIELD_MANAGER = "tessera"
 WATCH_GRACE = 30.0
 
 
+AGENT_REMEDY = ("pass --kubeconfig, or run the agent from the Helm chart, or run it standalone "
+                "without a cluster")
+
+
 def load_config(kubeconfig: Path | None = None, *,
-                service_account: Path = SERVICE_ACCOUNT) -> SingleConfig:
+                service_account: Path = SERVICE_ACCOUNT,
+                remedy: str = AGENT_REMEDY) -> SingleConfig:
     """The credentials to use: the kubeconfig named, else `$KUBECONFIG`, else in-cluster."""
     path = kubeconfig or _kubeconfig_from_env()
     if path is not None:
@@ -44,8 +49,7 @@ def load_config(kubeconfig: Path | None = None, *,
         raise ConfigError(
             "no Kubernetes credentials: no kubeconfig given, $KUBECONFIG is not set, and "
             f"this is not a pod with a service account ({service_account} and "
-            f"$KUBERNETES_SERVICE_HOST; missing: {e}); pass --kubeconfig, or run the agent "
-            "from the Helm chart, or run it standalone without a cluster") from e
+            f"$KUBERNETES_SERVICE_HOST; missing: {e}); {remedy}") from e
     assert config is not None  # from_one() always sets a current context
     return config
 

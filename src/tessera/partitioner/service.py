@@ -21,13 +21,14 @@ from tessera.partitioner.settings import PartitionerSettings
 
 log = logging.getLogger(__name__)
 
+REMEDY = "pass --kubeconfig, or run the partitioner from the Helm chart (partitioner.enabled)"
+
 
 async def serve(settings: PartitionerSettings, lease: LeaseSettings | None,
                 kubeconfig: Path | None = None, *, stopped: asyncio.Event | None = None) -> None:
     """Run until `stopped` (or SIGTERM/SIGINT when none is given); `lease` None: no leader
     election (one replica only)."""
-    config = load_config(kubeconfig)
-    client = make_client(config)
+    client = make_client(load_config(kubeconfig, remedy=REMEDY))
     cluster = ClusterClient(client, node_labels=settings.node_labels)
     metrics = PartitionerMetrics()
     http = None
@@ -68,7 +69,7 @@ async def serve(settings: PartitionerSettings, lease: LeaseSettings | None,
 async def plan_from_cluster(settings: PartitionerSettings,
                             kubeconfig: Path | None = None) -> DryRun:
     """One look at the cluster, and the plan the leader would make of it."""
-    cluster = ClusterClient(make_client(load_config(kubeconfig)),
+    cluster = ClusterClient(make_client(load_config(kubeconfig, remedy=REMEDY)),
                             node_labels=settings.node_labels)
     try:
         await cluster.nodes.sync()
