@@ -333,6 +333,11 @@ def test_bad_flags_are_one_line_and_exit_2() -> None:
     label = CliRunner().invoke(app, ["partitioner", "--node-label", "nolabel"])
     assert label.exit_code == 2
     assert "--node-label 'nolabel'" in label.output
+    lost = CliRunner().invoke(app, ["partitioner", "--no-leader-elect", "--metrics-port", "0"],
+                              env={"KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""})
+    assert lost.exit_code == 2
+    assert "no Kubernetes credentials" in lost.output
+    assert "run the partitioner from the Helm chart" in lost.output
 
 
 
