@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from partitioner_support import (
@@ -21,7 +23,15 @@ from partitioner_support import (
 )
 from tessera.cli.main import app
 from tessera.errors import ConfigError
-from tessera.kube.layoutstatus import GENERATION, LAYOUT, STATUS
+from tessera.kube.layoutstatus import (
+    GENERATION,
+    LAYOUT,
+    STATUS,
+    GpuStatus,
+    InstanceStatus,
+    format_status,
+    parse_status,
+)
 from tessera.kube.testing import FakeApiServer
 from tessera.kube.views import NodeView as KubeNode
 from tessera.kube.views import PodSchedulingView
@@ -133,6 +143,44 @@ def test_settings_are_bounded() -> None:
         PartitionerSettings(batch_idle_s=5, batch_cap_s=2)
     with pytest.raises(ConfigError, match="placement policy 'best'"):
         PartitionerSettings(policy="best")
+
+
+_instances = st.builds(InstanceStatus, st.sampled_from(["1g.10gb", "3g.40gb", "1g.10gb+me"]),
+                       st.integers(0, 7), st.booleans())
+_gpus = st.lists(st.builds(GpuStatus, st.integers(0, 63), st.sampled_from(
+    ["A100-SXM4-80GB", "H100-SXM5-80GB", "A30-24GB"]), st.booleans(),
+    st.lists(_instances, max_size=7, unique_by=lambda i: i.start).map(tuple)),
+    max_size=8, unique_by=lambda g: g.index)
+
+
+@given(_gpus)
+def test_the_status_document_reads_back_what_was_written(gpus: list[GpuStatus]) -> None:
+    back = parse_status(format_status(gpus))
+    assert back == tuple(sorted(
+        (replace(g, instances=tuple(sorted(g.instances, key=lambda i: i.start))) for g in gpus),
+        key=lambda g: g.index))
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-5, 100) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+@given(st.one_of(st.text(max_size=200), _json.map(json.dumps), st.builds(
+    lambda gpus: json.dumps({"version": "v1", "gpus": gpus}),
+    st.dictionaries(st.text(max_size=3), _json, max_size=3))))
+def test_any_text_is_a_status_or_one_config_error(text: str) -> None:
+    error: ConfigError | None = None
+    try:
+        parse_status(text)
+    except ConfigError as e:
+        error = e
+    assert error is None or str(error).startswith("annotation tessera.dev/mig.layout.status: ")
+
+
+def test_deep_nesting_is_a_config_error_too() -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        parse_status("[" * 5000 + "]" * 5000)
 
 
 # -- the controller over HTTP -------------------------------------------------------------

@@ -81,8 +81,8 @@ def parse_status(text: str, *, source: str = f"annotation {STATUS}") -> tuple[Gp
         raise fail(f"{len(text)} characters, more than the {MAX_TEXT} a status may have")
     try:
         raw = json.loads(text)
-    except ValueError as e:
-        raise fail(f"not JSON ({e})") from e
+    except (ValueError, RecursionError) as e:
+        raise fail(f"not JSON ({e or type(e).__name__})") from e
     if not isinstance(raw, dict) or raw.get("version") != "v1" or not isinstance(
             raw.get("gpus"), dict):
         raise fail('expected {"version": "v1", "gpus": {...}}')

@@ -29,12 +29,14 @@ def read_cluster_file(path: Path) -> tuple[list[NodeView], list[PodSchedulingVie
         raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
     try:
         data = json.loads(text)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: nested too deeply to be a kubectl dump") from e
     except ValueError:
         import yaml
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: neither JSON nor YAML ({e})") from e
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"{path}: neither JSON nor YAML ({e or type(e).__name__})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected the output of `kubectl get nodes,pods -A -o json`")
     items = data.get("items") if data.get("kind", "").endswith("List") else [data]
