@@ -67,7 +67,7 @@ MAX_LIFETIME_S = 6 * 3600.0
 SIZES = (1, 2, 3, 4, 7)
 MIXES: dict[str, dict[int, float]] = {
     "inference-small": {1: 0.40, 2: 0.25, 3: 0.20, 4: 0.10, 7: 0.05},
-    "uniform": {g: 0.2 for g in SIZES},
+    "uniform": dict.fromkeys(SIZES, 0.2),
 }
 CLUSTERS = {"dgx-a100": ("dgx-a100",), "dgx-h100": ("dgx-h100",), "hgx-h200": ("hgx-h200",),
             "mixed": ("dgx-a100", "dgx-h100", "hgx-h200")}
@@ -99,11 +99,14 @@ def profile_slices(gpu_milli: int, mapping: str) -> int:
     return 1 if eighths <= 1 else 2 if eighths <= 2 else 3 if eighths <= 4 else 7
 
 
-def load_openb(mapping: str) -> tuple[list[tuple[int, float]], list[float]]:
-    """(slices, lifetime) of every single-GPU openb pod with a lifetime, and the lifetimes of
-    the fractional ones."""
+Openb = tuple[list[tuple[int, float]], list[tuple[int, float]]]
+
+
+def load_openb(mapping: str) -> Openb:
+    """(slices, lifetime) of every single-GPU openb pod with a lifetime, and of the
+    fractional ones (`gpu_milli` < 1000) among them."""
     jobs: list[tuple[int, float]] = []
-    fractional: list[float] = []
+    fractional: list[tuple[int, float]] = []
     with OPENB.open() as f:
         for row in csv.DictReader(f):
             if row["num_gpu"] != "1" or not row["scheduled_time"] or not row["deletion_time"]:
@@ -114,7 +117,7 @@ def load_openb(mapping: str) -> tuple[list[tuple[int, float]], list[float]]:
             milli = int(row["gpu_milli"])
             jobs.append((profile_slices(milli, mapping), life))
             if milli < 1000:
-                fractional.append(life)
+                fractional.append(jobs[-1])
     return jobs, fractional
 
 
@@ -128,18 +131,22 @@ class Arrival:
 
 
 def arrivals(mix: str, rho: float, n: int, total_slices: int, families: Sequence[float],
-             openb: tuple[list[tuple[int, float]], list[float]], seed: int) -> list[Arrival]:
-    """`n` Poisson arrivals of the mix at offered load `rho`."""
+             openb: Openb, seed: int) -> list[Arrival]:
+    """`n` Poisson arrivals of the mix at offered load `rho`. `openb`: every single-GPU pod
+    (whole-GPU pods are 7g); `openb-shared`: only the pods sharing a GPU (partitioner.md
+    §A6's "trace" mix); others: the mix's sizes with openb's shared-pod lifetimes."""
     rng = random.Random(seed)
     jobs, fractional = openb
     draws: list[tuple[int, float]] = []
     for _ in range(n):
         if mix == "openb":
             draws.append(rng.choice(jobs))
+        elif mix == "openb-shared":
+            draws.append(rng.choice(fractional))
         else:
             weights = MIXES[mix]
             g = rng.choices(list(weights), list(weights.values()))[0]
-            draws.append((g, rng.choice(fractional)))
+            draws.append((g, rng.choice(fractional)[1]))
     mean_work = statistics.fmean(g * life for g, life in draws)
     rate = rho * total_slices / mean_work
     t = 0.0
@@ -365,10 +372,11 @@ class Static(Policy):
                  and not any(t.profile(p).media for p, _ in lay)  # type: ignore[union-attr]
                  and all(p == profile_name(t, _slices(p)) for p, _ in lay)]
         span = max(a.time for a in work) - min(a.time for a in work)
-        concurrency: Counter[str] = Counter()
+        concurrency: dict[str, float] = {}
         for a in work:
             if cluster.families[a.family] == t.product:
-                concurrency[profile_name(t, a.slices)] += a.lifetime / span
+                name = profile_name(t, a.slices)
+                concurrency[name] = concurrency.get(name, 0.0) + a.lifetime / span
         m = cp_model.CpModel()
         x = [m.new_int_var(0, n, f"n{i}") for i in range(len(plain))]
         m.add(sum(x) == n)
@@ -584,7 +592,11 @@ def simulate(policy: Policy, presets: Sequence[str], nodes: int, work: Sequence[
         waiting.extend(still)
         if not waiting or not policy.reshapes:
             return
-        batch = list(itertools.islice(waiting, QUEUE_BATCH))
+        # no policy can place a pod larger than the compute slices no pod holds
+        free = cluster.total_slices - cluster.held
+        batch = [p for p in itertools.islice(waiting, QUEUE_BATCH) if p.arrival.slices <= free]
+        if not batch:
+            return
         placed = set()
         for pod, node, gpu, s in policy.place(cluster, batch, recent):
             admit(pod, node, gpu, s, now)
@@ -683,11 +695,12 @@ class Cell:
 
 
 def run_cell(cluster: str, nodes: int, mix: str, rho: float, model: str, n: int,
-             seeds: Sequence[int], openb: tuple[list[tuple[int, float]], list[float]],
+             seeds: Sequence[int], openb: Openb,
              exact: bool) -> Cell:
     presets = CLUSTERS[cluster]
     shape = Cluster(presets, nodes)
     cell = Cell(cluster, nodes, mix, rho, model)
+    print(f"  {nodes}x {cluster} {mix} rho={rho} {model} ...", file=sys.stderr, flush=True)
     for seed in seeds:
         work = arrivals(mix, rho, n, shape.total_slices, shape.family_weights(), openb, seed)
         for policy in policies(exact):
@@ -696,7 +709,7 @@ def run_cell(cluster: str, nodes: int, mix: str, rho: float, model: str, n: int,
     return cell
 
 
-def exact_ratio(openb: tuple[list[tuple[int, float]], list[float]], n: int,
+def exact_ratio(openb: Openb, n: int,
                 seed: int) -> tuple[int, int, int, int]:
     """Heuristic vs exact on the snapshots a small cluster (2x dgx-a100) really meets: the
     queue model at load 1.2, every planner call solved both ways. Returns (snapshots,
@@ -806,7 +819,8 @@ def _plot(cells: Sequence[Cell], path: Path) -> None:
         for p in ORDER:
             if p not in mine[0].results:
                 continue
-            style = {"linestyle": "--", "color": "grey"} if p == "fluid" else {}
+            style: dict[str, object] = (
+                {"linestyle": "--", "color": "grey"} if p == "fluid" else {})
             if p == "tessera":
                 style = {"linewidth": 2.5, "color": "black"}
             ax.plot([c.rho for c in mine], [c.mean(p, lambda r: r.admitted_ratio)
@@ -826,8 +840,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", nargs="+", default=["dgx-a100"], choices=sorted(CLUSTERS))
     ap.add_argument("--nodes", nargs="+", type=int, default=[16])
-    ap.add_argument("--mixes", nargs="+", default=["openb", "inference-small", "uniform"],
-                    choices=["openb", *MIXES])
+    ap.add_argument("--mixes", nargs="+",
+                    default=["openb", "openb-shared", "inference-small", "uniform"],
+                    choices=["openb", "openb-shared", *MIXES])
     ap.add_argument("--loads", nargs="+", type=float, default=[0.8, 1.0, 1.2])
     ap.add_argument("--models", nargs="+", default=["loss", "queue"], choices=["loss", "queue"])
     ap.add_argument("--arrivals", type=int, default=4000)
@@ -855,9 +870,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     openb = load_openb(args.mapping)
-    sizes = Counter(g for g, _ in openb[0])
-    print(f"openb: {len(openb[0])} single-GPU pods with a lifetime; mapping `{args.mapping}` "
-          f"gives " + ", ".join(f"{g}g {sizes[g] / len(openb[0]):.1%}" for g in SIZES))
+    for label, jobs in (("openb", openb[0]), ("openb-shared", openb[1])):
+        sizes = Counter(g for g, _ in jobs)
+        print(f"{label}: {len(jobs)} pods; mapping `{args.mapping}` gives "
+              + ", ".join(f"{g}g {sizes[g] / len(jobs):.1%}" for g in SIZES))
     started = time.perf_counter()
     seeds = list(range(1, args.seeds + 1))
     cells = [run_cell(cluster, nodes, mix, rho, model, args.arrivals, seeds, openb, False)

@@ -120,25 +120,30 @@ def gpu_views(draw: st.DrawFn, index: int) -> GpuView:
 
 
 @st.composite
-def snapshots(draw: st.DrawFn, max_nodes: int = 3, max_gpus: int = 3) -> Snapshot:
+def snapshots(draw: st.DrawFn, max_nodes: int = 3, max_gpus: int = 3,
+              cpu: bool = True) -> Snapshot:
+    """Random nodes of random MIG products in random valid states; `cpu`: whether nodes may
+    report their free CPU (so that it can bind)."""
     nodes = []
     for n in range(draw(st.integers(1, max_nodes))):
         gpus = tuple(draw(gpu_views(i)) for i in range(draw(st.integers(1, max_gpus))))
         labels = {"zone": draw(st.sampled_from(["a", "b"]))}
         taints = (Taint("gpu", "dedicated"),) if draw(st.integers(0, 4)) == 0 else ()
-        cpu = draw(st.none() | st.integers(0, 8000))
-        nodes.append(NodeView(f"node-{n}", gpus, labels, taints, cpu))
+        free_cpu = draw(st.none() | st.integers(0, 8000)) if cpu else None
+        nodes.append(NodeView(f"node-{n}", gpus, labels, taints, free_cpu))
     return Snapshot(tuple(nodes))
 
 
 @st.composite
-def batches(draw: st.DrawFn, snapshot: Snapshot, max_pods: int = 8) -> list[PodRequest]:
+def batches(draw: st.DrawFn, snapshot: Snapshot, max_pods: int = 8,
+            max_count: int = 2) -> list[PodRequest]:
+    """Random pods asking for the snapshot's profiles (and one no GPU offers)."""
     names = sorted({p for n in snapshot.nodes for g in n.gpus for p in profiles_of(g.product)})
     pods = []
     for i in range(draw(st.integers(0, max_pods))):
         profile = draw(st.sampled_from([*names, "5g.99gb"]))
         pods.append(PodRequest(
-            f"ns/pod-{i}", profile, count=draw(st.sampled_from([1, 1, 1, 2])),
+            f"ns/pod-{i}", profile, count=draw(st.sampled_from([1, 1, 1, max_count])),
             priority=draw(st.sampled_from([0, 0, 10])),
             cpu_milli=draw(st.sampled_from([0, 500, 4000])),
             node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),

@@ -7,6 +7,7 @@ to a pod; only unlocked (idle) instances may be destroyed or handed out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -34,13 +35,13 @@ class WorkGpu:
     table: ProductTable
     instances: list[Instance]
     original: tuple[Slice, ...]
-    _key: tuple[object, ...] | None = None
+    _key: tuple[tuple[str, int, bool], ...] | None = None
 
-    def key(self) -> tuple[object, ...]:
-        """What the planner's evaluation of this GPU depends on: product and layout."""
+    def key(self) -> tuple[tuple[str, int, bool], ...]:
+        """What the planner's evaluation of this GPU depends on besides its product: each
+        instance as (profile, start, locked), sorted."""
         if self._key is None:
-            self._key = (self.table.product, tuple(sorted(
-                (i.profile, i.start, i.locked) for i in self.instances)))
+            self._key = tuple(sorted((i.profile, i.start, i.locked) for i in self.instances))
         return self._key
 
     def touch(self) -> None:
@@ -59,6 +60,7 @@ class WorkNode:
     free_memory_bytes: int | None
     skipped: int = 0  # GPUs left alone (MIG off, unknown product, invalid layout)
     locked: int = 0   # compute slices held, for packing
+    offers: Counter[str] = field(default_factory=Counter)  # profile -> GPUs offering it
 
     @property
     def name(self) -> str:
@@ -92,6 +94,7 @@ def load(snapshot: Snapshot) -> Work:
                 Instance(s.profile, s.start, s.used, True) for s in gpu.instances],
                 tuple(sorted(gpu.instances, key=lambda s: s.start))))
         node.locked = sum(g.locked_slices() for g in node.gpus)
+        node.offers.update(p.name for g in node.gpus for p in g.table.profiles)
         nodes.append(node)
     return Work(nodes)
 

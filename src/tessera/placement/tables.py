@@ -13,8 +13,8 @@ one `+me` instance per GPU (it takes the GPU's only media engines).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 
 from tessera.hardware.naming import gpu_instance_name
@@ -53,16 +53,14 @@ class ProductTable:
     compute_slices: int
     profiles: tuple[ProfileTable, ...]
     max_fit: tuple[tuple[int, ...], ...]
+    names: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def full_mask(self) -> int:
         return (1 << self.memory_slices) - 1
 
     def index(self, profile: str) -> int | None:
-        for i, p in enumerate(self.profiles):
-            if p.name == profile:
-                return i
-        return None
+        return self.names.get(profile)
 
     def profile(self, name: str) -> ProfileTable | None:
         i = self.index(name)
@@ -90,7 +88,8 @@ def table(product: str) -> ProductTable | None:
                                      placements))
     masks = range(1 << mig.memory_slices)
     max_fit = tuple(tuple(_max_fit(p.placements, free) for free in masks) for p in profiles)
-    return ProductTable(product, mig.memory_slices, mig.compute_slices, tuple(profiles), max_fit)
+    return ProductTable(product, mig.memory_slices, mig.compute_slices, tuple(profiles), max_fit,
+                        {p.name: i for i, p in enumerate(profiles)})
 
 
 def _max_fit(placements: tuple[tuple[int, int], ...], free: int) -> int:
