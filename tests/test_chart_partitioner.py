@@ -40,6 +40,11 @@ def test_helm_lint_is_clean_with_it_on() -> None:
         "serviceMonitor": {"enabled": True}}}) == []
 
 
+def test_the_notes_say_how_to_opt_a_node_in(rendered: Rendered) -> None:
+    assert "kubectl label node <node> tessera.dev/mig.mode=partitioned" in rendered.notes
+    assert "partitioner" not in render().notes
+
+
 def test_off_by_default() -> None:
     plain = render()
     assert not plain.all("Deployment")
