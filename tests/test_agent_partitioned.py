@@ -122,3 +122,12 @@ def _device(rig: AgentRig, gpu: int) -> str:
     state = rig.node.mig_state(gpu)
     gi = state.gpu_instances[0]
     return f"{gpu}:{gi.id}:{gi.compute_instances[0].id}"
+
+
+def test_the_agent_and_the_partitioner_name_the_same_keys() -> None:
+    from tessera.agent import keys
+    from tessera.kube import layoutstatus
+
+    assert keys.MIG_MODE == layoutstatus.MODE
+    assert keys.MIG_LAYOUT == layoutstatus.LAYOUT
+    assert keys.MIG_REASON == layoutstatus.REASON

@@ -36,6 +36,7 @@ GENERATION = "tessera.dev/mig.layout.generation"
 OBSERVED = "tessera.dev/mig.layout.observed"
 FAILED = "tessera.dev/mig.layout.failed"
 STATUS = "tessera.dev/mig.layout.status"
+REASON = "tessera.dev/mig.config.reason"  # the agent's words on its last MIG change
 
 #: The annotations the partitioner may write on a node, and nothing else.
 PARTITIONER_KEYS = (LAYOUT, GENERATION)

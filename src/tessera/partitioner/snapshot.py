@@ -19,6 +19,7 @@ from tessera.kube.layoutstatus import (
     FAILED,
     GENERATION,
     OBSERVED,
+    REASON,
     STATUS,
     GpuStatus,
     parse_generation,
@@ -84,7 +85,7 @@ def node_state(node: KubeNode, pods: Iterable[PodSchedulingView]) -> NodeState:
     advertised = {name.removeprefix(MIG_RESOURCE): _count(value)
                   for name, value in node.allocatable.items() if name.startswith(MIG_RESOURCE)}
     base = NodeState(node.name, node.uid, None, generation=generation, observed=observed,
-                     failed=failed, reason=annotations.get("tessera.dev/mig.config.reason", ""),
+                     failed=failed, reason=annotations.get(REASON, ""),
                      advertised=advertised, gpus=gpus or ())
     if gpus is None:
         return replace(base, problem=f"no annotation {STATUS} yet: its agent has not "
