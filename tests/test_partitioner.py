@@ -365,6 +365,15 @@ def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
     assert re.search(r"^  plan  \|.*3g\.40gb", done.output, re.MULTILINE)
     assert "1 placed, 0 not placed; 1 GPU instance to create" in done.output
     assert path.read_text() == before
+    as_json = CliRunner().invoke(app, ["partitioner", "plan", "--from-file", str(path),
+                                       "-o", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.output)
+    (assigned,) = document["assignments"]
+    assert (assigned["pod"], assigned["node"], assigned["profile"]) == (
+        "ml/infer", "gpu-7", "3g.40gb")
+    layout = document["layouts"]["gpu-7"][str(assigned["gpu"])]
+    assert {"profile": "3g.40gb", "placement": assigned["placement"]} in layout
 
     path.write_text("[1, 2")
     bad = CliRunner().invoke(app, ["partitioner", "plan", "--from-file", str(path)])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from tessera.cli.common import configure_logging, fail, reported
+from tessera.cli.common import Output, OutputOption, configure_logging, emit, fail, reported
 from tessera.kube.layoutstatus import MODE, PARTITIONED
 from tessera.kube.lease import LeaseSettings
 from tessera.kube.listfile import read_cluster_file
@@ -97,6 +97,7 @@ def plan(
     node_label: str | None = typer.Option(None, "--node-label", metavar="KEY=VALUE",
                                           help="As for the partitioner itself."),
     policy: str | None = typer.Option(None, "--policy", help="As for the partitioner."),
+    output: Output = OutputOption,
 ) -> None:
     """Print the plan the partitioner would make now, as a table and a slice picture per
     changed GPU. Changes nothing."""
@@ -116,7 +117,10 @@ def plan(
             result = dry_run(nodes, pods, settings)
         else:
             result = asyncio.run(plan_from_cluster(settings, kubeconfig))
-    typer.echo(result.text(), nl=False)
+    if output is Output.table:
+        typer.echo(result.text(), nl=False)
+    else:
+        emit(result.document(), output)
 
 
 

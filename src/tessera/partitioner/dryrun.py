@@ -26,6 +26,24 @@ class DryRun:
     plan: Plan
     notes: tuple[str, ...]  # nodes skipped, pods that cannot be served, and why
 
+    def document(self) -> dict[str, object]:
+        """The plan as data (`-o json|yaml`): what each pod gets, each changed GPU's full
+        target layout, and the notes."""
+        return {
+            "assignments": [{"pod": a.pod, "node": a.node, "gpu": a.gpu, "profile": a.profile,
+                             "placement": a.start, "reused": a.reused}
+                            for a in sorted(self.plan.assignments, key=lambda a: a.pod)],
+            "unplaced": [{"pod": u.pod, "reason": u.reason}
+                         for u in sorted(self.plan.unplaced, key=lambda u: u.pod)],
+            "layouts": {node: {str(gpu): [{"profile": s.profile, "placement": s.start}
+                                          for s in sorted(slices, key=lambda s: s.start)]
+                               for gpu, slices in sorted(gpus.items())}
+                        for node, gpus in sorted(self.plan.layouts.items())},
+            "created": self.plan.created,
+            "destroyed": self.plan.destroyed,
+            "notes": list(self.notes),
+        }
+
     def text(self) -> str:
         lines = render.plan_table(self.plan)
         pictures = render.pictures(self.snapshot, self.plan)
