@@ -131,3 +131,24 @@ def test_the_agent_and_the_partitioner_name_the_same_keys() -> None:
     assert keys.MIG_MODE == layoutstatus.MODE
     assert keys.MIG_LAYOUT == layoutstatus.LAYOUT
     assert keys.MIG_REASON == layoutstatus.REASON
+
+
+def test_status_from_any_machine_shows_where_a_partitioned_node_stands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tessera.kube.layoutstatus import format_status
+
+    with FakeApiServer() as server:
+        server.add_node(NODE, labels={MODE: PARTITIONED}, annotations={
+            GENERATION: "3", OBSERVED: "2", STATUS: format_status([GpuStatus(
+                0, "A100-SXM4-80GB", True, (InstanceStatus("3g.40gb", 0, True),
+                                            InstanceStatus("1g.10gb", 4, False)))])})
+        done = subprocess.run(
+            [sys.executable, "-c", "from tessera.cli.main import main; main()", "status",
+             "--node", NODE, "--kubeconfig", str(server.kubeconfig(tmp_path / "kc"))],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "partitioned by tessera partitioner, layout generation 3: applying (reached 2)" in (
+        done.stdout)
+    assert "GPU 0 A100-SXM4-80GB: 3g.40gb@0*, 1g.10gb@4" in done.stdout

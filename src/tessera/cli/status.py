@@ -77,12 +77,32 @@ def print_layout(node: Node) -> None:
             stdout.print(part)
 
 
+def _print_partitioned(part: dict[str, Any]) -> None:
+    if "error" in part:
+        stdout.print(f"[red]partitioned:[/] {part['error']}")
+        return
+    generation, observed, failed = part.get("generation"), part.get("observed"), part.get("failed")
+    where = ("no layout written yet" if generation is None else
+             f"layout generation {generation}: " + ("reached" if observed == generation else
+                                                    "failed" if failed == generation else
+                                                    f"applying (reached {observed or 'none'})"))
+    stdout.print(f"[bold]partitioned[/] by tessera partitioner, {where}")
+    for index, gpu in sorted(part.get("gpus", {}).items(), key=lambda kv: int(kv[0])):
+        held = ", ".join(f"{i['profile']}@{i['placement']}" + ("*" if i["used"] else "")
+                         for i in gpu["instances"]) or ("no instances" if gpu["mig"] else
+                                                        "MIG off")
+        stdout.print(f"  GPU {index} {gpu['product']}: {held}")
+
+
 def print_status(data: dict[str, Any], output: Output) -> None:
     mig = data.get("mig", {})
     stdout.print(f"[bold]node[/] {data.get('node')}   [bold]MIG[/] "
                  f"{mig.get('config') or '(no nvidia.com/mig.config label)'}: "
                  f"{mig.get('state') or '-'}"
                  + (f" — {mig['reason']}" if mig.get("reason") else ""))
+    partitioned = data.get("partitioned")
+    if partitioned:
+        _print_partitioned(partitioned)
     plugin = data.get("plugin", {})
     table = Table("resource", "devices", "unhealthy", title="advertised to the kubelet",
                   title_justify="left")
