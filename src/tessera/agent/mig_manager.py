@@ -12,6 +12,9 @@ As NVIDIA's mig-manager, minus its walls:
   the agent resumes after the reboot; otherwise `failed` with the reason.
 - Crash-safe: the state says `pending` before anything changes, and the planner starts from
   what it observes, so a restarted agent converges and the label tells the truth.
+- A partitioned node (`tessera.dev/mig.mode=partitioned`) follows the layout annotation as
+  explicit mode does, and reports the layout generation it reached or failed at together
+  with what its GPUs then hold, in one patch (the protocol: `tessera.kube.layoutstatus`).
 - A node with no `nvidia.com/mig.config` label follows `MigSettings.default_config` when one
   is set (`--default-mig-config`), as the GPU Operator's `migManager.config.default`; the
   label is not written, so removing a node's label sends it back to the default.
