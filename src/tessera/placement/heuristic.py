@@ -1,8 +1,10 @@
 """Tessera's placement policy: a fragmentation-aware greedy over the per-product tables.
 
-For each pod, highest priority first and larger profiles before smaller ones, in this order:
+Each pod of a batch is served by the first of these steps that can (see `plan_heuristic`
+for the passes over the batch and their order):
 
-1. an idle instance of its profile (on the fullest GPU, so emptier GPUs stay reshapeable);
+1. an idle instance of its profile (on the fullest GPU, so emptier GPUs stay reshapeable),
+   handed out to the whole batch by bipartite matching;
 2. free space: the GPU and start that keep the most demand-weighted future capacity,
    Σ_p w_p · slices_p · (idle_p + fit_p(free slices)), preferring fuller nodes (packing);
 3. only then destroy idle instances to make room, fewest first, then best capacity kept;
@@ -165,7 +167,11 @@ class _Planner:
                 t = gpu.table
                 if profile not in t.names:
                     continue
-                found = _evaluate(t.product, gpu.key(), self._weights(t), profile)
+                if profile in gpu.evaluated:
+                    found = gpu.evaluated[profile]
+                else:
+                    found = gpu.evaluated[profile] = _evaluate(
+                        t.product, gpu.key(), self._weights(t), profile)
                 if found is None or found[0][0] > stage:
                     continue
                 rank: tuple[float, ...] = (*found[0], packed, node.position, gpu.index,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from tessera.placement.model import Assignment, NodeView, Plan, Slice, Snapshot, Unplaced
 from tessera.placement.tables import ProductTable, occupied, table
@@ -28,6 +29,11 @@ class Instance:
         return self.used or self.taken
 
 
+Evaluation = tuple[tuple[int, float, float], int, tuple[tuple[str, int], ...]] | None
+"""What the heuristic found for one more instance of a profile on a GPU: (step and costs),
+start, instances destroyed; None for no room."""
+
+
 @dataclass(slots=True)
 class WorkGpu:
     node: int
@@ -36,6 +42,7 @@ class WorkGpu:
     instances: list[Instance]
     original: tuple[Slice, ...]
     _key: tuple[tuple[str, int, bool], ...] | None = None
+    evaluated: dict[str, Evaluation] = field(default_factory=dict)  # per profile, until touched
 
     def key(self) -> tuple[tuple[str, int, bool], ...]:
         """What the planner's evaluation of this GPU depends on besides its product: each
@@ -46,6 +53,7 @@ class WorkGpu:
 
     def touch(self) -> None:
         self._key = None
+        self.evaluated.clear()
 
     def locked_slices(self) -> int:
         return sum(slices_of(i.profile) for i in self.instances if i.locked)
@@ -86,8 +94,8 @@ def load(snapshot: Snapshot) -> Work:
         node = WorkNode(view, position, [], view.free_cpu_milli, view.free_memory_bytes)
         for gpu in view.gpus:
             t = table(gpu.product)
-            if not gpu.mig_enabled or t is None or occupied(
-                    t, [(s.profile, s.start) for s in gpu.instances]) is None:
+            if not gpu.mig_enabled or t is None or not _valid(
+                    t.product, tuple((s.profile, s.start) for s in gpu.instances)):
                 node.skipped += 1
                 continue
             node.gpus.append(WorkGpu(position, gpu.index, t, [
@@ -97,6 +105,12 @@ def load(snapshot: Snapshot) -> Work:
         node.offers.update(p.name for g in node.gpus for p in g.table.profiles)
         nodes.append(node)
     return Work(nodes)
+
+
+@lru_cache(maxsize=1 << 14)
+def _valid(product: str, layout: tuple[tuple[str, int], ...]) -> bool:
+    t = table(product)
+    return t is not None and occupied(t, layout) is not None
 
 
 def to_plan(work: Work) -> Plan:
