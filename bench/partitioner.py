@@ -717,20 +717,22 @@ def run_cell(cluster: str, nodes: int, mix: str, rho: float, model: str, n: int,
     return cell
 
 
-def exact_ratio(openb: Openb, n: int,
-                seed: int) -> tuple[int, int, int, int]:
+def exact_ratio(openb: Openb, n: int, seed: int) -> list[int]:
     """Heuristic vs exact on the snapshots a small cluster (2x dgx-a100) really meets: the
-    queue model at load 1.2, every planner call solved both ways. Returns (snapshots,
-    batches where exact placed more, pods placed by the heuristic, by exact)."""
-    totals = [0, 0, 0, 0]
+    queue model at load 1.2, every planner call solved both ways. Returns [snapshots,
+    batches where exact placed more pods, pods placed by the heuristic, by exact, compute
+    slices placed by the heuristic, by exact]."""
+    totals = [0, 0, 0, 0, 0, 0]
 
     def compare(snap: Snapshot, requests: list[PodRequest]) -> None:
         h = plan(snap, requests)
         e = plan(snap, requests, policy="exact", time_limit_s=5.0)
         totals[0] += 1
         totals[1] += len(e.assignments) > len(h.assignments)
-        totals[2] += len({a.pod for a in h.assignments})
-        totals[3] += len({a.pod for a in e.assignments})
+        totals[2] += len(h.assignments)
+        totals[3] += len(e.assignments)
+        totals[4] += sum(_slices(a.profile) for a in h.assignments)
+        totals[5] += sum(_slices(a.profile) for a in e.assignments)
 
     shape = Cluster(CLUSTERS["dgx-a100"], 2)
     for mix in ("openb", "uniform"):
@@ -738,7 +740,7 @@ def exact_ratio(openb: Openb, n: int,
         policy = Tessera("tessera")
         policy.compare = compare
         simulate(policy, CLUSTERS["dgx-a100"], 2, work, queue=True)
-    return totals[0], totals[1], totals[2], totals[3]
+    return totals
 
 
 def plan_times(nodes: int, repeats: int, seed: int) -> dict[str, tuple[float, float]]:
@@ -910,11 +912,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in small:
             print(f"\n{c.mix}:\n")
             print("\n".join(_detail_table(c)))
-        snaps, better, h, e = exact_ratio(openb, args.small_arrivals, 1)
+        snaps, better, h, e, hs, es = exact_ratio(openb, args.small_arrivals, 1)
         print(f"\n#### Heuristic vs exact on the snapshots of a small cluster\n\n"
               f"2x dgx-a100, queue model at load 1.2 (openb and uniform), every planner call "
               f"also solved exactly: {snaps} snapshots, exact placed more pods in {better}; "
-              f"pods placed heuristic / exact = {h} / {e} = {h / max(1, e):.4f}")
+              f"pods placed heuristic / exact = {h} / {e} = {h / max(1, e):.4f}; compute "
+              f"slices placed {hs} / {es} = {hs / max(1, es):.4f}")
     print("\n#### Plan time per batch, warm snapshot (random maximal layouts, 70% in use)\n")
     print("| GPUs | batch | p50 ms | p99 ms |\n|---|---|---|---|")
     for n in args.plan_nodes:

@@ -248,7 +248,7 @@ def _place_many(planner: _Planner, nodes: Sequence[WorkNode], pod: PodRequest,
         saved_gpus, saved_locked = node.gpus, node.locked
         node.gpus = [WorkGpu(g.node, g.index, g.table, [
             Instance(i.profile, i.start, i.used, i.existed, i.taken) for i in g.instances],
-            g.original) for g in saved_gpus]
+            g.original, touched=g.touched) for g in saved_gpus]
         mark = len(planner.work.assignments)
         worst = destroyed = 0
         lost = 0.0

@@ -111,7 +111,8 @@ class Unplaced:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to do: `layouts` maps node -> GPU index -> the full target layout of each GPU that
-    changes (only changed GPUs and nodes are listed); `created` and `destroyed` count GPU
+    changes (only changed GPUs and nodes are listed; `used` as in the snapshot, instances the
+    plan creates are idle until their pod binds); `created` and `destroyed` count GPU
     instances (a used one is never destroyed)."""
 
     layouts: Mapping[str, Mapping[int, tuple[Slice, ...]]]

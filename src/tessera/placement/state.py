@@ -40,9 +40,10 @@ class WorkGpu:
     index: int
     table: ProductTable
     instances: list[Instance]
-    original: tuple[Slice, ...]
+    original: tuple[Slice, ...]  # as the snapshot listed them
     _key: tuple[tuple[str, int, bool], ...] | None = None
     evaluated: dict[str, Evaluation] = field(default_factory=dict)  # per profile, until touched
+    touched: bool = False  # changed by the plan at some point (it may be back as it was)
 
     def key(self) -> tuple[tuple[str, int, bool], ...]:
         """What the planner's evaluation of this GPU depends on besides its product: each
@@ -53,6 +54,7 @@ class WorkGpu:
 
     def touch(self) -> None:
         self._key = None
+        self.touched = True
         self.evaluated.clear()
 
     def locked_slices(self) -> int:
@@ -100,7 +102,7 @@ def load(snapshot: Snapshot) -> Work:
                 continue
             node.gpus.append(WorkGpu(position, gpu.index, t, [
                 Instance(s.profile, s.start, s.used, True) for s in gpu.instances],
-                tuple(sorted(gpu.instances, key=lambda s: s.start))))
+                gpu.instances))
         node.locked = sum(g.locked_slices() for g in node.gpus)
         node.offers.update(p.name for g in node.gpus for p in g.table.profiles)
         nodes.append(node)
@@ -120,6 +122,8 @@ def to_plan(work: Work) -> Plan:
     created = destroyed = 0
     for node in work.nodes:
         for gpu in node.gpus:
+            if not gpu.touched:
+                continue
             target = tuple(sorted((Slice(i.profile, i.start, i.used) for i in gpu.instances),
                                   key=lambda s: s.start))
             before = {(s.profile, s.start) for s in gpu.original}
