@@ -181,12 +181,15 @@ class AdmissionPolicy:
                     yield item[key]
 
     def review(self, *, user: str, node_name_claim: str | None, old: Mapping[str, Any],
-               new: Mapping[str, Any]) -> Verdict:
+               new: Mapping[str, Any], resource: str = "nodes",
+               subresource: str = "") -> Verdict:
         extra = ({"authentication.kubernetes.io/node-name": [node_name_claim]}
                  if node_name_claim is not None else {})
         context: dict[str, Any] = {
-            "request": celpy.json_to_cel({"operation": "UPDATE",
-                                          "userInfo": {"username": user, "extra": extra}}),
+            "request": celpy.json_to_cel({
+                "operation": "UPDATE", "userInfo": {"username": user, "extra": extra},
+                "resource": {"group": "", "version": "v1", "resource": resource},
+                "subResource": subresource}),
             "object": celpy.json_to_cel(dict(new)),
             "oldObject": celpy.json_to_cel(dict(old)),
         }

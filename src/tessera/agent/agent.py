@@ -38,7 +38,16 @@ from tessera.agent.drain import (
     state_annotation,
 )
 from tessera.agent.inputs import InputProblems
-from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, PLUGIN_CONFIG
+from tessera.agent.keys import (
+    GPU_DISABLE,
+    GPU_STATE,
+    LAYOUT_STATUS,
+    MIG_CONFIG,
+    MIG_MODE,
+    PARTITIONED,
+    PLUGIN_CONFIG,
+)
+from tessera.agent.layoutreport import allocated_devices, layout_report
 from tessera.agent.mig_manager import Halted, MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
@@ -52,6 +61,7 @@ from tessera.errors import (
 )
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
+from tessera.kube.layoutstatus import format_status
 from tessera.labels import (
     DMI_PRODUCT_NAME,
     GpuFacts,
@@ -63,6 +73,8 @@ from tessera.labels import (
 )
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
+from tessera.mig import engine
+from tessera.mig.layout import GpuFacts as MigGpuFacts
 from tessera.plugin.lock import InstanceLock
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 from tessera.tasks import cancel_all
@@ -106,7 +118,8 @@ class Agent:
                                if settings.pod_resources_socket is not None else None)
         self.mig = MigManager(open_node, api, settings.mig, pause=self._pause,
                               resume=self._resume, on_change=self._poke,
-                              allocations=self.allocations if self._pod_resources else None)
+                              allocations=self.allocations if self._pod_resources else None,
+                              report=self._layout_status)
         self.view: NodeView | None = None
         self.labels: dict[str, str] = {}
         self.disabled: dict[str, DisabledGpu] = {}
@@ -118,6 +131,7 @@ class Agent:
         self._plugin_config: str | None = settings.plugin.config_name
         self.exporter: Exporter | None = None
         self._system: NodeFacts | None = None  # driver, CUDA, machine: read once
+        self._mig_facts: tuple[MigGpuFacts, ...] | None = None  # GPUs and profiles: read once
         self.started_at = time.monotonic()
         self._instance = (InstanceLock(status_lock(settings.status_file),
                                        f"the agent state in {settings.status_file}")
@@ -283,6 +297,8 @@ class Agent:
                 await self.plugin.refresh()
             await self._drain(view)
             await self._report_inputs()
+            if view.labels.get(MIG_MODE) == PARTITIONED:
+                await self._publish_layout()
         await self.mig.sync_metadata(self.view)
         if self.settings.feature_labels:
             await self._feature_labels()
@@ -314,6 +330,36 @@ class Agent:
 
     async def _resume(self, devices: Mapping[str, str]) -> None:
         await self.plugin.set_excluded(dict.fromkeys(devices), owner="mig")
+
+    async def _layout_status(self) -> dict[str, str]:
+        """{tessera.dev/mig.layout.status: what each GPU holds now, used or idle}; empty when
+        the GPUs cannot be read."""
+        node = self._node
+        if node is None:
+            return {}
+        try:
+            if self._mig_facts is None:
+                self._mig_facts = await self._blocking(engine.gpu_facts, node)
+            seen = await self._blocking(engine.observe, node, self._mig_facts)
+        except HardwareError as e:
+            log.warning("cannot read the MIG layout to publish: %s", e)
+            return {}
+        allocated = allocated_devices(await self.allocations())
+        return {LAYOUT_STATUS: format_status(layout_report(seen, allocated))}
+
+    async def _publish_layout(self) -> None:
+        """Tell the partitioner what each GPU holds now (only when it changed: the patch
+        sends nothing for an equal document)."""
+        status = await self._layout_status()
+        if not status:
+            return
+        try:
+            updated = await self.api.patch(annotations=status)
+        except TesseraError as e:
+            log.warning("MIG layout status not published yet: %s", e)
+            return
+        if updated is not None:
+            self._see(updated)
 
     # -- disable / drain -------------------------------------------------------------------
 

@@ -6,13 +6,15 @@ automation carry over); Tessera's additions under `tessera.dev/`.
 
 from __future__ import annotations
 
+from tessera.kube import layoutstatus
+
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
 PLUGIN_CONFIG = "nvidia.com/device-plugin.config"
 
 MIG_REASON = "tessera.dev/mig.config.reason"  # why the state is what it is, in words
 MIG_FORCE = "tessera.dev/mig.config.force"  # "true": destroy instances in use for this change
-MIG_MODE = "tessera.dev/mig.mode"  # managed (default) | dynamic | explicit
+MIG_MODE = "tessera.dev/mig.mode"  # managed (default) | dynamic | explicit | partitioned
 MIG_LAYOUT = "tessera.dev/mig.layout"  # explicit mode: the exact layout, with placements
 GPU_DISABLE = "tessera.dev/gpu.disable"  # JSON {"<index|uuid>": "<reason>"}
 GPU_STATE = "tessera.dev/gpu.state"  # JSON {"<index>": {"reason", "state", "pids"}}
@@ -20,6 +22,13 @@ GPU_STATE = "tessera.dev/gpu.state"  # JSON {"<index>": {"reason", "state", "pid
 MANAGED = "managed"  # follow nvidia.com/mig.config, as NVIDIA's mig-manager does
 DYNAMIC = "dynamic"  # MIG on; instances are made by hand or by a controller, never by us
 EXPLICIT = "explicit"  # converge to the layout in tessera.dev/mig.layout
+# explicit, with the layout written by `tessera partitioner`; the agent also publishes what
+# it holds and which generation it reached (the protocol: tessera.kube.layoutstatus)
+PARTITIONED = layoutstatus.PARTITIONED
+LAYOUT_GENERATION = layoutstatus.GENERATION
+LAYOUT_OBSERVED = layoutstatus.OBSERVED
+LAYOUT_FAILED = layoutstatus.FAILED
+LAYOUT_STATUS = layoutstatus.STATUS
 
 PENDING = "pending"
 SUCCESS = "success"

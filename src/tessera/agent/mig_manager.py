@@ -12,6 +12,9 @@ As NVIDIA's mig-manager, minus its walls:
   the agent resumes after the reboot; otherwise `failed` with the reason.
 - Crash-safe: the state says `pending` before anything changes, and the planner starts from
   what it observes, so a restarted agent converges and the label tells the truth.
+- A partitioned node (`tessera.dev/mig.mode=partitioned`) follows the layout annotation as
+  explicit mode does, and reports the layout generation it reached or failed at together
+  with what its GPUs then hold, in one patch (the protocol: `tessera.kube.layoutstatus`).
 - A node with no `nvidia.com/mig.config` label follows `MigSettings.default_config` when one
   is set (`--default-mig-config`), as the GPU Operator's `migManager.config.default`; the
   label is not written, so removing a node's label sends it back to the default.
@@ -42,6 +45,9 @@ from tessera.agent.keys import (
     DYNAMIC,
     EXPLICIT,
     FAILED,
+    LAYOUT_FAILED,
+    LAYOUT_GENERATION,
+    LAYOUT_OBSERVED,
     MANAGED,
     MIG_CONFIG,
     MIG_CONFIG_STATE,
@@ -49,6 +55,7 @@ from tessera.agent.keys import (
     MIG_LAYOUT,
     MIG_MODE,
     MIG_REASON,
+    PARTITIONED,
     PENDING,
     REBOOTING,
     SUCCESS,
@@ -115,15 +122,32 @@ class Desired:
     file_digest: str
     mode: str = MANAGED
     layout: str | None = None
+    generation: str | None = None  # partitioned: the partitioner's number for this layout
+
+    @property
+    def explicit(self) -> bool:
+        """Does the node follow an exact layout (explicit mode, or the partitioner's)?"""
+        return self.mode in (EXPLICIT, PARTITIONED)
 
     @property
     def target(self) -> str | None:
         """What the node is being taken to, in words (for states, reasons and Events)."""
         if self.mode == DYNAMIC:
             return "dynamic"
-        if self.mode == EXPLICIT:
-            return "explicit layout" if self.layout else None
+        if self.explicit:
+            if not self.layout:
+                return None
+            return (f"layout generation {self.generation}" if self.generation
+                    else "explicit layout")
         return self.config
+
+    def outcome(self, state: str) -> dict[str, str | None]:
+        """The generation annotations a partitioned node reports on reaching `state`."""
+        if self.mode != PARTITIONED or self.generation is None or state == PENDING:
+            return {}
+        if state == SUCCESS:
+            return {LAYOUT_OBSERVED: self.generation, LAYOUT_FAILED: None}
+        return {LAYOUT_FAILED: self.generation}
 
 
 @dataclass
@@ -186,6 +210,7 @@ class MigManager:
         resume: Callable[[Mapping[str, str]], Awaitable[None]],
         on_change: Callable[[], None] = lambda: None,
         allocations: Allocations | None = None,
+        report: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_node = open_node
@@ -195,6 +220,9 @@ class MigManager:
         self._resume = resume
         self._on_change = on_change
         self._allocations = allocations
+        # Partitioned: what the GPUs hold, sent in the same patch as the generation reached,
+        # so the partitioner never reads a new generation beside an old layout.
+        self._report = report
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-mig")
         self._node: Node | None = None
@@ -224,12 +252,15 @@ class MigManager:
 
     def desired(self, view: NodeView) -> Desired:
         mode = view.labels.get(MIG_MODE, MANAGED)
+        explicit = mode in (EXPLICIT, PARTITIONED)
         return Desired(
             config=view.labels.get(MIG_CONFIG, self.settings.default_config),
             force=self.settings.force or view.annotations.get(MIG_FORCE) == "true",
             file_digest=content_digest(self.settings.config_path) if mode == MANAGED else "",
             mode=mode,
-            layout=view.annotations.get(MIG_LAYOUT) if mode == EXPLICIT else None,
+            layout=view.annotations.get(MIG_LAYOUT) if explicit else None,
+            generation=(view.annotations.get(LAYOUT_GENERATION) if mode == PARTITIONED
+                        else None),
         )
 
     def wants(self, view: NodeView) -> bool:
@@ -275,10 +306,14 @@ class MigManager:
             self._doubt = True
             log.warning("cannot record MIG state %s yet: %s", labels.get(MIG_CONFIG_STATE), e)
 
-    async def _set_state(self, state: str, reason: str | None) -> None:
+    async def _set_state(self, state: str, reason: str | None,
+                         desired: Desired | None = None) -> None:
         self.status.state, self.status.reason = state, reason
+        outcome: dict[str, str | None] = dict(desired.outcome(state)) if desired else {}
+        if outcome and self._report is not None:
+            outcome.update(await self._report())
         await self._patch(labels={MIG_CONFIG_STATE: state},
-                          annotations={MIG_REASON: reason})
+                          annotations={MIG_REASON: reason, **outcome})
         self._on_change()
 
     async def reconcile(self, view: NodeView) -> str | None:
@@ -380,7 +415,7 @@ class MigManager:
     def _plan(self, node: Node, desired: Desired) -> tuple[Plan, engine.Observation]:
         """The plan for the node's mode: a named config, only MIG mode (dynamic: instances
         are made by hand or by a controller, never by us), or an explicit layout."""
-        if desired.mode == EXPLICIT:
+        if desired.explicit:
             assert desired.layout is not None
             return engine.plan_layout(node, parse_layout(desired.layout), skip_broken=True)
         if desired.mode == DYNAMIC:
@@ -391,7 +426,8 @@ class MigManager:
         if desired.mode != MANAGED:
             raise ConfigError(f"label {MIG_MODE}={desired.mode!r}: use {MANAGED} (follow "
                               f"{MIG_CONFIG}), {DYNAMIC} (MIG on, instances made by others) or "
-                              f"{EXPLICIT} (follow the annotation {MIG_LAYOUT})")
+                              f"{EXPLICIT} (follow the annotation {MIG_LAYOUT}) or "
+                              f"{PARTITIONED} (follow the layout tessera partitioner writes)")
         # A GPU NVML cannot read (off the bus, failing calls) is left out of the plan and
         # named in it: one broken GPU must not hold the others' layout back.
         configs = engine.load_configs(node, self.settings.config_path, skip_broken=True)
@@ -424,7 +460,7 @@ class MigManager:
         self.status.retry_at = None
         self._backoff = self.settings.retry_seconds
         self._retry_reason = None
-        await self._set_state(state, reason)
+        await self._set_state(state, reason, desired)
         if event is not None:
             kind = "Warning" if state == FAILED else "Normal"
             await self.api.event(event, message or reason or state, type=kind)
@@ -441,7 +477,7 @@ class MigManager:
         self._retry_reason = reason
         shown = f"{reason} (retrying in {self._backoff:.0f} s)"
         self._backoff = min(self._backoff * 2, self.settings.max_retry_seconds)
-        await self._set_state(FAILED, shown)
+        await self._set_state(FAILED, shown, desired)
         if event is not None and new:
             await self.api.event(event, reason, type="Warning")
         if new:

@@ -10,8 +10,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tessera.agent.keys import GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
+from tessera.agent.keys import (
+    GPU_STATE,
+    LAYOUT_FAILED,
+    LAYOUT_GENERATION,
+    LAYOUT_OBSERVED,
+    LAYOUT_STATUS,
+    MIG_CONFIG,
+    MIG_CONFIG_STATE,
+    MIG_MODE,
+    MIG_REASON,
+    PARTITIONED,
+)
+from tessera.errors import ConfigError
 from tessera.kube import NodeView
+from tessera.kube.layoutstatus import parse_status
 from tessera.labels import owned
 
 _RESOURCE_PREFIXES = ("nvidia.com/", "tessera.dev/")
@@ -30,7 +43,7 @@ def node_status(view: NodeView) -> dict[str, Any]:
         disabled = json.loads(view.annotations.get(GPU_STATE) or "{}")
     except ValueError:
         disabled = {}
-    return {
+    document: dict[str, Any] = {
         "node": view.name,
         "mig": {"config": view.labels.get(MIG_CONFIG),
                 "state": view.labels.get(MIG_CONFIG_STATE),
@@ -38,4 +51,25 @@ def node_status(view: NodeView) -> dict[str, Any]:
         "plugin": {"resources": resources},
         "disabled": {k: v for k, v in disabled.items() if isinstance(v, dict)},
         "labels": {k: v for k, v in view.labels.items() if owned(k)},
+    }
+    if view.labels.get(MIG_MODE) == PARTITIONED:
+        document["partitioned"] = _partitioned(view)
+    return document
+
+
+def _partitioned(view: NodeView) -> dict[str, Any]:
+    """Where a partitioned node stands with the partitioner: the generation written, reached
+    or failed at, and what each GPU holds (used or idle) as its agent last published."""
+    text = view.annotations.get(LAYOUT_STATUS)
+    try:
+        gpus = parse_status(text) if text is not None else ()
+    except ConfigError as e:
+        return {"error": str(e)}
+    return {
+        "generation": view.annotations.get(LAYOUT_GENERATION),
+        "observed": view.annotations.get(LAYOUT_OBSERVED),
+        "failed": view.annotations.get(LAYOUT_FAILED),
+        "gpus": {str(g.index): {"product": g.product, "mig": g.mig_enabled, "instances": [
+            {"profile": i.profile, "placement": i.start, "used": i.used} for i in g.instances]}
+            for g in gpus},
     }

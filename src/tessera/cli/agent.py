@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shlex
@@ -23,7 +22,7 @@ from tessera.agent.nodeapi import NodeApi
 from tessera.agent.once import EXIT_OK, advertising, outcome
 from tessera.cli.bounds import Seconds, check_writable, port, writable_dir, writable_file
 from tessera.cli.bounds import node_name as bounded_node_name
-from tessera.cli.common import Output, fail, reported, settings, stdout
+from tessera.cli.common import Output, configure_logging, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
 from tessera.errors import ConfigError
@@ -41,24 +40,6 @@ from tessera.metrics.exporter import DEFAULT_PORT
 from tessera.plugin.manager import PluginSettings
 
 log = logging.getLogger("tessera.agent")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log pipelines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _logging(fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def _seed_labels(api: NodeApi, labels: list[str]) -> None:
@@ -166,7 +147,7 @@ def agent(
     """Run the node agent: device plugin, MIG manager, feature labels, GPU drain."""
     if log_format not in ("text", "json"):
         fail(f"--log-format {log_format!r}: use text or json")
-    _logging(log_format)
+    configure_logging(log_format)
     common = settings(ctx)
     with reported():
         standalone = standalone_mode(common, no_kube, kubeconfig)

@@ -33,6 +33,7 @@ _COMMANDS = {
     "agent": _Lazy("tessera.cli.agent", "agent"),
     "status": _Lazy("tessera.cli.status", "status"),
     "gpu": _Lazy("tessera.cli.gpu", "gpu_app"),
+    "partitioner": _Lazy("tessera.cli.partitioner", "app"),
 }
 
 

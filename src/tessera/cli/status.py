@@ -103,6 +103,23 @@ def print_layout(node: Node) -> None:
         stdout.print(f"[red]GPU {index}: broken[/] — {_escape(error)}")
 
 
+def _print_partitioned(part: dict[str, Any]) -> None:
+    if "error" in part:
+        stdout.print(f"[red]partitioned:[/] {escape(str(part['error']))}")
+        return
+    generation, observed, failed = part.get("generation"), part.get("observed"), part.get("failed")
+    where = ("no layout written yet" if generation is None else
+             f"layout generation {generation}: " + ("reached" if observed == generation else
+                                                    "failed" if failed == generation else
+                                                    f"applying (reached {observed or 'none'})"))
+    stdout.print(f"[bold]partitioned[/] by tessera partitioner, {where}")
+    for index, gpu in sorted(part.get("gpus", {}).items(), key=lambda kv: int(kv[0])):
+        held = ", ".join(f"{i['profile']}@{i['placement']}" + ("*" if i["used"] else "")
+                         for i in gpu["instances"]) or ("no instances" if gpu["mig"] else
+                                                        "MIG off")
+        stdout.print(f"  GPU {index} {escape(str(gpu['product']))}: {escape(held)}")
+
+
 def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()) -> None:
     """The node's MIG state, what is advertised, problems and labels; `notes` go right
     under the table of what is advertised."""
@@ -118,6 +135,9 @@ def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()
     stdout.print(f"[bold]node[/] {escape(str(data.get('node')))}   [bold]MIG[/] "
                  f"{escape(mig.get('config') or '(no nvidia.com/mig.config label)')}: "
                  f"{mig.get('state') or '-'}" + (f" — {escape(detail)}" if detail else ""))
+    partitioned = data.get("partitioned")
+    if partitioned:
+        _print_partitioned(partitioned)
     plugin = data.get("plugin", {})
     title = "advertised to the kubelet" + (f" (MIG strategy {plugin['mig_strategy']})"
                                            if plugin.get("mig_strategy") else "")

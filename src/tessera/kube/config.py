@@ -93,20 +93,24 @@ def find_credentials(kubeconfig: Path | None = None, *,
     return None
 
 
+AGENT_REMEDY = ("pass --kubeconfig, or run the agent from the Helm chart, or run it standalone "
+                "without a cluster")
+
+
 def load_config(kubeconfig: Path | None = None, *,
                 service_account: Path = SERVICE_ACCOUNT,
                 environ: Mapping[str, str] | None = None,
-                home: Path | None = None) -> SingleConfig:
+                home: Path | None = None, remedy: str = AGENT_REMEDY) -> SingleConfig:
     """The credentials to use (see the module docstring); `ConfigError` naming the file and
-    the problem when they cannot be used, or what was looked for when there are none."""
+    the problem when they cannot be used, or what was looked for when there are none
+    (`remedy` says what to do then, for the command at hand)."""
     found = find_credentials(kubeconfig, service_account=service_account, environ=environ,
                              home=home)
     if found is None:
         raise ConfigError(
             "no Kubernetes credentials: no --kubeconfig, $KUBECONFIG is not set, this is not "
             f"a pod with a service account ({service_account} and $KUBERNETES_SERVICE_HOST), "
-            "and there is no ~/.kube/config; pass --kubeconfig, or run the agent from the Helm "
-            "chart, or run it standalone without a cluster")
+            f"and there is no ~/.kube/config; {remedy}")
     log.info("Kubernetes credentials: %s", found)
     if found.origin == "in-cluster":
         return _in_cluster(service_account)

@@ -68,19 +68,28 @@ class EventBook:
 def node_event(*, node: str, uid: str | None, reason: str, message: str, type: str,
                when: datetime) -> Event:
     """A core/v1 Event about Node `node`, named as client-go names them (`<node>.<hex ns>`)."""
+    return object_event(kind="Node", name=node, namespace=NAMESPACE, uid=uid, reason=reason,
+                        message=message, type=type, when=when, host=node)
+
+
+def object_event(*, kind: str, name: str, namespace: str, uid: str | None, reason: str,
+                 message: str, type: str, when: datetime, reporter: str = REPORTER,
+                 host: str | None = None) -> Event:
+    """A core/v1 Event about a Node or Pod, in `namespace` (the pod's; NAMESPACE for nodes)."""
     when = when.astimezone(UTC).replace(microsecond=0)
     return Event(
-        metadata=ObjectMeta(name=f"{node}.{time.time_ns():x}", namespace=NAMESPACE),
-        involvedObject=ObjectReference(apiVersion="v1", kind="Node", name=node, uid=uid),
+        metadata=ObjectMeta(name=f"{name}.{time.time_ns():x}", namespace=namespace),
+        involvedObject=ObjectReference(apiVersion="v1", kind=kind, name=name, uid=uid or None,
+                                       namespace=None if kind == "Node" else namespace),
         reason=reason,
         message=message,
         type=type,
         count=1,
         firstTimestamp=when,
         lastTimestamp=when,
-        source=EventSource(component=REPORTER, host=node),
-        reportingComponent=REPORTER,
-        reportingInstance=node,
+        source=EventSource(component=reporter, host=host),
+        reportingComponent=reporter,
+        reportingInstance=host or reporter,
     )
 
 

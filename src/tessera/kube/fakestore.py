@@ -1,11 +1,11 @@
 """The storage behind `FakeApiServer`: objects, resourceVersions and watch history.
 
 It keeps what etcd and the watch cache keep for kube-apiserver, for the few resources the
-agent uses (nodes, pods, events, and resource.k8s.io/v1's ResourceSlices, ResourceClaims and
-DeviceClasses for DRA): one global resourceVersion bumped by every change, a
-history of changes that watches resume from, compaction (a resume from before it is
-410 Gone), field and label selectors, and the patch semantics of metadata maps. No HTTP
-here; `tessera.kube.testing` serves it.
+agent and the partitioner use (nodes, pods, events, leases, and resource.k8s.io/v1's
+ResourceSlices, ResourceClaims and DeviceClasses for DRA): one global resourceVersion bumped
+by every change, a history of changes that watches resume from, compaction (a resume from
+before it is 410 Gone), field and label selectors, and the patch semantics of metadata maps.
+No HTTP here; `tessera.kube.testing` serves it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "resourceslices": ("ResourceSlice", False),
     "resourceclaims": ("ResourceClaim", True),
     "deviceclasses": ("DeviceClass", False),
+    "leases": ("Lease", True),
 }
 
 #: resource -> apiVersion, for those outside the core group
@@ -36,6 +37,7 @@ API_VERSIONS: dict[str, str] = {
     "resourceslices": "resource.k8s.io/v1",
     "resourceclaims": "resource.k8s.io/v1",
     "deviceclasses": "resource.k8s.io/v1",
+    "leases": "coordination.k8s.io/v1",
 }
 
 #: resources with a status subresource: writes to the object keep its status, and writes to
@@ -90,6 +92,7 @@ class Change:
     resource: str
     type: str  # ADDED, MODIFIED or DELETED
     object: Obj
+    previous: Obj | None = None  # MODIFIED: the object before, for selector transitions
 
 
 Selector = Callable[[Obj], bool]
@@ -202,9 +205,20 @@ class Store:
         if version < self.compacted:
             raise expired(version, self.compacted)
         start = bisect.bisect_right(self.history, version, key=lambda c: c.version)
-        matching = [c for c in self.history[start:] if c.resource == resource
-                    and (namespace is None or c.object["metadata"].get("namespace") == namespace)
-                    and selector(c.object)]
+        matching = []
+        for c in self.history[start:]:
+            if c.resource != resource or (namespace is not None and
+                                          c.object["metadata"].get("namespace") != namespace):
+                continue
+            now_in = selector(c.object)
+            was_in = c.previous is not None and selector(c.previous)
+            if c.type == "MODIFIED" and was_in != now_in:
+                # As kube-apiserver's watch cache: an object that leaves a selector is
+                # DELETED for that watch, one that enters it ADDED.
+                matching.append(Change(c.version, c.resource, "ADDED" if now_in else "DELETED",
+                                       c.object))
+            elif now_in:
+                matching.append(c)
         return matching, self.version
 
     # -- writing -------------------------------------------------------------------------
@@ -249,7 +263,7 @@ class Store:
             new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
             if new == old:
                 return copy.deepcopy(old)
-            return self._commit(resource, "MODIFIED", new)
+            return self._commit(resource, "MODIFIED", new, previous=old)
 
     def delete(self, resource: str, namespace: str, name: str) -> Obj:
         with self.changed:
@@ -275,12 +289,12 @@ class Store:
             self.history.clear()
             self.changed.notify_all()
 
-    def _commit(self, resource: str, type_: str, obj: Obj) -> Obj:
+    def _commit(self, resource: str, type_: str, obj: Obj, previous: Obj | None = None) -> Obj:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
         namespace = obj["metadata"].get("namespace", "")
         self.objects[resource][(namespace, obj["metadata"]["name"])] = obj
-        self._record(Change(self.version, resource, type_, copy.deepcopy(obj)))
+        self._record(Change(self.version, resource, type_, copy.deepcopy(obj), previous))
         return copy.deepcopy(obj)
 
     def _record(self, change: Change) -> None:

@@ -44,10 +44,10 @@ from tessera.kube.retry import (
     DEFAULT_RETRY,
     Failure,
     KubeRejected,
-    KubeUnavailable,
     Outage,
     RetryPolicy,
     failure_of,
+    retried,
 )
 from tessera.kube.views import NodeView, PodView, node_view, pod_view
 
@@ -286,31 +286,12 @@ class NodeClient:
 
     async def _call(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
         """`send()` with retries by `self.retry`; KubeUnavailable or KubeRejected if it fails."""
-        failures = 0
-        while True:
+        def attempt() -> None:
             self.requests += 1
-            try:
-                result = await send()
-            except httpx2.HTTPError as e:
-                failure = failure_of(e)
-                if not failure.retryable:
-                    self._outage.ended()
-                    raise KubeRejected(_rejected(what, self.name, failure),
-                                       status=failure.status or 0) from e
-                self._outage.failed()
-                failures += 1
-                if failures >= self.retry.attempts:
-                    since = self._outage.since or 0.0
-                    raise KubeUnavailable(
-                        f"Kubernetes API unavailable since "
-                        f"{datetime.fromtimestamp(since):%H:%M:%S} "
-                        f"({self._outage.lasted():.0f} s): {what} node {self.name!r} "
-                        f"failed {failures} times, last with {failure}",
-                        since=since, status=failure.status) from e
-                await asyncio.sleep(self.retry.delay(failures, failure.retry_after))
-            else:
-                self._outage.ended()
-                return result
+        return await retried(send, retry=self.retry, outage=self._outage,
+                             what=f"{what} node {self.name!r}",
+                             rejected=lambda f: _rejected(what, self.name, f),
+                             on_attempt=attempt)
 
     def _remember(self, node: Node) -> NodeView:
         view = node_view(node)

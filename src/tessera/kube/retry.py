@@ -15,9 +15,13 @@ once. The two exceptions, both in Tessera's tree::
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
 
 import httpx2
 from lightkube import ApiError
@@ -27,6 +31,8 @@ from tessera.errors import PermanentError, TemporaryError
 #: A Retry-After longer than this is not waited for in one go: a wrong header must not
 #: stall the agent, and the next attempt simply asks again.
 RETRY_AFTER_CAP = 60.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,3 +164,33 @@ class Outage:
 
     def lasted(self) -> float:
         return time.monotonic() - self._started if self.since is not None else 0.0
+
+
+async def retried(send: Callable[[], Awaitable[T]], *, retry: RetryPolicy, outage: Outage,
+                  what: str, rejected: Callable[[Failure], str],
+                  on_attempt: Callable[[], None] = lambda: None) -> T:
+    """`send()`, retried by `retry` while the failure is one retrying can fix;
+    KubeUnavailable (saying `what` and since when) when the attempts run out, KubeRejected
+    (with `rejected(failure)` as the message) at once for a refusal."""
+    failures = 0
+    while True:
+        on_attempt()
+        try:
+            result = await send()
+        except httpx2.HTTPError as e:
+            failure = failure_of(e)
+            if not failure.retryable:
+                outage.ended()
+                raise KubeRejected(rejected(failure), status=failure.status or 0) from e
+            outage.failed()
+            failures += 1
+            if failures >= retry.attempts:
+                since = outage.since or 0.0
+                raise KubeUnavailable(
+                    f"Kubernetes API unavailable since {datetime.fromtimestamp(since):%H:%M:%S} "
+                    f"({outage.lasted():.0f} s): {what} failed {failures} times, last with "
+                    f"{failure}", since=since, status=failure.status) from e
+            await asyncio.sleep(retry.delay(failures, failure.retry_after))
+        else:
+            outage.ended()
+            return result

@@ -12,8 +12,13 @@ real lightkube client and httpx2 stack, not patched functions:
 - watch (`?watch=true`) on any of the lists: a chunked stream of `{"type", "object"}`
   lines from the given `resourceVersion` (none or "0": the current objects as ADDED first),
   an `ERROR` event with a 410 Status when that version is older than the history kept,
-  periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`.
-- `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`.
+  periodic `BOOKMARK`s when `allowWatchBookmarks=true`, ended after `timeoutSeconds`; an
+  object a change takes out of a watch's selector is `DELETED` for it, one it brings in
+  `ADDED`, as the watch cache does.
+- `pods` (all namespaces or one), `events` (`POST`, `PATCH`, `GET`, list), `GET /version`;
+  a pod's `status` subresource (`PATCH` changes only `status`) and `binding` (`POST` sets
+  `spec.nodeName` once, 409 if already bound), as the scheduler and controllers use them.
+- `coordination.k8s.io/v1` `leases` (get, create, `PUT` with a resourceVersion, watch).
 - `resource.k8s.io/v1` under `/apis/resource.k8s.io/v1/`: ResourceSlices and DeviceClasses
   (cluster-scoped) and ResourceClaims (namespaced, with a `/status` subresource: writes to
   the claim keep its status, writes to `/status` change only the status), with the same
@@ -248,6 +253,33 @@ class FakeApiServer:
             "status": {"phase": phase},
         })
 
+    def add_pending_pod(self, name: str, requests: Mapping[str, str], *,
+                        namespace: str = "default", priority: int = 0,
+                        node_selector: Mapping[str, str] | None = None,
+                        owner_kind: str | None = None) -> Obj:
+        """A pod the scheduler found no node for: Pending, unbound, `PodScheduled=False`
+        with reason Unschedulable, asking for `requests` (limits the same, as extended
+        resources require)."""
+        meta: Obj = {"name": name}
+        if owner_kind:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner_kind,
+                                        "name": f"{name}-owner", "uid": f"{name}-owner",
+                                        "controller": True}]
+        spec: Obj = {"containers": [{"name": "main", "image": "busybox", "resources": {
+            "requests": dict(requests), "limits": dict(requests)}}], "priority": priority}
+        if node_selector:
+            spec["nodeSelector"] = dict(node_selector)
+        return self.store.create("pods", namespace, {
+            "metadata": meta, "spec": spec,
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient "
+                           f"{', '.join(requests)}."}]},
+        })
+
+    def pod(self, name: str, namespace: str = "default") -> Obj:
+        return self.store.get("pods", namespace, name)
+
     def remove_pod(self, name: str, namespace: str = "default") -> Obj:
         return self.store.delete("pods", namespace, name)
 
@@ -441,12 +473,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/version":
             return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tessera-fake",
                     "platform": "linux/amd64"}
-        path, subresource = _subresource(path)
-        namespace, resource, name = _parse(path)
+        namespace, resource, name, sub = _parse(path)
         kind, namespaced = RESOURCES[resource]
+        if sub is not None and resource == "pods":
+            assert name is not None
+            return self._pod_subresource(method, path, namespace or "", name, sub,
+                                         content_type, body)
+        subresource = sub  # `/status` of a resource with a status strategy
         if name is None:
-            if subresource is not None:
-                raise _not_allowed(method, path + "/" + subresource)
             if method == "GET":
                 selector = select(query.get("fieldSelector"), query.get("labelSelector"))
                 items, version = store.query(resource, namespace, selector)
@@ -467,7 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             return store.get(resource, ns, name)
         if subresource is not None and method not in ("PUT", "PATCH"):
-            raise _not_allowed(method, f"{path}/{subresource}")
+            raise _not_allowed(method, path)
         if method == "DELETE":
             return store.delete(resource, ns, name)
         if method == "PUT":
@@ -493,10 +527,43 @@ class _Handler(BaseHTTPRequestHandler):
                                 lambda old: keep(old, _merged(old, patch)), expect=expect)
         raise _not_allowed(method, path)
 
+    def _pod_subresource(self, method: str, path: str, namespace: str, name: str,
+                         sub: str, content_type: str | None, body: Any) -> Obj:
+        store = self.server.api.store
+        if sub == "status" and method == "GET":
+            return store.get("pods", namespace, name)
+        if sub == "status" and method == "PATCH":
+            if content_type not in PATCH_TYPES:
+                raise StatusError(415, "UnsupportedMediaType", "unknown patch format")
+            patch = _object(body, "Pod")
+            # The status subresource ignores everything but status, as kube-apiserver does;
+            # a resourceVersion in the patch is a precondition.
+            return store.update("pods", namespace, name, lambda old: _merged(
+                old, {"status": patch.get("status") or {}}),
+                expect=(patch.get("metadata") or {}).get("resourceVersion"))
+        if sub == "binding" and method == "POST":
+            target = (_object(body, "Binding").get("target") or {}).get("name")
+            if not target:
+                raise StatusError(422, "Invalid", "Binding is invalid: target.name: Required")
+
+            def bind(pod: Obj) -> Obj:
+                if pod.get("spec", {}).get("nodeName"):
+                    raise StatusError(409, "Conflict", f"pod {name} is already assigned to "
+                                      f"node {pod['spec']['nodeName']!r}")
+                pod.setdefault("spec", {})["nodeName"] = target
+                conditions = [c for c in pod.get("status", {}).get("conditions", [])
+                              if c.get("type") != "PodScheduled"]
+                pod.setdefault("status", {})["conditions"] = [
+                    *conditions, {"type": "PodScheduled", "status": "True"}]
+                return pod
+            store.update("pods", namespace, name, bind)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+        raise _not_allowed(method, path)
+
     def _watch_of(self, path: str, query: dict[str, str]) -> _Watch:
         """What a watch request asks for; StatusError (before any answer) if it is wrong."""
-        namespace, resource, name = _parse(path)
-        if name is not None:
+        namespace, resource, name, sub = _parse(path)
+        if name is not None or sub is not None:
             raise _not_allowed("WATCH", path)
         asked = query.get("resourceVersion", "")
         if asked not in ("", "0") and not asked.isdigit():
@@ -606,14 +673,6 @@ _FAULTS = {
 }
 
 
-def _subresource(path: str) -> tuple[str, str | None]:
-    """A `/status` path split into the object's path and "status"."""
-    parts = path.rstrip("/").split("/")
-    if parts[-1] == "status" and len(parts) >= 6 and parts[-3] in WITH_STATUS:
-        return "/".join(parts[:-1]), "status"
-    return path, None
-
-
 def _status_rule(resource: str, subresource: str | None) -> Any:
     """How a write merges with the stored object: only the status through `/status`, all but
     the status otherwise (for resources with a status subresource), everything elsewhere."""
@@ -631,30 +690,37 @@ def _status_rule(resource: str, subresource: str | None) -> Any:
     return keep_status
 
 
-def _parse(path: str) -> tuple[str | None, str, str | None]:
-    """(namespace, resource, name) of an /api/v1 or /apis/<group>/<version> path; 404 for
-    anything else."""
+#: subresources served: a pod's (handled by `_pod_subresource`) and the status of resources
+#: with a status strategy (`WITH_STATUS`, through the ordinary verbs)
+_SUBRESOURCES = {"pods": ("status", "binding"), **dict.fromkeys(WITH_STATUS, ("status",))}
+
+
+def _parse(path: str) -> tuple[str | None, str, str | None, str | None]:
+    """(namespace, resource, name, subresource) of an /api/v1 or /apis/<group>/<version>
+    path; 404 for anything else."""
     parts = path.strip("/").split("/")
+    missing = StatusError(404, "NotFound", f"the server could not find the requested resource "
+                          f"({path})")
     if parts[:2] == ["api", "v1"]:
-        rest, group = parts[2:], "v1"
+        group, rest = "v1", parts[2:]
     elif parts[:1] == ["apis"] and len(parts) >= 3:
-        rest, group = parts[3:], f"{parts[1]}/{parts[2]}"
+        group, rest = f"{parts[1]}/{parts[2]}", parts[3:]
     else:
-        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
-                         f"({path})")
+        raise missing
     namespace = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
-    if (not rest or rest[0] not in RESOURCES or len(rest) > 2
-            or API_VERSIONS.get(rest[0], "v1") != group):
-        raise StatusError(404, "NotFound", f"the server could not find the requested resource "
-                         f"({path})")
+    if not rest or rest[0] not in RESOURCES or API_VERSIONS.get(rest[0], "v1") != group:
+        raise missing
+    sub = rest[2] if len(rest) == 3 else None
+    if len(rest) > 3 or (sub is not None and sub not in _SUBRESOURCES.get(rest[0], ())):
+        raise missing
     _, namespaced = RESOURCES[rest[0]]
     if namespace is not None and not namespaced:
         raise StatusError(404, "NotFound", f"{rest[0]} are not namespaced ({path})")
-    if namespace is None and namespaced and len(rest) == 2:
+    if namespace is None and namespaced and len(rest) >= 2:
         raise StatusError(404, "NotFound", f"{rest[0]} are namespaced ({path})")
-    return namespace, rest[0], rest[1] if len(rest) == 2 else None
+    return namespace, rest[0], rest[1] if len(rest) >= 2 else None, sub
 
 
 def _object(body: Any, kind: str) -> Obj:

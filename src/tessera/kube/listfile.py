@@ -1,0 +1,60 @@
+"""Nodes and pods from a file, as `kubectl get nodes,pods -A -o json` writes them, for a dry
+run of the partitioner against a cluster's saved state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+from lightkube.resources.core_v1 import Node, Pod
+
+from tessera.errors import ConfigError
+from tessera.kube.views import NodeView, PodSchedulingView, node_view, pod_scheduling_view
+
+MAX_BYTES = 512 * 1024 * 1024
+MAX_ITEMS = 500_000
+
+
+def read_cluster_file(path: Path) -> tuple[list[NodeView], list[PodSchedulingView]]:
+    """The Nodes and Pods of a `v1 List` (or a single object) in JSON or YAML; ConfigError
+    naming the file and the item when it is not one."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(f"{path}: {size} bytes, more than the {MAX_BYTES} a snapshot may "
+                              "have")
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
+    try:
+        data = json.loads(text)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: nested too deeply to be a kubectl dump") from e
+    except ValueError:
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"{path}: neither JSON nor YAML ({e or type(e).__name__})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected the output of `kubectl get nodes,pods -A -o json`")
+    items = data.get("items") if data.get("kind", "").endswith("List") else [data]
+    if not isinstance(items, list) or len(items) > MAX_ITEMS:
+        raise ConfigError(f"{path}: `items` must be a list of at most {MAX_ITEMS} objects")
+    nodes: list[NodeView] = []
+    pods: list[PodSchedulingView] = []
+    for i, item in enumerate(items):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        try:
+            if kind == "Node":
+                nodes.append(node_view(cast(Node, Node.from_dict(item))))
+            elif kind == "Pod":
+                pods.append(pod_scheduling_view(cast(Pod, Pod.from_dict(item))))
+        except Exception as e:
+            raise ConfigError(f"{path}: item {i} ({kind}) is not a valid {kind}: "
+                              f"{type(e).__name__}: {e}") from e
+    if not nodes:
+        raise ConfigError(f"{path}: no Node in it; save it with `kubectl get nodes,pods -A -o "
+                          "json`")
+    return nodes, pods
