@@ -295,13 +295,19 @@ class MigManager:
             self._doubt = False
         if _differs(view.labels, wanted["labels"]) or _differs(view.annotations,
                                                                 wanted["annotations"]):
-            await self._patch(**wanted)
+            await self._patch(labels=wanted["labels"], annotations=wanted["annotations"])
 
     async def _patch(self, *, labels: dict[str, str | None],
-                     annotations: dict[str, str | None]) -> None:
+                     annotations: dict[str, str | None],
+                     snapshot: Mapping[str, str] | None = None) -> None:
+        """Write the state and reason, and remember them to re-assert (`sync_metadata`).
+        `snapshot` (what the GPUs held when the state was decided) travels in the same
+        patch, so a reader never sees a new generation beside an old layout, but is not
+        re-asserted: the agent publishes the layout as it changes, and putting a stale
+        snapshot back would fight that."""
         self._wanted = {"labels": labels, "annotations": annotations}
         try:
-            await self.api.patch(labels=labels, annotations=annotations)
+            await self.api.patch(labels=labels, annotations={**annotations, **(snapshot or {})})
         except TesseraError as e:  # API away (kept, sent later) or refusing (RBAC: said why)
             self._doubt = True
             log.warning("cannot record MIG state %s yet: %s", labels.get(MIG_CONFIG_STATE), e)
@@ -310,10 +316,9 @@ class MigManager:
                          desired: Desired | None = None) -> None:
         self.status.state, self.status.reason = state, reason
         outcome: dict[str, str | None] = dict(desired.outcome(state)) if desired else {}
-        if outcome and self._report is not None:
-            outcome.update(await self._report())
+        snapshot = await self._report() if outcome and self._report is not None else None
         await self._patch(labels={MIG_CONFIG_STATE: state},
-                          annotations={MIG_REASON: reason, **outcome})
+                          annotations={MIG_REASON: reason, **outcome}, snapshot=snapshot)
         self._on_change()
 
     async def reconcile(self, view: NodeView) -> str | None:
