@@ -328,18 +328,23 @@ def _match_idle(work: Work, planner: _Planner, order: Sequence[int],
     (the fullest GPU first). A pod asking for several instances tries node by node to match
     all of them there, re-routing earlier pods where it can, or matches none. Returns the
     pods placed."""
+    idle: dict[tuple[str, int], list[_Option]] = {}  # (profile, node) -> its idle instances
+    for node in work.nodes:
+        packed = -node.locked / max(1, node.compute_slices())
+        for gpu in node.gpus:
+            for inst in gpu.instances:
+                if not inst.locked:
+                    idle.setdefault((inst.profile, node.position), []).append(
+                        ((-gpu.locked_slices(), packed, node.position, gpu.index, inst.start),
+                         node, gpu, inst))
+    for found in idle.values():
+        found.sort(key=lambda o: o[0])
     by_node: dict[int, dict[int, list[_Option]]] = {}
     for i in order:
         pod = pods[i]
-        mine: dict[int, list[_Option]] = {}
-        for node in _fitting(work, pod)[0]:
-            packed = -node.locked / max(1, node.compute_slices())
-            here = [((-gpu.locked_slices(), packed, node.position, gpu.index, inst.start),
-                     node, gpu, inst)
-                    for gpu in node.gpus for inst in gpu.instances
-                    if not inst.locked and inst.profile == pod.profile]
-            if len(here) >= pod.count:
-                mine[node.position] = sorted(here, key=lambda o: o[0])
+        mine = {node.position: idle[pod.profile, node.position]
+                for node in _fitting(work, pod)[0]
+                if len(idle.get((pod.profile, node.position), ())) >= pod.count}
         if mine:
             by_node[i] = mine
     owner: dict[int, tuple[int, int]] = {}  # id(instance) -> (pod, slot)
