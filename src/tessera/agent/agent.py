@@ -274,6 +274,17 @@ class Agent:
             self._see(view)
             self._wake.set()
 
+    async def _patch_node(self, failing: str, **changes: Mapping[str, str | None]) -> None:
+        """Patch the node's labels or annotations and take the answer as the view; when the
+        API refuses or is away, log `failing` with why (the next pass tries again)."""
+        try:
+            updated = await self.api.patch(**changes)
+        except TesseraError as e:
+            log.warning("%s: %s", failing, e)
+            return
+        if updated is not None:
+            self._see(updated)
+
     def _see(self, view: NodeView) -> None:
         """Take a newer view of the node. A patch's answer and the watch's events race: an
         answer sent before a user's change can arrive after the watch brought that change,
@@ -353,13 +364,7 @@ class Agent:
         status = await self._layout_status()
         if not status:
             return
-        try:
-            updated = await self.api.patch(annotations=status)
-        except TesseraError as e:
-            log.warning("MIG layout status not published yet: %s", e)
-            return
-        if updated is not None:
-            self._see(updated)
+        await self._patch_node("MIG layout status not published yet", annotations=status)
 
     # -- disable / drain -------------------------------------------------------------------
 
@@ -434,13 +439,8 @@ class Agent:
         changes = self._inputs.annotation_changes(view.annotations if view else {}, problems)
         if not changes:
             return
-        try:
-            updated = await self.api.patch(annotations=changes)
-        except TesseraError as e:
-            log.warning("cannot report the node's unusable values yet: %s", e)
-            return
-        if updated is not None:
-            self._see(updated)
+        await self._patch_node("cannot report the node's unusable values yet",
+                               annotations=changes)
 
     async def _set_nvml_drain(self, index: int, drained: bool) -> None:
         assert self._node is not None
@@ -473,13 +473,7 @@ class Agent:
         changes = label_changes(current, self.labels)
         if not changes:
             return
-        try:
-            updated = await self.api.patch(labels=changes)
-        except TesseraError as e:
-            log.warning("feature labels not written yet: %s", e)
-            return
-        if updated is not None:
-            self._see(updated)
+        await self._patch_node("feature labels not written yet", labels=changes)
 
     # -- status ----------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ from tessera.kube.retry import (
     RetryPolicy,
     failure_of,
     retried,
+    watch_failed,
+    watch_recovered,
 )
 from tessera.kube.views import (
     NodeView,
@@ -154,18 +156,10 @@ class Mirror(Generic[V]):
         self.changed.set()
 
     async def _failed(self, failures: int, failure: Failure) -> int:
-        if self._outage.failed() or failures == 0:
-            log.warning("cannot watch %s: %s; retrying with backoff until the API server "
-                        "answers", self.what, failure)
-        failures += 1
-        await asyncio.sleep(self.retry.delay(failures, failure.retry_after))
-        return failures
+        return await watch_failed(self._outage, self.retry, failures, failure, self.what)
 
     def _recovered(self, failures: int) -> int:
-        lasted = self._outage.ended()
-        if failures and lasted is not None:
-            log.info("watching %s again after %.1f s", self.what, lasted)
-        return 0
+        return watch_recovered(self._outage, failures, self.what)
 
 
 class ClusterClient:

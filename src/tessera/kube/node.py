@@ -22,7 +22,6 @@ What this module adds on top of the library is the agent's manners towards the A
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -48,6 +47,8 @@ from tessera.kube.retry import (
     RetryPolicy,
     failure_of,
     retried,
+    watch_failed,
+    watch_recovered,
 )
 from tessera.kube.views import NodeView, PodView, node_view, pod_view
 
@@ -192,20 +193,11 @@ class NodeClient:
         return view, listed.resourceVersion
 
     async def _watch_failed(self, failures: int, failure: Failure) -> int:
-        if self._outage.failed() or failures == 0:
-            log.warning("cannot watch node %s: %s; retrying with backoff until the API "
-                        "server answers", self.name, failure)
-        else:
-            log.debug("watch on node %s still failing: %s", self.name, failure)
-        failures += 1
-        await asyncio.sleep(self.retry.delay(failures, failure.retry_after))
-        return failures
+        return await watch_failed(self._outage, self.retry, failures, failure,
+                                  f"node {self.name}")
 
     def _recovered(self, failures: int) -> int:
-        lasted = self._outage.ended()
-        if failures and lasted is not None:
-            log.info("watching node %s again after %.1f s", self.name, lasted)
-        return 0
+        return watch_recovered(self._outage, failures, f"node {self.name}")
 
     # -- writing -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ once. The two exceptions, both in Tessera's tree::
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ import httpx2
 from lightkube import ApiError
 
 from tessera.errors import PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
 
 #: A Retry-After longer than this is not waited for in one go: a wrong header must not
 #: stall the agent, and the next attempt simply asks again.
@@ -164,6 +167,28 @@ class Outage:
 
     def lasted(self) -> float:
         return time.monotonic() - self._started if self.since is not None else 0.0
+
+
+async def watch_failed(outage: Outage, retry: RetryPolicy, failures: int, failure: Failure,
+                       what: str) -> int:
+    """A watch on `what` failed again: one warning when an outage starts (the rest at debug
+    level), then the backoff's sleep; the new count of failures in a row."""
+    if outage.failed() or failures == 0:
+        log.warning("cannot watch %s: %s; retrying with backoff until the API server answers",
+                    what, failure)
+    else:
+        log.debug("watch on %s still failing: %s", what, failure)
+    failures += 1
+    await asyncio.sleep(retry.delay(failures, failure.retry_after))
+    return failures
+
+
+def watch_recovered(outage: Outage, failures: int, what: str) -> int:
+    """A watch on `what` answers again: one line saying how long it was away; 0 failures."""
+    lasted = outage.ended()
+    if failures and lasted is not None:
+        log.info("watching %s again after %.1f s", what, lasted)
+    return 0
 
 
 async def retried(send: Callable[[], Awaitable[T]], *, retry: RetryPolicy, outage: Outage,
