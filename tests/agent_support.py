@@ -104,15 +104,6 @@ async def agent_rig(
         node.close()
 
 
-async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    """Wait for a condition, polling; fail naming `what` after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def running_with_api(directory: Path, server: FakeApiServer, node_name: str,
                            preset: str = "dgx-a100", *, retry: RetryPolicy | None = None,

@@ -21,12 +21,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import make_node
+from helpers import make_node, until
 from plugin_support import short_dir
 from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
@@ -36,14 +36,6 @@ from tessera.kubeletapi.testing import FakePodResources, TestKubelet
 
 TESSERA = [sys.executable, "-c", "from tessera.cli.main import main; main()"]
 MIXED = "version: v1\nflags: {migStrategy: mixed}\n"
-
-
-async def until(check: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -29,14 +29,6 @@ FAST = RetryPolicy(attempts=3, first_delay=0.05, max_delay=0.2)
 QUICK = PartitionerSettings(batch_idle_s=0.2, batch_cap_s=1.0, resync_s=1.0, metrics_port=None)
 
 
-async def until(check: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def a100(index: int, *instances: tuple[str, int, bool]) -> GpuStatus:
     return GpuStatus(index, "A100-SXM4-80GB", True,
                      tuple(InstanceStatus(p, s, u) for p, s, u in instances))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import tempfile
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,11 +111,3 @@ def expected_mig(node: Node, resource_of: dict[str, str] | None = None) -> dict[
             name = f"nvidia.com/mig-{m.profile.replace('+', '.')}"
             out.setdefault((resource_of or {}).get(name, name), set()).add(m.uuid)
     return out
-
-
-async def until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it holds, for state no kubelet stream update announces."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import agent_rig, until
-from helpers import make_node
+from agent_support import agent_rig
+from helpers import make_node, until
 from plugin_support import rig
 from tessera.agent import mig_manager
 from tessera.agent.keys import MIG_CONFIG, MIG_CONFIG_STATE

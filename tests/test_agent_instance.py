@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import agent_rig, agent_settings, running_with_api, until
+from agent_support import agent_rig, agent_settings, running_with_api
+from helpers import until
 from plugin_support import short_dir
 from tessera.agent.agent import Agent, status_lock
 from tessera.agent.keys import GPU_DISABLE, GPU_DISABLE_ERROR, PLUGIN_CONFIG, PLUGIN_CONFIG_ERROR

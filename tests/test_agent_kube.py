@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from agent_support import AgentRig, agent_rig
+from helpers import until
 from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
 from tessera.agent.pods import describe_pids
 from tessera.kube import NodeClient, PodView, RetryPolicy
@@ -35,14 +36,6 @@ async def settled(count: Callable[[], int], quiet: float = 0.5, timeout: float =
         if (now := count()) != last:
             last, since = now, asyncio.get_running_loop().time()
     return last
-
-
-async def until(check: object, timeout: float = 30.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

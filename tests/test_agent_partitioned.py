@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent_support import AgentRig, agent_rig
+from helpers import until
 from plugin_support import short_dir
 from tessera.agent.keys import MIG_CONFIG_STATE, MIG_REASON
 from tessera.kube import NodeClient, RetryPolicy
@@ -36,14 +37,6 @@ FAST = RetryPolicy(attempts=3, first_delay=0.05, max_delay=0.2)
 
 def layout(gpus: dict[str, object]) -> str:
     return json.dumps({"version": "v1", "gpus": gpus})
-
-
-async def until(check: object, timeout: float = 20.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def annotations(server: FakeApiServer) -> dict[str, str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import running_with_api, until
+from agent_support import running_with_api
+from helpers import until
 from tessera.agent.keys import MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
 from tessera.kube.testing import FakeApiServer
 

@@ -16,6 +16,7 @@ import pytest
 
 from agent_support import agent_rig
 from chart_support import NAMESPACE, AdmissionPolicy, Rendered, render
+from helpers import until
 from tessera.agent import keys
 from tessera.agent.keys import GPU_DISABLE, GPU_STATE, MIG_CONFIG, MIG_CONFIG_STATE, MIG_REASON
 from tessera.kube import NodeClient, RetryPolicy
@@ -150,13 +151,6 @@ async def agent_on(server: FakeApiServer, tmp_path: Path) -> AsyncIterator[None]
         finally:
             stopped.set()
             await task
-
-
-async def until(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_agents_own_patches_pass_the_policy_and_rbac(

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from chart_support import NAMESPACE, AdmissionPolicy, Rendered, lint, render
-from partitioner_support import a100, events, opted_in, partitioner, publish, until
+from helpers import until
+from partitioner_support import a100, events, opted_in, partitioner, publish
 from tessera.kube.layoutstatus import GENERATION, LAYOUT, STATUS
 from tessera.kube.testing import FakeApiServer, RecordedRequest
 

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import lightkube
@@ -18,6 +18,7 @@ import pytest
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from helpers import until
 from tessera.errors import ConfigError, PermanentError, TemporaryError
 from tessera.kube import (
     KubeRejected,
@@ -84,13 +85,6 @@ async def watching(node: NodeClient) -> AsyncIterator[Watcher]:
 
 def sent(api: FakeApiServer, method: str, path_end: str = "") -> list[RecordedRequest]:
     return [r for r in api.requests if r.method == method and r.path.endswith(path_end)]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def is_watch(r: RecordedRequest) -> bool:

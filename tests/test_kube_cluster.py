@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from helpers import until
 from tessera.kube.cluster import ClusterClient
 from tessera.kube.config import load_config, make_client
 from tessera.kube.lease import LeaderElector, LeaseSettings
@@ -16,14 +17,6 @@ from tessera.kube.retry import RetryPolicy
 from tessera.kube.testing import FakeApiServer
 
 FAST = RetryPolicy(attempts=3, first_delay=0.05, max_delay=0.2)
-
-
-async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def settings(identity: str) -> LeaseSettings:

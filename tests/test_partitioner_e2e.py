@@ -12,7 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cluster_support import Cluster, simulated_cluster, until
+from cluster_support import Cluster, simulated_cluster
+from helpers import until
 from metrics_support import parse, promtool_problems, scrape
 from tessera.kube.layoutstatus import GENERATION, STATUS, parse_status
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugin_support import apply_devices, apply_layout, expected_mig, rig, until
+from helpers import until
+from plugin_support import apply_devices, apply_layout, expected_mig, rig
 from tessera.errors import PluginConfigError
 
 GPU = "nvidia.com/gpu"
