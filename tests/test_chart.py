@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import click
 import helm_python
 import pytest
 import typer
@@ -125,7 +126,8 @@ def test_config_files_are_mounted_as_directories_for_live_updates(
 
 def test_the_agent_args_are_flags_of_tessera_agent(flow: tuple[str, Rendered]) -> None:
     _, r = flow
-    command = typer.main.get_command(app).commands["agent"]  # type: ignore[attr-defined]
+    group = typer.main.get_command(app)
+    command = group.get_command(click.Context(group), "agent")  # type: ignore[attr-defined]
     known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
     for arg in r.args[1:]:
         assert arg.split("=", 1)[0] in known, f"{arg}: not a flag of `tessera agent`"

@@ -151,7 +151,7 @@ def test_node_names_are_kubernetes_names(tmp_path: Path) -> None:
     assert not (tmp_path / "etc").exists()
     done = run(tmp_path, "gpu", "disable", "1", "--reason", "x", "--node-name", "GPU-Node-7")
     assert done.returncode == 0, done.stderr  # lowercased, as the kubelet names nodes
-    assert (tmp_path / "state" / "tessera" / "node-gpu-node-7.json").exists()
+    assert (tmp_path / "state" / "tessera" / "node-gpu-node-7-sim-a30x4.json").exists()
 
 
 def test_label_flags_are_checked_as_kubernetes_does(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_corrupt_state_files_are_named(tmp_path: Path) -> None:
         status.write_text(wrong)
         refused(run(tmp_path, "status", "--status-file", str(status)), str(status),
                 "not an agent status file")
-    node_file = tmp_path / "state" / "tessera" / "node-n.json"
+    node_file = tmp_path / "state" / "tessera" / "node-n-sim-a30x4.json"
     node_file.parent.mkdir(parents=True)
     node_file.write_bytes(b"\xff\xfe{}")
     refused(run(tmp_path, "gpu", "disable", "1", "--reason", "x", "--node-name", "n"),

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import pytest
 import typer
 
@@ -138,8 +139,8 @@ def test_the_entrypoint_is_the_projects_console_script() -> None:
 def test_the_default_command_is_the_agent() -> None:
     (cmd,) = of("CMD")
     assert exec_form(cmd) == ["agent"]
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert "agent" in commands
+    group = typer.main.get_command(app)
+    assert group.get_command(click.Context(group), "agent") is not None  # type: ignore[attr-defined]
 
 
 def test_the_runtime_stage_installs_only_the_built_wheels_and_runs_as_non_root() -> None:

@@ -196,7 +196,7 @@ imex: {channelIDs: [0], required: true}
     assert config.flags == Flags(
         mig_strategy="mixed", fail_on_init_error=False, nvidia_driver_root="/run/nvidia/driver",
         nvidia_dev_root="/", mps_root="/var/mps", gdrcopy_enabled=True, gds_enabled=True,
-        mofed_enabled=True, device_discovery_strategy="nvml",
+        mofed_enabled=True, device_discovery_strategy="nvml", gfd_no_timestamp=True,
         plugin=PluginFlags(
             pass_device_specs=True,
             device_list_strategy=("envvar", "cdi-annotations", "cdi-cri", "volume-mounts"),
@@ -205,7 +205,7 @@ imex: {channelIDs: [0], required: true}
             shared_devices_allocation_policy="packed",
         ),
     )
-    assert config.warnings == (), "GFD's flags and an empty `resources` are ignored silently"
+    assert config.warnings == (), "GFD's flags and an empty `resources` are taken silently"
 
 
 # -- defaults ------------------------------------------------------------------------------
@@ -956,7 +956,8 @@ def test_nvidias_newer_variable_names_win_over_the_older_ones() -> None:
 
 
 def test_every_flag_has_a_command_line_override() -> None:
-    names = {f for f in Flags.__dataclass_fields__ if f != "plugin"}
+    # GFD's noTimestamp is the agent's to override (`tessera agent --no-timestamp`).
+    names = {f for f in Flags.__dataclass_fields__ if f not in ("plugin", "gfd_no_timestamp")}
     assert set(pc._OVERRIDES) == names | set(PluginFlags.__dataclass_fields__)
     config = with_overrides(default_config(), {}, pass_device_specs=True,
                             device_list_strategy=["cdi-cri", "envvar"], gds_enabled="true")
