@@ -180,15 +180,16 @@ class AdmissionPolicy:
                 if key in item:
                     yield item[key]
 
-    def review(self, *, user: str, node_name_claim: str | None, old: Mapping[str, Any],
-               new: Mapping[str, Any]) -> Verdict:
+    def review(self, *, user: str, node_name_claim: str | None, old: Mapping[str, Any] | None,
+               new: Mapping[str, Any] | None, operation: str = "UPDATE") -> Verdict:
+        """`old` is None on a CREATE and `new` on a DELETE, as the API server sends them."""
         extra = ({"authentication.kubernetes.io/node-name": [node_name_claim]}
                  if node_name_claim is not None else {})
         context: dict[str, Any] = {
-            "request": celpy.json_to_cel({"operation": "UPDATE",
+            "request": celpy.json_to_cel({"operation": operation,
                                           "userInfo": {"username": user, "extra": extra}}),
-            "object": celpy.json_to_cel(dict(new)),
-            "oldObject": celpy.json_to_cel(dict(old)),
+            "object": celpy.json_to_cel(None if new is None else dict(new)),
+            "oldObject": celpy.json_to_cel(None if old is None else dict(old)),
         }
         for condition in self.spec.get("matchConditions", []):
             if not self._program(condition["expression"]).evaluate(context):
