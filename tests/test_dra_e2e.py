@@ -146,7 +146,8 @@ async def test_a_3g_claim_gets_an_instance_at_its_placement_a_cdi_spec_and_id(
     [entry] = spec["devices"]
     assert entry["name"] == f"{ref.uid}-gpu-0-mig-3g40gb-9-4"
     assert entry["containerEdits"]["env"] == [f"NVIDIA_VISIBLE_DEVICES={mig_uuid}"]
-    # Preparing rewrote no slice: the instance is published as the placement it was made at.
+    # Preparing rewrites no slice: the instance is published as the placement it was made at.
+    await cluster.plugin.settle()
     assert not [r for r in cluster.api.requests[writes_before:]
                 if r.method in ("POST", "PUT", "DELETE") and "resourceslices" in r.path]
 

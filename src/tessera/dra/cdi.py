@@ -96,10 +96,10 @@ def write_spec(cdi_dir: Path, driver: str, claim_uid: str, body: Mapping[str, An
     path = spec_path(cdi_dir, driver, claim_uid)
     cdi_dir.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.tmp")
-    with scratch.open("w") as out:
-        json.dump(body, out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
+    # The rename alone makes the write atomic for readers; no fsync, since the spec is
+    # transient (runtimes read /var/run/cdi, cleared at boot) and the checkpoint, not the
+    # spec, is what survives a crash.
+    scratch.write_text(json.dumps(body, indent=2))
     os.replace(scratch, path)
     return path
 

@@ -2,8 +2,8 @@
 GPUs, always through the MIG engine's explicit-layout path (never NVML directly).
 
 Prepare checks everything first (claim, configs, devices, no device already prepared for
-another claim), records the claim as `PrepareStarted` with the instances it will create,
-creates each missing GPU instance and its compute instance at exactly the allocated placement,
+another claim), records the claim as `PrepareStarted` with the instances it will create (if
+it creates any), creates each missing GPU instance and its compute instance at exactly the allocated placement,
 writes the claim's CDI spec and records `PrepareCompleted`. A creation that fails part-way is
 rolled back (the half-made GPU instance destroyed) and the claim forgotten, so nothing is left
 half-made. Unprepare destroys exactly the instances the claim's record says it made (the
@@ -93,8 +93,11 @@ class Preparer:
                 raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")
             inventory = read_inventory(self.node)
             planned = self._plan(ref, claim, records, inventory)
-            self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                            "PrepareStarted", planned))
+            if any(d.create for d in planned):
+                # Before the first change to a GPU, so a restarted plugin knows the instances
+                # are ours; a claim that creates nothing has nothing to adopt.
+                self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
+                                                "PrepareStarted", planned))
             made: list[PreparedDevice] = []
             try:
                 for device in planned:

@@ -7,7 +7,8 @@ Start order is the kubelet's: the DRA service (v1 and v1beta1) serves on
 socket that still answers for the same driver means another plugin owns the name, and start
 refuses. When the kubelet's registry loses the socket (a kubelet restart that wiped it), the
 registration service is served again, so the kubelet finds the plugin anew. Slices are
-published at start, after every prepare and unprepare, and every `resync_seconds`.
+published at start, soon after every prepare and unprepare (in the background: the kubelet's
+answer does not wait for it), and every `resync_seconds`.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class DraPlugin:
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the background publisher has nothing to do
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -191,8 +194,21 @@ class DraPlugin:
 
     async def _resync(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.resync_seconds)
+            if not self._kick.is_set():
+                self._idle.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.settings.resync_seconds)
+            self._kick.clear()
             await self.publish()
+
+    def publish_soon(self) -> None:
+        """Publish in the background (prepare answers the kubelet without waiting for it)."""
+        self._idle.clear()
+        self._kick.set()
+
+    async def settle(self) -> None:
+        """Wait until no background publication is pending or running."""
+        await self._idle.wait()
 
     # -- slices ----------------------------------------------------------------------------
 
@@ -229,12 +245,12 @@ class DraPlugin:
         claim = await self.api.claim(namespace, name)
         devices = await asyncio.to_thread(self.preparer.prepare,
                                           ClaimRef(namespace, uid, name), claim)
-        await self.publish()
+        self.publish_soon()
         return devices
 
     async def unprepare(self, uid: str) -> None:
         await asyncio.to_thread(self.preparer.unprepare, uid)
-        await self.publish()
+        self.publish_soon()
 
 
 def _servicer(pb: ModuleType, rpc: ModuleType, plugin: DraPlugin) -> Any:

@@ -1,0 +1,320 @@
+"""The DRA plugin's costs, each beside its floor or its rival, measured in one run.
+
+1. Prepare latency, claim reference to CDI ID, as the stand-in kubelet sees it over the unix
+   socket: on whole GPUs (no MIG creation) and on 3g.40gb placements (a GPU instance and its
+   compute instance created on the simulator, then destroyed by unprepare), beside an empty
+   NodePrepareResources (no claims) on the same socket: p50/p99 and the p99 ratio. The claim
+   is read from the fake API server over HTTP on every prepare, as on a real node.
+2. ResourceSlice writes and bytes: the first publication of a DGX A100 node, a prepare, and
+   a layout change on one GPU (an instance made out of band).
+3. Placement order under first fit: a cluster of DGX A100 nodes receives the Alibaba openb
+   trace's single-GPU pods (profile by compute slices, `../shared/data/openb/`) as Poisson
+   arrivals at offered load 1.0, each pod asking for one MIG profile by name, allocated first
+   fit in slice order with counters, as the scheduler does, over the devices Tessera really
+   publishes (`tessera.dra.devices.publish` on a simulated node), once in Tessera's order and
+   once in NVIDIA's name order, on the same arrivals. A pod that fits nowhere is lost.
+
+The plugin and the stand-in kubelet share one asyncio loop (both sides of every measured
+call pay for it alike). Run: `python bench/dra.py [--cycles N] [--arrivals N] [--nodes N]`.
+Prints markdown tables; exits 1 if Tessera's order admits fewer pods than name order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import heapq
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera.dra.devices import publish
+from tessera.dra.inventory import read_inventory
+from tessera.dra.server import DraPlugin, DraSettings
+from tessera.hardware.backend import simulated_backend
+from tessera.hardware.model import Placement
+from tessera.hardware.node import Node
+from tessera.kube.dra import DraApi
+from tessera.kube.testing import FakeApiServer
+from tessera.kubeletapi.dra.v1 import api_pb2 as v1
+from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
+
+DRIVER = "gpu.nvidia.com"
+NODE = "node-a"
+OPENB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "openb" / \
+    "openb_pod_list_default.csv"
+MAX_LIFETIME_S = 6 * 3600.0
+PROFILE_OF_SLICES = {1: "1g.10gb", 2: "2g.20gb", 3: "3g.40gb", 4: "4g.40gb", 7: "7g.80gb"}
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def _node(mig: bool) -> Node:
+    node = Node(simulated_backend("dgx-a100", None))
+    if mig:
+        for gpu in node.gpus():
+            node.set_mig_mode(gpu.index, True)
+            node.reset(gpu.index)
+    return node
+
+
+# -- 1 and 2: the plugin over its sockets ----------------------------------------------------
+
+@dataclass
+class Latency:
+    case: str
+    p50_ms: float
+    p99_ms: float
+    floor_p99_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.p99_ms / self.floor_p99_ms
+
+
+@dataclass
+class SliceWrites:
+    event: str
+    writes: int
+    bytes: int
+
+
+def _slice_writes(api: FakeApiServer, since: int) -> tuple[int, int]:
+    writes = [r for r in api.requests[since:] if "resourceslices" in r.path
+              and r.method in ("POST", "PUT", "DELETE")]
+    return len(writes), sum(len(json.dumps(r.body)) for r in writes if r.body is not None)
+
+
+async def _plugin_case(mig: bool, cycles: int, tmp: Path) -> tuple[list[Latency],
+                                                                 list[SliceWrites]]:
+    node = _node(mig)
+    kubelet_dir = Path(tempfile.mkdtemp(prefix="ts-bench-", dir="/tmp"))
+    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
+                           checkpoint=tmp / f"checkpoint-{mig}.json", resync_seconds=3600)
+    writes: list[SliceWrites] = []
+    with FakeApiServer() as api:
+        api.add_device_class("mig.nvidia.com", [f"device.attributes['{DRIVER}'].type == 'mig'"])
+        api.add_device_class("gpu.nvidia.com", [f"device.attributes['{DRIVER}'].type == 'gpu'"])
+        dra = DraApi.connect(api.kubeconfig(tmp / f"kubeconfig-{mig}"))
+        async with TestDraKubelet(kubelet_dir) as kubelet:
+            mark = len(api.requests)
+            plugin = DraPlugin(node, dra, settings)
+            await plugin.start()
+            registration = await kubelet.wait_registered(DRIVER)
+            writes.append(SliceWrites("first publication" + (", MIG on" if mig else ""),
+                                      *_slice_writes(api, mark)))
+            stub = registration.stub
+            floor = []
+            for _ in range(cycles):
+                started = time.perf_counter()
+                await stub.NodePrepareResources(v1.NodePrepareResourcesRequest(),  # type: ignore[attr-defined]
+                                                timeout=10)
+                floor.append(time.perf_counter() - started)
+            device = "gpu-0-mig-3g40gb-9-4" if mig else "gpu-0"
+            klass = "mig.nvidia.com" if mig else "gpu.nvidia.com"
+            timed: list[float] = []
+            retried: list[float] = []
+            fetch: list[float] = []
+            for i in range(cycles):
+                name = f"claim-{i}"
+                api.add_claim(name, {"devices": {"requests": [{"name": "r", "exactly": {
+                    "deviceClassName": klass}}]}})
+                api.set_claim_status(name, {"allocation": {"devices": {"results": [
+                    {"request": "r", "driver": DRIVER, "pool": NODE, "device": device}]}}})
+                ref = ClaimRef("default", api.claim(name)["metadata"]["uid"], name)
+                started = time.perf_counter()
+                await dra.claim("default", name)  # the GET every prepare makes, alone
+                fetch.append(time.perf_counter() - started)
+                mark = len(api.requests)
+                started = time.perf_counter()
+                answer = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
+                timed.append(time.perf_counter() - started)
+                assert not answer.error, answer.error
+                if i == 0:
+                    writes.append(SliceWrites("a prepare" + (" (MIG created)" if mig else ""),
+                                              *_slice_writes(api, mark)))
+                if i == 0:
+                    await plugin.settle()
+                    for _ in range(cycles):  # the kubelet asking again (after its restart)
+                        started = time.perf_counter()
+                        again = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
+                        retried.append(time.perf_counter() - started)
+                        assert again == answer
+                assert (await kubelet.unprepare(DRIVER, [ref]))[ref.uid] == ""
+                api.delete_claim(name)
+                await plugin.settle()  # the background publication, off the timed path
+            if mig:
+                profile = next(p for p in node.gpu_instance_profiles(5) if p.name == "4g.40gb")
+                node.create_gpu_instance(5, profile.id, Placement(0, 4))
+                mark = len(api.requests)
+                await plugin.publish()
+                writes.append(SliceWrites("an instance made out of band on GPU 5",
+                                          *_slice_writes(api, mark)))
+            await plugin.stop()
+        await dra.close()
+    case = "3g.40gb, GI/CI created" if mig else "whole GPU, no creation"
+    floor_p99 = 1000 * _pct(floor, 0.99)
+    return [Latency(case, 1000 * _pct(timed, 0.5), 1000 * _pct(timed, 0.99), floor_p99),
+            Latency(f"{case}: the same claim again", 1000 * _pct(retried, 0.5),
+                    1000 * _pct(retried, 0.99), floor_p99),
+            Latency("(the claim GET alone, fake API server over HTTP)", 1000 * _pct(fetch, 0.5),
+                    1000 * _pct(fetch, 0.99), floor_p99)], writes
+
+
+# -- 3: first fit over the published order ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    profile: str
+    mask: int  # the memory slices it takes
+    sms: int
+
+
+def gpu_orders() -> dict[str, list[Device]]:
+    """One A100's devices in Tessera's published order and in NVIDIA's name order."""
+    publication = publish(read_inventory(_node(mig=True)))
+    mine = [d for d in publication.devices if d["name"].startswith("gpu-0-")]
+
+    def device(d: dict[str, object]) -> Device:
+        target = publication.targets[str(d["name"])]
+        assert target.profile is not None
+        assert target.placement is not None
+        p = target.placement
+        return Device(target.profile.name, ((1 << p.size) - 1) << p.start,
+                      target.profile.multiprocessors)
+
+    return {"Tessera": [device(d) for d in mine],
+            "NVIDIA name order": [device(d) for d in sorted(mine, key=lambda d: d["name"])]}
+
+
+def openb_pods() -> list[tuple[str, float]]:
+    """(profile, lifetime) of each single-GPU openb pod with a lifetime: the GPU share mapped
+    to the smallest profile with that many compute slices."""
+    pods = []
+    with OPENB.open() as f:
+        for row in csv.DictReader(f):
+            if row["num_gpu"] != "1" or not row["scheduled_time"] or not row["deletion_time"]:
+                continue
+            life = min(MAX_LIFETIME_S, float(row["deletion_time"]) - float(row["scheduled_time"]))
+            if life <= 0:
+                continue
+            milli = int(row["gpu_milli"])
+            need = 7 if milli >= 1000 else math.ceil(milli * 7 / 1000)
+            slices = next(s for s in sorted(PROFILE_OF_SLICES) if s >= need)
+            pods.append((PROFILE_OF_SLICES[slices], life))
+    return pods
+
+
+def first_fit(order: list[Device], gpus: int, arrivals: list[tuple[float, str, float]],
+              total_sms: int, warmup: int) -> float:
+    """The fraction of pods (after the warm-up) admitted, first fit over GPUs in slice order
+    and devices in `order`, counters (memory slices, SMs) consumed while a pod runs."""
+    by_profile: dict[str, list[Device]] = {}
+    for d in order:
+        by_profile.setdefault(d.profile, []).append(d)
+    used = [0] * gpus
+    sms = [0] * gpus
+    ends: list[tuple[float, int, int, int]] = []
+    admitted = offered = 0
+    for i, (now, profile, life) in enumerate(arrivals):
+        while ends and ends[0][0] <= now:
+            _, g, mask, s = heapq.heappop(ends)
+            used[g] &= ~mask
+            sms[g] -= s
+        placed = None
+        candidates = by_profile[profile]
+        for g in range(gpus):
+            for d in candidates:
+                if not used[g] & d.mask and sms[g] + d.sms <= total_sms:
+                    placed = (g, d)
+                    break
+            if placed:
+                break
+        if i >= warmup:
+            offered += 1
+            admitted += placed is not None
+        if placed is not None:
+            g, d = placed
+            used[g] |= d.mask
+            sms[g] += d.sms
+            heapq.heappush(ends, (now + life, g, d.mask, d.sms))
+    return admitted / offered
+
+
+def placement_orders(nodes: int, n: int, seeds: Sequence[int]) -> dict[str, float]:
+    orders = gpu_orders()
+    pods = openb_pods()
+    gpus = 8 * nodes
+    slices = {"1g.10gb": 1, "2g.20gb": 2, "3g.40gb": 3, "4g.40gb": 4, "7g.80gb": 7}
+    results: dict[str, list[float]] = {name: [] for name in orders}
+    for seed in seeds:
+        rng = random.Random(seed)
+        draws = [rng.choice(pods) for _ in range(n)]
+        mean_work = statistics.fmean(slices[p] * life for p, life in draws)
+        rate = 1.0 * 7 * gpus / mean_work  # offered load 1.0 in compute slices
+        t, arrivals = 0.0, []
+        for profile, life in draws:
+            t += rng.expovariate(rate)
+            arrivals.append((t, profile, life))
+        for name, order in orders.items():
+            results[name].append(first_fit(order, gpus, arrivals, 98, n // 10))
+    return {name: statistics.fmean(values) for name, values in results.items()}
+
+
+# -- main ------------------------------------------------------------------------------------
+
+async def _plugin_cases(cycles: int) -> tuple[list[Latency], list[SliceWrites]]:
+    with tempfile.TemporaryDirectory() as scratch:
+        whole, whole_writes = await _plugin_case(False, cycles, Path(scratch))
+        mig, mig_writes = await _plugin_case(True, cycles, Path(scratch))
+    return whole + mig, [SliceWrites(f"{w.event}, MIG off", w.writes, w.bytes)
+                         for w in whole_writes[:1]] + mig_writes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cycles", type=int, default=200, help="prepares timed per case")
+    parser.add_argument("--arrivals", type=int, default=10_000, help="pods per seed")
+    parser.add_argument("--nodes", type=int, default=8, help="DGX A100 nodes simulated")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    if not (1 <= args.cycles <= 100_000 and 100 <= args.arrivals <= 1_000_000
+            and 1 <= args.nodes <= 1000 and 1 <= args.seeds <= 100):
+        print("error: --cycles 1..100000, --arrivals 100..1000000, --nodes 1..1000, "
+              "--seeds 1..100", file=sys.stderr)
+        return 2
+
+    latencies, writes = asyncio.run(_plugin_cases(args.cycles))
+    print("| prepare (claim to CDI ID) | p50 ms | p99 ms | empty call p99 ms | p99 ratio |")
+    print("|---|---|---|---|---|")
+    for lat in latencies:
+        print(f"| {lat.case} | {lat.p50_ms:.2f} | {lat.p99_ms:.2f} | {lat.floor_p99_ms:.2f} | "
+              f"{lat.ratio:.1f}x |")
+    print()
+    print("| ResourceSlice writes (DGX A100, split layout) | writes | bytes |")
+    print("|---|---|---|")
+    for w in writes:
+        print(f"| {w.event} | {w.writes} | {w.bytes} |")
+    print()
+    admitted = placement_orders(args.nodes, args.arrivals, range(args.seeds))
+    print(f"| order ({args.nodes} x DGX A100, openb mix, load 1.0, {args.seeds} seeds) "
+          "| pods admitted |")
+    print("|---|---|")
+    for name, ratio in admitted.items():
+        print(f"| {name} | {100 * ratio:.1f}% |")
+    return 0 if admitted["Tessera"] >= admitted["NVIDIA name order"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
