@@ -135,13 +135,13 @@ def test_mistakes_in_dra_values_say_what_to_change() -> None:
     with pytest.raises(HelmValuesError) as failed:
         render({"dra": {"enabled": True, "driverName": "NVIDIA"}})
     assert "/dra/driverName" in str(failed.value)
-    with pytest.raises(HelmError) as failed:
+    with pytest.raises(HelmError) as refused:
         render({**GROUPS, "affinity": {"nodeAffinity": {"preferredDuringScheduling"
                                                         "IgnoredDuringExecution": []}}})
-    assert "dra.nodeSelector splits the nodes between two DaemonSets" in str(failed.value)
-    with pytest.raises(HelmError) as failed:
+    assert "dra.nodeSelector splits the nodes between two DaemonSets" in str(refused.value)
+    with pytest.raises(HelmError) as refused:
         render(ON, kube_version="v1.33.5")
-    assert "dra.enabled needs Kubernetes 1.34 or later" in str(failed.value)
+    assert "dra.enabled needs Kubernetes 1.34 or later" in str(refused.value)
     assert "DeviceClass" in render(ON, kube_version="v1.34.0").kinds
 
 
@@ -164,7 +164,8 @@ def test_nvidias_device_classes_select_exactly_their_type_of_device(tmp_path: Pa
             selectors = [s["cel"]["expression"] for s in classes[name]["spec"]["selectors"]]
             chosen = [d["name"] for d in devices if allocator._matches(selectors, d, driver)]
             wanted = [d["name"] for d in devices if d["attributes"]["type"]["string"] == kind]
-            assert chosen == wanted and wanted, (driver, name)
+            assert wanted, (driver, name)
+            assert chosen == wanted, (driver, name)
             assert not any(allocator._matches(selectors, d, "other.example.com")
                            for d in devices)
         assert "extendedResourceName" not in classes["gpu.nvidia.com"]["spec"]
@@ -295,7 +296,8 @@ def test_the_agent_may_not_write_another_nodes_slices(slices_policy: AdmissionPo
         verdict = slices_policy.review(user=AGENT, node_name_claim=claim, old=old, new=new,
                                        operation=operation)
         assert not verdict.allowed, (operation, claim)
-        assert verdict.message is not None and says in verdict.message, verdict.message
+        assert verdict.message is not None
+        assert says in verdict.message, verdict.message
     # Others (the scheduler, an admin, NVIDIA's plugin's account) are not this policy's.
     for user in ("system:kube-scheduler", "kubernetes-admin",
                  "system:serviceaccount:nvidia-dra-driver:gpu-kubelet-plugin"):

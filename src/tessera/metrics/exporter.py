@@ -55,6 +55,9 @@ class ExporterSettings:
     hostname: str = field(default_factory=default_hostname)
     proc_root: Path = PROC_ROOT
     container_logs: Path = CONTAINER_LOGS
+    # Devices this DRA driver allocated are attributed to pods too (PodResources'
+    # dynamic_resources); None: device-plugin devices only.
+    dra_driver: str | None = "gpu.nvidia.com"
 
 
 class Exporter:
@@ -76,7 +79,7 @@ class Exporter:
             pods=PodResourcesClient(socket_path) if socket_path is not None else None,
             owners=(ContainerOwners(self.settings.proc_root, self.settings.container_logs)
                     if socket_path is not None else None),
-            state=state,
+            state=state, dra_driver=self.settings.dra_driver,
         )
         self._server: MetricsServer | None = None
         self._serving: threading.Thread | None = None
