@@ -346,3 +346,21 @@ async def test_a_second_plugin_under_the_same_name_refuses_to_start(cluster: Clu
     with pytest.raises(ConfigError, match=r"another DRA plugin is registered as gpu\.nvidia\.com"):
         await other.start()
     assert cluster.settings.registration_socket.is_socket()  # the first one is untouched
+
+
+async def test_a_placement_taken_out_of_band_fails_with_the_reason(cluster: Cluster) -> None:
+    ref = cluster.claim_for("late", "3g.40gb")  # allocated gpu-0-mig-3g40gb-9-4
+    profile = next(p for p in cluster.node.gpu_instance_profiles(0) if p.name == "2g.20gb")
+    cluster.node.create_gpu_instance(0, profile.id, Placement(4, 2))  # someone else's
+    mutations = cluster.control.mutations()
+    answer = (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid]
+    assert "placement of device gpu-0-mig-3g40gb-9-4 (memory slices 4:4) is taken on GPU 0 " \
+        "by an instance made outside Tessera (at 4:2)" in answer.error
+    assert cluster.control.mutations() == mutations
+    assert cluster.instances(0) == [(4, 2)]
+    # The slices stop offering it, so the next allocation lands elsewhere.
+    await cluster.plugin.settle()
+    await cluster.plugin.publish()
+    again = cluster.claim_for("late-2", "3g.40gb")
+    assert (await cluster.kubelet.prepare(DRIVER, [again]))[again.uid].error == ""
+    assert cluster.instances(0) == [(0, 4), (4, 2)]

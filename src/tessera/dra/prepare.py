@@ -3,11 +3,12 @@ GPUs, always through the MIG engine's explicit-layout path (never NVML directly)
 
 Prepare checks everything first (claim, configs, devices, no device already prepared for
 another claim), records the claim as `PrepareStarted` with the instances it will create (if
-it creates any), creates each missing GPU instance and its compute instance at exactly the allocated placement,
-writes the claim's CDI spec and records `PrepareCompleted`. A creation that fails part-way is
-rolled back (the half-made GPU instance destroyed) and the claim forgotten, so nothing is left
-half-made. Unprepare destroys exactly the instances the claim's record says it made (the
-applier refuses while processes use them), removes the CDI spec, then the record.
+it creates any), creates each missing GPU instance and its compute instance at exactly the
+allocated placement, writes the claim's CDI spec and records `PrepareCompleted`. A creation
+that fails part-way is rolled back (the half-made GPU instance destroyed) and the claim
+forgotten, so nothing is left half-made. Unprepare destroys exactly the instances the claim's
+record says it made (the applier refuses while processes use them), removes the CDI spec,
+then the record.
 
 Both are idempotent and survive a kill at any step: a retried prepare adopts the instances a
 `PrepareStarted` record names, and a completed one answers from the record.
@@ -126,9 +127,7 @@ class Preparer:
         for alloc in allocated(claim, uid=ref.uid, driver=self.driver, pool=self.pool):
             target = publication.targets.get(alloc.device)
             if target is None:
-                raise ClaimError(f"{where}: device {alloc.device} is not on this node; it "
-                                 f"offers {len(publication.targets)} devices in pool "
-                                 f"{self.pool!r} (the claim was allocated from stale slices)")
+                raise self._missing(where, alloc.device, inventory, publication)
             kind = "gpu" if target.profile is None else "mig"
             if not device_type_matches(alloc.config, kind):
                 raise ClaimError(f"{where}: a {alloc.config} does not apply to {kind} device "
@@ -147,6 +146,26 @@ class Preparer:
         if not planned:
             raise ClaimError(f"{where}: no device of driver {self.driver} is allocated to it")
         return tuple(planned)
+
+    def _missing(self, where: str, device: str, inventory: Inventory,
+                 publication: Publication) -> TesseraError:
+        """Why `device` cannot be prepared: its placement is taken by an instance made
+        outside Tessera since the claim was allocated (temporary: once the slices say so the
+        scheduler allocates elsewhere), or the node has no such device at all."""
+        bare = publish(Inventory(inventory.driver_version, inventory.cuda_driver_version,
+                                 tuple(replace(v, instances=()) for v in inventory.gpus)))
+        target = bare.targets.get(device)
+        if target is not None and target.placement is not None:
+            view = next(v for v in inventory.gpus if v.gpu.index == target.gpu)
+            taken = [i.placement for i in view.instances if i.placement.overlaps(target.placement)]
+            return PrepareError(
+                f"{where}: the placement of device {device} (memory slices "
+                f"{target.placement}) is taken on GPU {target.gpu} by an instance made "
+                f"outside Tessera (at {', '.join(map(str, taken))}); the slices no longer "
+                "offer it, so the claim must be allocated again")
+        return ClaimError(f"{where}: device {device} is not on this node; it offers "
+                          f"{len(publication.targets)} devices in pool {self.pool!r} (the "
+                          "claim was allocated from stale slices)")
 
     def _create(self, ref: ClaimRef, device: PreparedDevice) -> None:
         assert device.create is not None
