@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,16 +27,25 @@ import grpc
 
 from tessera.dra import cdi
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
+from tessera.dra.devices import Publication
+from tessera.dra.health import DeviceProblem, HealthBoard, apply_health
+from tessera.dra.health_service import HealthServicer
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.errors import ConfigError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
-from tessera.kubeletapi.constants import DRA_PLUGIN_TYPE, DRA_V1_SERVICE, DRA_V1BETA1_SERVICE
+from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1ALPHA1_SERVICE,
+    DRA_PLUGIN_TYPE,
+    DRA_V1_SERVICE,
+    DRA_V1BETA1_SERVICE,
+)
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -58,6 +68,9 @@ class DraSettings:
     resync_seconds: float = 30.0
     registry_check_seconds: float = 1.0
     mig_minors: Path = cdi.MIG_MINORS
+    # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
+    device_taints: bool = True
+    health_resend_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
@@ -71,7 +84,9 @@ class DraSettings:
                               f"{', '.join(LAYOUTS)}")
         for label, value, low, high in (("resync interval", self.resync_seconds, 1, 86400),
                                         ("registry check interval",
-                                         self.registry_check_seconds, 0.01, 60)):
+                                         self.registry_check_seconds, 0.01, 60),
+                                        ("health resend interval",
+                                         self.health_resend_seconds, 0.05, 600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
 
@@ -123,6 +138,11 @@ class DraPlugin:
         self._publish_lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
+        self.health = HealthBoard()
+        self.publication = Publication((), (), {})  # as last read, before health is applied
+        self.health_service = HealthServicer(lambda: self.publication, self.health,
+                                             pool=settings.node_name,
+                                             resend_seconds=settings.health_resend_seconds)
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -140,6 +160,7 @@ class DraPlugin:
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
+            (healthrpc.add_DRAResourceHealthServicer_to_server, self.health_service),
         ])
         await self.publish()
         await self._serve_registration()
@@ -219,7 +240,14 @@ class DraPlugin:
             settings = self.settings
             try:
                 publication = await asyncio.to_thread(self.preparer.publication)
-                desired = desired_slices(publication, driver=settings.driver,
+                reshaped = _names(publication) != _names(self.publication)
+                self.publication = publication
+                if reshaped:
+                    await self.health.poke()  # the health streams list every device
+                shown = apply_health(publication, self.health.problems, driver=settings.driver,
+                                     use_taints=settings.device_taints,
+                                     since=self.health.since)
+                desired = desired_slices(shown, driver=settings.driver,
                                          node=settings.node_name, layout=settings.layout)
                 stored = await self.api.node_slices(settings.driver, settings.node_name)
                 writes = reconcile(desired, stored)
@@ -235,6 +263,14 @@ class DraPlugin:
                 return Writes()
             self.last_writes = writes
             return writes
+
+    async def set_health(self, problems: Mapping[str, DeviceProblem]) -> None:
+        """The node's unhealthy GPU and MIG devices by UUID, as the device plugin's health
+        decides them: tainted or left out in the slices, and streamed to the kubelet."""
+        if await self.health.set(problems):
+            log.info("device health changed: %s", ", ".join(
+                f"{u}: {p.reason}" for u, p in sorted(problems.items())) or "all healthy")
+            self.publish_soon()
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -310,7 +346,8 @@ class _Registrar(regrpc.RegistrationServicer):
         settings = self.plugin.settings
         return regpb.PluginInfo(type=DRA_PLUGIN_TYPE, name=settings.driver,
                                 endpoint=str(settings.dra_socket),
-                                supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE])
+                                supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE,
+                                                    DRA_HEALTH_V1ALPHA1_SERVICE])
 
     async def NotifyRegistrationStatus(  # noqa: N802 - the kubelet's RPC name
         self, request: regpb.RegistrationStatus,
@@ -326,6 +363,10 @@ class _Registrar(regrpc.RegistrationServicer):
         else:
             log.error("the kubelet refused the registration: %s", request.error)
         return regpb.RegistrationStatusResponse()
+
+
+def _names(publication: Publication) -> list[str]:
+    return [str(d["name"]) for d in publication.devices]
 
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL

@@ -11,7 +11,10 @@ It does what the kubelet's plugin watcher and DRA manager do with a DRA plugin:
 - forgets a plugin whose registration socket disappears, and registers it again when a socket
   reappears (a restarted plugin);
 - calls `NodePrepareResources` / `NodeUnprepareResources` on the chosen service version, with
-  claim references only, as the kubelet does.
+  claim references only, as the kubelet does;
+- watches device health (`v1alpha1.DRAResourceHealth/NodeWatchResources`) on the plugin's
+  endpoint when the plugin advertises that service, as the kubelet does with the
+  `ResourceHealthStatus` gate on.
 
 `wipe()` is a kubelet restart that cleared `plugins_registry/`: every registration is
 forgotten and every socket there deleted, so a plugin must notice and register again.
@@ -21,18 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import grpc
 
-from tessera.kubeletapi.constants import DRA_PLUGIN_TYPE, KUBELET_DRA_SERVICES
+from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1ALPHA1_SERVICE,
+    DRA_PLUGIN_TYPE,
+    KUBELET_DRA_SERVICES,
+)
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as healthpb
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -240,6 +249,22 @@ class TestDraKubelet:
         stub = registration.stub
         response = await stub.NodeUnprepareResources(request, timeout=timeout)  # type: ignore[attr-defined]
         return {uid: answer.error for uid, answer in response.claims.items()}
+
+
+    async def health(self, driver: str) -> AsyncIterator[dict[str, str]]:
+        """The plugin's health stream: per message, "<pool>/<device>" -> Healthy, Unhealthy
+        or Unknown for every device listed (each message is the complete list)."""
+        registration = self.registrations[driver]
+        if DRA_HEALTH_V1ALPHA1_SERVICE not in registration.info.supported_versions:
+            raise AssertionError(f"{driver} does not advertise {DRA_HEALTH_V1ALPHA1_SERVICE}")
+        names = {healthpb.UNKNOWN: "Unknown", healthpb.HEALTHY: "Healthy",
+                 healthpb.UNHEALTHY: "Unhealthy"}
+        async with grpc.aio.insecure_channel(f"unix://{registration.info.endpoint}") as channel:
+            stub = healthrpc.DRAResourceHealthStub(channel)  # type: ignore[no-untyped-call]
+            stream = stub.NodeWatchResources(healthpb.NodeWatchResourcesRequest())
+            async for message in stream:
+                yield {f"{d.device.pool_name}/{d.device.device_name}": names[d.health]
+                       for d in message.devices}
 
 
 def _claim(pb: ModuleType, ref: ClaimRef) -> object:
