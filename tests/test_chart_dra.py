@@ -303,3 +303,17 @@ def test_the_agent_may_not_write_another_nodes_slices(slices_policy: AdmissionPo
                  "system:serviceaccount:nvidia-dra-driver:gpu-kubelet-plugin"):
         assert slices_policy.review(user=user, node_name_claim=None, old=None, new=theirs,
                                     operation="CREATE").allowed
+
+
+@pytest.mark.parametrize("values", [ON, GROUPS, {"dra": {"enabled": True,
+                                                         "deviceTaints": False}}])
+def test_every_dra_agent_arg_is_a_flag_of_tessera_agent(values: dict[str, Any]) -> None:
+    import typer
+
+    from tessera.cli.main import app
+
+    command = typer.main.get_command(app).commands["agent"]  # type: ignore[attr-defined]
+    known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    for daemonset in render(values).all("DaemonSet"):
+        for arg in _args(daemonset)[1:]:
+            assert arg.split("=", 1)[0] in known, f"{arg}: not a flag of `tessera agent`"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.agent import dra as dra_node
 from tessera.agent.drain import (
     DRAINED,
     DRAINING,
@@ -37,9 +38,13 @@ from tessera.agent.mig_manager import MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
+from tessera.dra.health import apply_health
+from tessera.dra.server import DraPlugin, DraSettings
+from tessera.dra.slices import desired_slices
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
+from tessera.kube.dra import DraApi
 from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
 from tessera.metrics.pods import PodResourcesClient
@@ -63,15 +68,24 @@ class AgentSettings:
     tick_seconds: float = 1.0
     exporter: ExporterSettings | None = None  # None: no metrics endpoint
     pod_resources_socket: Path | None = None  # the kubelet's: which pods hold which devices
+    # Serve DRA for every GPU of the node (the device plugin then offers none of them, and
+    # the MIG manager does not run: claims decide the layout). None: no DRA.
+    dra: DraSettings | None = None
 
 
 class Agent:
     """See the module docstring. `start()`, then `run()` until stopped, then `stop()`."""
 
     def __init__(self, open_node: Callable[[], Node], api: NodeApi,
-                 settings: AgentSettings) -> None:
+                 settings: AgentSettings, *, dra_api: DraApi | None = None) -> None:
+        if settings.dra is not None and dra_api is None:
+            raise ConfigError("DRA needs the cluster's API server (resource.k8s.io); it "
+                              "cannot run standalone")
         self.settings = settings
         self.api = api
+        self.dra_api = dra_api
+        self.dra: DraPlugin | None = None
+        self._dra_node: Node | None = None
         self._open_node = open_node
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
         self._node: Node | None = None
@@ -116,6 +130,8 @@ class Agent:
                                                             config_name=self._plugin_config))
         await self.plugin.start()
         self.plugin.subscribe(self._poke)
+        if self.settings.dra is not None:
+            await self._start_dra(self.settings.dra)
         if self.settings.exporter is not None:
             self.exporter = Exporter(self._open_node, self.settings.exporter,
                                      state=self.tessera_state)
@@ -124,6 +140,7 @@ class Agent:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
+        await self._stop_dra()
         if self.exporter is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
         await self.plugin.stop()
@@ -179,13 +196,14 @@ class Agent:
                 self.view = view = await self.api.get()
         if view is not None:
             await self._select_plugin_config(view)
-            if self.settings.mig_manager and self.mig.wants(view):
+            if self.settings.mig_manager and self.dra is None and self.mig.wants(view):
                 await self.mig.reconcile(view)
                 await self.plugin.refresh()
             await self._drain(view)
         await self.mig.sync_metadata()
         if self.settings.feature_labels:
             await self._feature_labels()
+        await self._sync_dra()
         self._write_status()
 
     async def _select_plugin_config(self, view: NodeView) -> None:
@@ -214,6 +232,72 @@ class Agent:
 
     async def _resume(self, devices: Mapping[str, str]) -> None:
         await self.plugin.set_excluded(dict.fromkeys(devices), owner="mig")
+
+    # -- DRA ----------------------------------------------------------------------------------
+
+    async def _start_dra(self, settings: DraSettings) -> None:
+        """Take every GPU from the device plugin first, then serve DRA: at no moment are
+        both offering one."""
+        assert self.dra_api is not None
+        await self._exclude_for_dra(settings.driver)
+        self._dra_node = await self._blocking(self._open_node)
+        self.dra = DraPlugin(self._dra_node, self.dra_api, settings)
+        await self.dra.start()
+        await self._sync_dra()
+
+    async def _exclude_for_dra(self, driver: str) -> None:
+        gpus = [v.gpu.uuid for v in self.plugin.inventory.gpus]
+        await self.plugin.set_excluded(dra_node.owned_gpus(gpus, driver), owner=dra_node.OWNER)
+
+    async def _sync_dra(self) -> None:
+        """Keep new GPUs out of the device plugin and hand DRA the current health."""
+        if self.dra is None:
+            return
+        await self._exclude_for_dra(self.dra.settings.driver)
+        await self.dra.set_health(dra_node.problems(self.plugin.health.sickness()))
+
+    async def _stop_dra(self) -> None:
+        if self.dra is not None:
+            await self.dra.stop()
+            self.dra = None
+        if self._dra_node is not None:
+            with contextlib.suppress(TesseraError):
+                await self._blocking(self._dra_node.close)
+            self._dra_node = None
+        if self.dra_api is not None:
+            await self.dra_api.close()
+            self.dra_api = None
+
+    def dra_status(self) -> dict[str, Any] | None:
+        """What `tessera status` shows of DRA: registration, slices, claims, placements."""
+        plugin = self.dra
+        if plugin is None:
+            return None
+        settings = plugin.settings
+        shown = apply_health(plugin.publication, plugin.health.problems, driver=settings.driver,
+                             use_taints=settings.device_taints, since=plugin.health.since)
+        slices = desired_slices(shown, driver=settings.driver, node=settings.node_name,
+                                layout=settings.layout)
+        try:
+            claims = plugin.preparer.checkpoint.load()
+        except TesseraError as e:
+            self.errors["dra"] = str(e)
+            claims = {}
+        published = {str(d["name"]) for d in shown.devices}
+        return {
+            "driver": settings.driver,
+            "registered": plugin.registration.registered,
+            "registration_error": plugin.registration.error or None,
+            "slices": len(slices),
+            "devices": len(shown.devices),
+            "counter_sets": len(shown.counter_sets),
+            "tainted": sorted(str(d["name"]) for d in shown.devices if d.get("taints")),
+            "withdrawn": sorted(str(d["name"]) for d in plugin.publication.devices
+                                if str(d["name"]) not in published),
+            "health_streams": plugin.health_service.streams,
+            "claims": dra_node.claims_status(claims),
+            "placements": dra_node.placement_map(plugin.publication, claims),
+        }
 
     # -- disable / drain -------------------------------------------------------------------
 
@@ -351,6 +435,7 @@ class Agent:
             "disabled": {str(d.index): d.to_json() for d in self.disabled.values()},
             "labels": dict(self.labels),
             "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
+            "dra": self.dra_status(),
             "errors": dict(self.errors),
             "api_requests": self.api.requests,
         }

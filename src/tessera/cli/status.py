@@ -97,6 +97,8 @@ def print_status(data: dict[str, Any], output: Output) -> None:
     for index, gpu in sorted(data.get("disabled", {}).items()):
         stdout.print(f"[yellow]disabled[/] GPU {index}: {gpu['reason']} ({gpu['state']}"
                      + (f", used by {gpu['users']}" if gpu.get("users") else "") + ")")
+    if data.get("dra"):
+        _print_dra(data["dra"])
     labels = data.get("labels", {})
     if labels:
         stdout.print(f"[bold]feature labels[/] ({len(labels)}): " + ", ".join(
@@ -105,3 +107,28 @@ def print_status(data: dict[str, Any], output: Output) -> None:
                                       "gpu.replicas", "gpu.sharing-strategy")))
 
 
+def _print_dra(dra: dict[str, Any]) -> None:
+    """DRA's part of the status: registration, slices, claims, and each GPU's instances."""
+    registered = "registered" if dra.get("registered") else (
+        f"[red]not registered[/] {dra.get('registration_error') or ''}".rstrip())
+    stdout.print(f"[bold]DRA[/] {dra['driver']} ({registered}): {dra['slices']} slices, "
+                 f"{dra['devices']} devices, {dra['counter_sets']} counter sets, "
+                 f"{len(dra['claims'])} claims prepared")
+    for key in ("tainted", "withdrawn"):
+        if dra.get(key):
+            stdout.print(f"[yellow]{key}[/]: {', '.join(dra[key])}")
+    claims = Table("claim", "state", "devices", title="claims prepared", title_justify="left")
+    for claim in dra["claims"]:
+        claims.add_row(claim["claim"], claim["state"], ", ".join(claim["devices"]))
+    if dra["claims"]:
+        stdout.print(claims)
+    placements = Table("GPU", "profile", "slices", "device", "claim",
+                       title="MIG placements", title_justify="left")
+    for gpu, rows in dra["placements"].items():
+        for row in rows:
+            end = row["start"] + row["size"] - 1
+            placements.add_row(gpu, row["profile"], f"{row['start']}-{end}", row["device"],
+                               row["claim"] or "(not a claim's: kept, offered as is)")
+        if not rows:
+            placements.add_row(gpu, "-", "-", "-", "-")
+    stdout.print(placements)
