@@ -84,7 +84,7 @@ async def dra_agent(tmp_path: Path) -> AsyncIterator[DraRig]:
         config.write_text(HEALTH)
         wiring = replace(agent_settings(tmp_path, plugin_config=config), dra=DraSettings(
             node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-            registry_check_seconds=0.05, resync_seconds=3600, health_resend_seconds=0.5))
+            registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.2))
         dra_api = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
         async with TestDraKubelet(kubelet_dir) as kubelet, agent_rig(
                 "dgx-a100", state, settings=wiring, dra_api=dra_api) as rig:
@@ -128,20 +128,22 @@ async def test_dra_and_the_device_plugin_never_offer_the_same_device(tmp_path: P
 async def test_an_xid_taints_exactly_the_device_hit_and_recovery_lifts_it(
         tmp_path: Path) -> None:
     async with dra_agent(tmp_path) as r:
-        stream = r.kubelet.health(DRIVER)
-        assert set((await anext(stream)).values()) == {"Healthy"}
+        registration = r.kubelet.registrations[DRIVER]
+
+        def unhealthy() -> list[str]:
+            return sorted(d for (_, d), h in registration.health.items() if h != "HEALTHY")
+
+        await r.kubelet.wait_for(lambda k: bool(registration.health), what="a health report")
+        assert unhealthy() == []
         r.rig.control.raise_xid(5, 48)
         await until(lambda: set(r.taints()) == {"gpu-5"}, "gpu-5 tainted")
         (taint,) = r.taints()["gpu-5"]
         assert (taint["key"], taint["value"], taint["effect"]) == (
             f"{DRIVER}/xid", "48", "NoSchedule")
-        states: dict[str, str] = {}
-        while states.get(f"{NODE}/gpu-5") != "Unhealthy":
-            states = await asyncio.wait_for(anext(stream), 10)
-        assert [k for k, v in states.items() if v != "Healthy"] == [f"{NODE}/gpu-5"]
+        await r.kubelet.wait_for(lambda k: unhealthy() == ["gpu-5"], what="gpu-5 unhealthy")
         # Quiet for recoverAfter (1 s) and a good probe: healthy again, taint lifted.
         await until(lambda: not r.taints(), "the taint lifted")
-        await stream.aclose()
+        await r.kubelet.wait_for(lambda k: unhealthy() == [], what="gpu-5 healthy again")
 
 
 async def test_status_shows_slices_claims_and_the_placement_map(

@@ -85,7 +85,7 @@ def kubelet_dir() -> Iterator[Path]:
 
 def _settings(tmp: Path, kubelet_dir: Path) -> DraSettings:
     return DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
-                       registry_check_seconds=0.05, resync_seconds=3600)
+                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05)
 
 
 @pytest.fixture
@@ -147,8 +147,16 @@ async def test_a_3g_claim_gets_an_instance_at_its_placement_a_cdi_spec_and_id(
     [entry] = spec["devices"]
     assert entry["name"] == f"{ref.uid}-gpu-0-mig-3g40gb-9-4"
     assert entry["containerEdits"]["env"] == [f"NVIDIA_VISIBLE_DEVICES={mig_uuid}"]
-    # Preparing rewrites no slice: the instance is published as the placement it was made at.
+    # The claim says what was made for it.
     await cluster.plugin.settle()
+    [status] = cluster.api.claim("train")["status"]["devices"]
+    assert (status["driver"], status["pool"], status["device"]) == (
+        DRIVER, NODE, "gpu-0-mig-3g40gb-9-4")
+    assert status["data"] == {"uuid": mig_uuid, "gpu": 0, "profile": "3g.40gb",
+                              "placementStart": 4}
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Ready", "True")]
+
+    # Preparing rewrites no slice: the instance is published as the placement it was made at.
     assert not [r for r in cluster.api.requests[writes_before:]
                 if r.method in ("POST", "PUT", "DELETE") and "resourceslices" in r.path]
 
@@ -365,3 +373,146 @@ async def test_a_placement_taken_out_of_band_fails_with_the_reason(cluster: Clus
     again = cluster.claim_for("late-2", "3g.40gb")
     assert (await cluster.kubelet.prepare(DRIVER, [again]))[again.uid].error == ""
     assert cluster.instances(0) == [(0, 4), (4, 2)]
+
+
+async def test_a_gpu_that_falls_off_the_bus_turns_its_devices_unhealthy(cluster: Cluster) -> None:
+    registration = cluster.kubelet.registrations[DRIVER]
+    await cluster.kubelet.wait_for(lambda k: len(registration.health) == 8 * 25,
+                                   what="the first health report")
+    assert set(registration.health.values()) == {"HEALTHY"}
+    cluster.control.raise_xid(3, 79)  # XID 79: the GPU has fallen off the bus
+    await cluster.kubelet.wait_for(
+        lambda k: "UNHEALTHY" in registration.health.values(), what="the lost GPU reported")
+    unhealthy = {device for (_, device), h in registration.health.items() if h == "UNHEALTHY"}
+    assert unhealthy == {device for (_, device) in registration.health
+                         if device.startswith("gpu-3-")}
+    assert len(unhealthy) == 25
+
+
+async def test_mig_capability_nodes_come_from_the_drivers_mig_minors_table(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    # The table as the driver writes it in /proc/driver/nvidia-caps/mig-minors.
+    minors = tmp_path / "mig-minors"
+    lines = ["config 1", "monitor 2"]
+    for gi in range(15):
+        lines.append(f"gpu0/gi{gi}/access {100 + gi}")
+        lines += [f"gpu0/gi{gi}/ci{ci}/access {200 + 10 * gi + ci}" for ci in range(8)]
+    minors.write_text("\n".join(lines) + "\n")
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
+                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        api.add_claim("c", {"devices": {"requests": [{"name": "mig", "exactly": {
+            "deviceClassName": "mig.nvidia.com"}}]}})
+        Allocator(api).allocate("c")
+        uid = api.claim("c")["metadata"]["uid"]
+        assert (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid].error == ""
+        [gi] = node.mig_state(0).gpu_instances
+        ci = gi.compute_instances[0]
+        spec = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
+        nodes = [n["path"] for n in spec["devices"][0]["containerEdits"]["deviceNodes"]]
+        assert nodes == [f"/dev/nvidia{node.gpu(0).minor_number}",
+                         f"/dev/nvidia-caps/nvidia-cap{100 + gi.id}",
+                         f"/dev/nvidia-caps/nvidia-cap{200 + 10 * gi.id + ci.id}"]
+        assert [n["path"] for n in spec["containerEdits"]["deviceNodes"]] == [
+            "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    await dra.close()
+
+
+async def test_the_134_layout_serves_the_same_allocation(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
+                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined")
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        slices = api.slices(node=NODE)
+        assert all(s["spec"].get("sharedCounters") and s["spec"].get("devices") for s in slices)
+        assert len(slices) == 4  # two GPUs (2 x 15 counters) per slice
+        api.add_claim("c", {"devices": {"requests": [{"name": "mig", "exactly": {
+            "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+                f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}})
+        Allocator(api).allocate("c")
+        [result] = api.claim("c")["status"]["allocation"]["devices"]["results"]
+        assert result["device"] == "gpu-0-mig-3g40gb-9-4"
+        uid = api.claim("c")["metadata"]["uid"]
+        assert (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid].error == ""
+    await dra.close()
+
+
+async def test_unprepare_never_destroys_an_instance_a_process_uses(cluster: Cluster) -> None:
+    ref = cluster.claim_for("busy", "3g.40gb")
+    assert (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""
+    [gi] = cluster.node.mig_state(0).gpu_instances
+    process = cluster.control.start_process(gi.compute_instances[0].uuid)
+    answer = await cluster.kubelet.unprepare(DRIVER, [ref])
+    assert f"used by PIDs {process.pid}" in answer[ref.uid]
+    assert cluster.instances(0) == [(4, 4)]
+    assert Checkpoint(cluster.settings.checkpoint_file).load()[ref.uid].state == \
+        "PrepareCompleted"
+    assert list(cluster.settings.cdi_dir.glob("*.json"))  # still usable by the container
+    # The container exits; the kubelet's retry goes through.
+    cluster.control.stop_process(process.pid)
+    assert await cluster.kubelet.unprepare(DRIVER, [ref]) == {ref.uid: ""}
+    assert cluster.instances(0) == []
+
+
+KILLED_AT = ["after the record", "after the GPU instance", "after the compute instance",
+             "after the CDI spec"]
+
+
+@pytest.mark.parametrize("killed_at", range(len(KILLED_AT)), ids=KILLED_AT)
+@pytest.mark.parametrize("then", ["prepare", "unprepare"])
+async def test_a_plugin_killed_at_any_step_converges_when_started_again(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path, killed_at: int, then: str,
+) -> None:
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = _settings(tmp_path, kubelet_dir)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    spec = {"devices": {"requests": [{"name": "mig", "exactly": {
+        "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+            f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}}
+    api.add_claim("train", spec)
+    device = "gpu-0-mig-3g40gb-9-4"  # what the allocator gives it (see the 3g test above)
+    api.set_claim_status("train", {"allocation": {"devices": {"results": [
+        {"request": "mig", "driver": DRIVER, "pool": NODE, "device": device}]}}})
+    uid = api.claim("train")["metadata"]["uid"]
+    ref = ClaimRef("default", uid, "train")
+    # What the killed plugin left, step by step, in the order prepare takes them.
+    Checkpoint(settings.checkpoint_file).put(ClaimRecord(uid, "default", "train",
+        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),)))
+    profile = next(p for p in node.gpu_instance_profiles(0) if p.name == "3g.40gb")
+    if killed_at >= 1:
+        gi = node.create_gpu_instance(0, profile.id, Placement(4, 4))
+    if killed_at >= 2:
+        full = next(c for c in node.compute_instance_profiles(profile) if c.slices == 3)
+        node.create_compute_instance(0, gi, full.id, full.placements[0])
+    if killed_at >= 3:
+        settings.cdi_dir.mkdir(parents=True)
+        (settings.cdi_dir / f"k8s.gpu.nvidia.com-claim_{uid}.json").write_text("{}")
+
+    restarted, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(restarted, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        if then == "prepare":
+            answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
+            assert answer.error == ""
+            [gi_now] = restarted.mig_state(0).gpu_instances
+            assert gi_now.placement == Placement(4, 4)
+            assert len(gi_now.compute_instances) == 1
+            record = Checkpoint(settings.checkpoint_file).load()[uid]
+            assert record.state == "PrepareCompleted"
+            written = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
+            assert written["devices"][0]["containerEdits"]["env"] == [
+                f"NVIDIA_VISIBLE_DEVICES={gi_now.compute_instances[0].uuid}"]
+        else:
+            assert await kubelet.unprepare(DRIVER, [ref]) == {uid: ""}
+            assert restarted.mig_state(0).gpu_instances == ()
+            assert Checkpoint(settings.checkpoint_file).load() == {}
+            assert not list(settings.cdi_dir.glob("*.json"))
+    await dra.close()

@@ -101,7 +101,7 @@ async def _plugin(node: Node, tmp_path: Path, kubelet_dir: Path, api: FakeApiSer
                   **settings: Any) -> tuple[DraPlugin, DraApi]:
     wiring = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
                          registry_check_seconds=0.05, resync_seconds=3600,
-                         health_resend_seconds=60, **settings)
+                         health_seconds=0.05, **settings)
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     plugin = DraPlugin(node, dra, wiring)
     await plugin.start()
@@ -136,19 +136,24 @@ async def _until(check: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _unhealthy(kubelet: TestDraKubelet) -> set[str]:
+    health = kubelet.registrations[DRIVER].health
+    return {device for (_, device), h in health.items() if h == "UNHEALTHY"}
+
+
 async def test_taints_are_published_lifted_and_streamed(
         running: tuple[DraPlugin, FakeApiServer, TestDraKubelet], node: Node) -> None:
     plugin, api, kubelet = running
-    stream = kubelet.health(DRIVER)
-    first = await anext(stream)
-    names = [str(d["name"]) for d in plugin.publication.devices]
-    assert list(first) == [f"{NODE}/{n}" for n in names], "every device, in order"
-    assert set(first.values()) == {"Healthy"}
+    registration = kubelet.registrations[DRIVER]
+    names = [str(d["name"]) for d in plugin.last_publication.devices]
+    await kubelet.wait_for(lambda k: len(registration.health) == len(names),
+                           what="the first health report")
+    assert set(registration.health) == {(NODE, n) for n in names}, "every device, each time"
+    assert set(registration.health.values()) == {"HEALTHY"}
 
     await plugin.set_health({node.gpu(7).uuid: XID})
-    sick = await asyncio.wait_for(anext(stream), 10)
-    assert [k for k, v in sick.items() if v == "Unhealthy"] == [f"{NODE}/gpu-7"]
-    assert len(sick) == len(first)
+    await kubelet.wait_for(lambda k: _unhealthy(k) == {"gpu-7"}, what="gpu-7 unhealthy")
+    assert len(registration.health) == len(names)
     await _until(lambda: set(_slice_taints(api)) == {"gpu-7"}, "gpu-7's taint")
     (taint,) = _slice_taints(api)["gpu-7"]
     assert (taint["key"], taint["value"], taint["effect"]) == ("gpu.nvidia.com/xid", "48",
@@ -157,10 +162,23 @@ async def test_taints_are_published_lifted_and_streamed(
     assert len(await plugin.publish()) == 0, "a resync of the same health writes nothing"
 
     await plugin.set_health({})
-    healed = await asyncio.wait_for(anext(stream), 10)
-    assert set(healed.values()) == {"Healthy"}
+    await kubelet.wait_for(lambda k: not _unhealthy(k), what="gpu-7 healthy again")
     await _until(lambda: not _slice_taints(api), "the taint lifted")
-    await stream.aclose()
+
+
+async def test_a_gpu_that_stops_answering_is_tainted_by_the_plugin_itself(
+        running: tuple[DraPlugin, FakeApiServer, TestDraKubelet],
+        node: Node, tmp_path: Path) -> None:
+    """`tessera dra` alone (no agent telling it): its own probes catch a lost GPU."""
+    plugin, api, kubelet = running
+    on_gpu3 = {n for n, t in plugin.last_publication.targets.items() if t.gpu == 3}
+    from helpers import make_node
+
+    _, control = make_node("dgx-a100", tmp_path / "sim.json")
+    control.raise_xid(3, 79)
+    await kubelet.wait_for(lambda k: _unhealthy(k) == on_gpu3, what="GPU 3's devices")
+    await _until(lambda: set(_slice_taints(api)) == on_gpu3, "GPU 3's taints")
+    assert {t[0]["key"] for t in _slice_taints(api).values()} == {"gpu.nvidia.com/gpu-lost"}
 
 
 async def test_with_taints_off_a_sick_gpu_leaves_the_slices_until_it_recovers(
@@ -176,13 +194,12 @@ async def test_with_taints_off_a_sick_gpu_leaves_the_slices_until_it_recovers(
                             for d in s["spec"].get("devices", [])}
 
                 everything = published()
-                on_gpu0 = {n for n, t in plugin.publication.targets.items() if t.gpu == 0}
+                on_gpu0 = {n for n, t in plugin.last_publication.targets.items() if t.gpu == 0}
                 await plugin.set_health({node.gpu(0).uuid: LOST})
                 await _until(lambda: published() == everything - on_gpu0, "GPU 0 withdrawn")
                 assert not _slice_taints(api)
-                states = await anext(kubelet.health(DRIVER))
-                assert {k for k, v in states.items() if v == "Unhealthy"} == {
-                    f"{NODE}/{n}" for n in on_gpu0}, "still reported, as unhealthy"
+                await kubelet.wait_for(
+                    lambda k: _unhealthy(k) == on_gpu0, what="GPU 0 still reported, unhealthy")
                 await plugin.set_health({})
                 await _until(lambda: published() == everything, "GPU 0 back")
             finally:
@@ -193,6 +210,6 @@ async def test_with_taints_off_a_sick_gpu_leaves_the_slices_until_it_recovers(
 def test_health_settings_are_bounded() -> None:
     from tessera.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="health resend interval 0s is outside"):
-        DraSettings(node_name=NODE, health_resend_seconds=0)
+    with pytest.raises(ConfigError, match="health check interval 0s is outside"):
+        DraSettings(node_name=NODE, health_seconds=0)
     assert replace(DraSettings(node_name=NODE), device_taints=False).device_taints is False

@@ -8,8 +8,11 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dra_support import MIG_PRESETS, mig_node, quantity
 from tessera.dra.devices import Publication, Target, publish
@@ -288,3 +291,48 @@ def test_an_instance_appearing_on_one_gpu_rewrites_that_gpus_slice_only() -> Non
     assert not writes.delete
     [(body, _)] = writes.replace
     assert {d["name"].split("-mig-")[0] for d in body["spec"]["devices"]} == {"gpu-3"}
+
+
+def _desired(count: int, variant: int) -> list[dict[str, Any]]:
+    return [{"metadata": {"name": f"node-a-gpu.nvidia.com-{i}"},
+             "spec": {"driver": DRIVER, "nodeName": "node-a",
+                      "pool": {"name": "node-a", "generation": 0, "resourceSliceCount": count},
+                      "devices": [{"name": f"gpu-{i}", "attributes": {
+                          "v": {"int": (variant + i) % 3}}}]}}
+            for i in range(count)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5)), min_size=1, max_size=8))
+def test_reconcile_converges_with_a_consistent_pool_from_any_history(
+    steps: list[tuple[int, int]],
+) -> None:
+    stored: dict[str, dict[str, Any]] = {}
+    version = 0
+    generation = 0
+    for count, variant in steps:
+        desired = _desired(count, variant)
+        before = set(stored)
+        writes = reconcile(desired, list(stored.values()))
+        for body in writes.create:
+            assert body["metadata"]["name"] not in stored
+            version += 1
+            stored[body["metadata"]["name"]] = {
+                **body, "metadata": {**body["metadata"], "resourceVersion": str(version)}}
+        for body, expect in writes.replace:
+            assert stored[body["metadata"]["name"]]["metadata"]["resourceVersion"] == expect
+            version += 1
+            stored[body["metadata"]["name"]] = {
+                **body, "metadata": {**body["metadata"], "resourceVersion": str(version)}}
+        for name in writes.delete:
+            del stored[name]
+        pools = [s["spec"]["pool"] for s in stored.values()]
+        assert {p["resourceSliceCount"] for p in pools} == {count}
+        [now] = {p["generation"] for p in pools}
+        if set(stored) != before:
+            assert now > generation  # a reshaped pool is a new generation
+        generation = now
+        assert [{**s["spec"], "pool": None} for s in
+                sorted(stored.values(), key=lambda s: s["metadata"]["name"])] == [
+            {**d["spec"], "pool": None} for d in desired]
+        assert len(reconcile(desired, list(stored.values()))) == 0

@@ -274,8 +274,9 @@ class Agent:
         if plugin is None:
             return None
         settings = plugin.settings
-        shown = apply_health(plugin.publication, plugin.health.problems, driver=settings.driver,
-                             use_taints=settings.device_taints, since=plugin.health.since)
+        shown = apply_health(plugin.last_publication, plugin.health.problems,
+                             driver=settings.driver, use_taints=settings.device_taints,
+                             since=plugin.health.since)
         slices = desired_slices(shown, driver=settings.driver, node=settings.node_name,
                                 layout=settings.layout)
         try:
@@ -292,11 +293,11 @@ class Agent:
             "devices": len(shown.devices),
             "counter_sets": len(shown.counter_sets),
             "tainted": sorted(str(d["name"]) for d in shown.devices if d.get("taints")),
-            "withdrawn": sorted(str(d["name"]) for d in plugin.publication.devices
+            "withdrawn": sorted(str(d["name"]) for d in plugin.last_publication.devices
                                 if str(d["name"]) not in published),
             "health_streams": plugin.health_service.streams,
             "claims": dra_node.claims_status(claims),
-            "placements": dra_node.placement_map(plugin.publication, claims),
+            "placements": dra_node.placement_map(plugin.last_publication, claims),
         }
 
     # -- disable / drain -------------------------------------------------------------------

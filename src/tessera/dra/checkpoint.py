@@ -25,8 +25,9 @@ VERSION = 1
 @dataclass(frozen=True)
 class PreparedDevice:
     """One allocated device of a claim. `create` is the placement to make (profile, start)
-    on `gpu` when the device is a MIG placement that had no instance; `cdi_ids` are filled in
-    when the claim completes."""
+    on `gpu` when the device is a MIG placement that had no instance; `cdi_ids` and `uuid`
+    (the GPU's or MIG device's, as the container sees it) are filled in when the claim
+    completes."""
 
     device: str
     pool: str
@@ -34,6 +35,7 @@ class PreparedDevice:
     gpu: int
     create: tuple[str, int] | None = None
     cdi_ids: tuple[str, ...] = ()
+    uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,6 @@ def _record(uid: str, entry: dict[str, Any]) -> ClaimRecord:
         PreparedDevice(device=d["device"], pool=d["pool"], requests=tuple(d["requests"]),
                        gpu=int(d["gpu"]),
                        create=(d["create"][0], int(d["create"][1])) if d.get("create") else None,
-                       cdi_ids=tuple(d.get("cdi_ids", ())))
+                       cdi_ids=tuple(d.get("cdi_ids", ())), uuid=str(d.get("uuid", "")))
         for d in entry.get("devices", ()))
     return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices)

@@ -1,10 +1,15 @@
 """Device health in what the DRA plugin publishes: taints in the ResourceSlices, and the
 per-device states the kubelet's `DRAResourceHealth` stream reports.
 
-Health is decided elsewhere, once per node: the agent's device plugin already maps each XID
-to the devices it hits, probes quiet devices and lifts them after `recoverAfter`
-(`tessera.plugin.health`). The DRA plugin is told the result as `DeviceProblem`s keyed by GPU
-or MIG UUID, and turns them into what DRA has:
+Health comes from two places, as `DeviceProblem`s keyed by GPU or MIG UUID:
+
+- told: the agent's device plugin already maps each XID to the devices it hits, probes quiet
+  devices and lifts them after `recoverAfter` (`tessera.plugin.health`); the agent hands the
+  result on (`DraPlugin.set_health`);
+- probed: the DRA plugin itself asks NVML whether each GPU still answers (`Node.probe`), so
+  a GPU that fell off the bus is caught by `tessera dra` on its own too (`probe_problems`).
+
+Either way the plugin turns them into what DRA has:
 
 - With taints on (`DRADeviceTaints`, alpha in 1.34/1.35), an unhealthy device stays published
   with NoSchedule taints as NVIDIA's driver writes them: `<driver>/xid` (value: the XID),
@@ -115,27 +120,58 @@ def device_states(publication: Publication,
     return [(str(d["name"]), str(d["name"]) not in hit) for d in publication.devices]
 
 
+def gpu_uuids(publication: Publication) -> dict[int, str]:
+    """GPU index -> UUID, from what was published (a lost GPU cannot be asked again)."""
+    found: dict[int, str] = {}
+    for device in publication.devices:
+        target = publication.targets.get(str(device["name"]))
+        attributes = device.get("attributes")
+        if target is None or not isinstance(attributes, dict):
+            continue
+        key = "uuid" if target.profile is None else "parentUUID"
+        value = attributes.get(key)
+        if isinstance(value, dict) and isinstance(value.get("string"), str):
+            found.setdefault(target.gpu, value["string"])
+    return found
+
+
+def probe_problems(publication: Publication,
+                   probes: Mapping[int, str | None]) -> dict[str, DeviceProblem]:
+    """GPU UUID -> problem for each published GPU whose probe failed (GPU index -> None when
+    it answers, else why not)."""
+    uuids = gpu_uuids(publication)
+    return {uuids[gpu]: DeviceProblem(f"GPU {gpu} does not answer: {why}", lost=True)
+            for gpu, why in probes.items() if why is not None and gpu in uuids}
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class HealthBoard:
-    """The node's device problems as last told, with first-seen times, and a change counter
-    the health streams wait on. Used from the event loop only."""
+    """The node's device problems by source ("told", "probed"), merged (told first), with
+    first-seen times and a change counter the health streams wait on. Event loop only."""
 
     def __init__(self, clock: Callable[[], str] = _now) -> None:
         self.problems: dict[str, DeviceProblem] = {}
         self.since: dict[str, str] = {}
         self.version = 0
+        self._sources: dict[str, dict[str, DeviceProblem]] = {}
         self._clock = clock
         self._changed = asyncio.Condition()
 
-    async def set(self, problems: Mapping[str, DeviceProblem]) -> bool:
-        """Replace the problems; True (and the streams woken) when anything changed."""
-        if dict(problems) == self.problems:
+    async def set(self, problems: Mapping[str, DeviceProblem], source: str = "told") -> bool:
+        """Replace one source's problems; True (and the streams woken) when the merged
+        problems changed."""
+        self._sources[source] = dict(problems)
+        merged: dict[str, DeviceProblem] = {}
+        for name in sorted(self._sources, key=lambda s: s != "told"):
+            for uuid, problem in self._sources[name].items():
+                merged.setdefault(uuid, problem)
+        if merged == self.problems:
             return False
-        self.since = {u: self.since.get(u) or self._clock() for u in problems}
-        self.problems = dict(problems)
+        self.since = {u: self.since.get(u) or self._clock() for u in merged}
+        self.problems = merged
         async with self._changed:
             self.version += 1
             self._changed.notify_all()

@@ -59,5 +59,7 @@ class HealthServicer(rpc.DRAResourceHealthServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.board.changed_since(version),
                                            self.resend_seconds)
+        except asyncio.CancelledError:
+            return  # the plugin stops (or the kubelet hung up): the stream simply ends
         finally:
             self.streams -= 1

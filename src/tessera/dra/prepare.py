@@ -102,7 +102,7 @@ class Preparer:
             made: list[PreparedDevice] = []
             try:
                 for device in planned:
-                    if device.create is not None and not _exists(self.node, device):
+                    if device.create is not None and _instance(self.node, device) is None:
                         made.append(device)
                         self._create(ref, device)
             except TesseraError as e:
@@ -175,7 +175,11 @@ class Preparer:
         if now is None:
             raise ClaimError(f"GPU {device.gpu} has MIG off; Tessera does not switch MIG mode "
                              "for a claim")
-        layout = ExplicitLayout({device.gpu: (*now, ExplicitInstance(profile, start))},
+        # A GPU instance left without its compute instance (a kill between the two) is
+        # already in the current layout: planning that layout adds the compute instance.
+        there = any((i.profile, i.start) == (profile, start) for i in now)
+        wanted = now if there else (*now, ExplicitInstance(profile, start))
+        layout = ExplicitLayout({device.gpu: wanted},
                                 source=f"ResourceClaim {ref.namespace}/{ref.name}")
         try:
             plan, seen = engine.plan_layout(self.node, layout, name=f"claim {ref.uid}")
@@ -202,8 +206,9 @@ class Preparer:
                    for d in planned]
         body = cdi.spec(self.driver, ref.uid, entries, cdi.read_mig_minors(self.mig_minors))
         cdi.write_spec(self.cdi_dir, self.driver, ref.uid, body)
-        return tuple(replace(d, cdi_ids=(cdi.device_id(self.driver, ref.uid, d.device),))
-                     for d in planned)
+        return tuple(replace(d, cdi_ids=(cdi.device_id(self.driver, ref.uid, d.device),),
+                             uuid=entry.uuid)
+                     for d, entry in zip(planned, entries, strict=True))
 
     # -- unprepare -------------------------------------------------------------------------
 
@@ -249,7 +254,10 @@ def _owned(records: Iterable[ClaimRecord]) -> frozenset[str]:
 
 
 def _exists(node: Node, device: PreparedDevice) -> bool:
-    return _instance(node, device) is not None
+    """Whether a GPU instance (with or without its compute instance) is at the placement."""
+    assert device.create is not None
+    _, start = device.create
+    return any(gi.placement.start == start for gi in node.mig_state(device.gpu).gpu_instances)
 
 
 def _instance(node: Node, device: PreparedDevice) -> tuple[int, int, str] | None:

@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,11 +29,12 @@ import grpc
 from tessera.dra import cdi
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.devices import Publication
-from tessera.dra.health import DeviceProblem, HealthBoard, apply_health
+from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
 from tessera.dra.health_service import HealthServicer
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
-from tessera.errors import ConfigError, TemporaryError, TesseraError
+from tessera.dra.status import device_status
+from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
@@ -67,10 +69,10 @@ class DraSettings:
     layout: Layout = "split"
     resync_seconds: float = 30.0
     registry_check_seconds: float = 1.0
+    health_seconds: float = 5.0
     mig_minors: Path = cdi.MIG_MINORS
     # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
     device_taints: bool = True
-    health_resend_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
@@ -85,8 +87,8 @@ class DraSettings:
         for label, value, low, high in (("resync interval", self.resync_seconds, 1, 86400),
                                         ("registry check interval",
                                          self.registry_check_seconds, 0.01, 60),
-                                        ("health resend interval",
-                                         self.health_resend_seconds, 0.05, 600)):
+                                        ("health check interval", self.health_seconds,
+                                         0.01, 3600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
 
@@ -132,17 +134,18 @@ class DraPlugin:
                                  mig_minors=settings.mig_minors)
         self.registration = RegistrationState()
         self.last_writes = Writes()
+        self.last_publication = Publication((), (), {})
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
+        self._reports: set[asyncio.Task[None]] = set()
         self.health = HealthBoard()
-        self.publication = Publication((), (), {})  # as last read, before health is applied
-        self.health_service = HealthServicer(lambda: self.publication, self.health,
+        self.health_service = HealthServicer(lambda: self.last_publication, self.health,
                                              pool=settings.node_name,
-                                             resend_seconds=settings.health_resend_seconds)
+                                             resend_seconds=settings.health_seconds)
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -165,10 +168,11 @@ class DraPlugin:
         await self.publish()
         await self._serve_registration()
         self._tasks = [asyncio.create_task(self._resync()),
-                       asyncio.create_task(self._watch_registry())]
+                       asyncio.create_task(self._watch_registry()),
+                       asyncio.create_task(self._probe())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._reports]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -222,14 +226,27 @@ class DraPlugin:
             self._kick.clear()
             await self.publish()
 
+    async def _probe(self) -> None:
+        """Every `health_seconds`, ask each published GPU whether it still answers."""
+        while True:
+            gpus = sorted({t.gpu for t in self.last_publication.targets.values()})
+            probes = await asyncio.to_thread(self._probe_gpus, gpus)
+            await self.set_health(probe_problems(self.last_publication, probes), "probed")
+            await asyncio.sleep(self.settings.health_seconds)
+
+    def _probe_gpus(self, gpus: list[int]) -> dict[int, str | None]:
+        return {i: self.node.probe(i) for i in gpus}
+
     def publish_soon(self) -> None:
         """Publish in the background (prepare answers the kubelet without waiting for it)."""
         self._idle.clear()
         self._kick.set()
 
     async def settle(self) -> None:
-        """Wait until no background publication is pending or running."""
+        """Wait until no background publication or claim status write is pending."""
         await self._idle.wait()
+        while self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
 
     # -- slices ----------------------------------------------------------------------------
 
@@ -239,9 +256,18 @@ class DraPlugin:
         async with self._publish_lock:
             settings = self.settings
             try:
-                publication = await asyncio.to_thread(self.preparer.publication)
-                reshaped = _names(publication) != _names(self.publication)
-                self.publication = publication
+                try:
+                    publication = await asyncio.to_thread(self.preparer.publication)
+                except HardwareError as e:
+                    if not self.last_publication.devices:
+                        raise
+                    # A GPU that fell off the bus cannot be read again: keep its devices as
+                    # last read, so its taints (or its withdrawal) can still be published.
+                    log.warning("cannot read the GPUs (%s); publishing the devices as last "
+                                "read, with their health", e)
+                    publication = self.last_publication
+                reshaped = _names(publication) != _names(self.last_publication)
+                self.last_publication = publication
                 if reshaped:
                     await self.health.poke()  # the health streams list every device
                 shown = apply_health(publication, self.health.problems, driver=settings.driver,
@@ -264,10 +290,11 @@ class DraPlugin:
             self.last_writes = writes
             return writes
 
-    async def set_health(self, problems: Mapping[str, DeviceProblem]) -> None:
+    async def set_health(self, problems: Mapping[str, DeviceProblem],
+                         source: str = "told") -> None:
         """The node's unhealthy GPU and MIG devices by UUID, as the device plugin's health
         decides them: tainted or left out in the slices, and streamed to the kubelet."""
-        if await self.health.set(problems):
+        if await self.health.set(problems, source):
             log.info("device health changed: %s", ", ".join(
                 f"{u}: {p.reason}" for u, p in sorted(problems.items())) or "all healthy")
             self.publish_soon()
@@ -282,7 +309,23 @@ class DraPlugin:
         devices = await asyncio.to_thread(self.preparer.prepare,
                                           ClaimRef(namespace, uid, name), claim)
         self.publish_soon()
+        # In the background too: the kubelet's answer does not wait for the API server.
+        task = asyncio.create_task(self._report(namespace, name, claim, devices))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
         return devices
+
+    async def _report(self, namespace: str, name: str, claim: dict[str, Any] | None,
+                      devices: tuple[PreparedDevice, ...]) -> None:
+        """Write the devices' status into the claim. Best effort: the claim is prepared
+        whether or not the API server takes it (it may not serve the field before 1.33)."""
+        existing = ((claim or {}).get("status") or {}).get("devices") or []
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.api.patch_claim_status(namespace, name, {
+                "devices": device_status(existing, self.settings.driver, devices, now)})
+        except TemporaryError as e:
+            log.warning("could not write the device status of %s/%s: %s", namespace, name, e)
 
     async def unprepare(self, uid: str) -> None:
         await asyncio.to_thread(self.preparer.unprepare, uid)

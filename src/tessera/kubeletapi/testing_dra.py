@@ -12,9 +12,8 @@ It does what the kubelet's plugin watcher and DRA manager do with a DRA plugin:
   reappears (a restarted plugin);
 - calls `NodePrepareResources` / `NodeUnprepareResources` on the chosen service version, with
   claim references only, as the kubelet does;
-- watches device health (`v1alpha1.DRAResourceHealth/NodeWatchResources`) on the plugin's
-  endpoint when the plugin advertises that service, as the kubelet does with the
-  `ResourceHealthStatus` gate on.
+- when the plugin also lists `v1alpha1.DRAResourceHealth`, streams `NodeWatchResources` from
+  its endpoint and keeps the latest health of each device (`health`).
 
 `wipe()` is a kubelet restart that cleared `plugins_registry/`: every registration is
 forgotten and every socket there deleted, so a plugin must notice and register again.
@@ -24,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -86,6 +85,9 @@ class DraRegistration:
     error: str = ""
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
     stub: object = field(default=None, repr=False)
+    health: dict[tuple[str, str], str] = field(default_factory=dict)  # (pool, device) -> status
+    health_updates: int = 0
+    health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class TestDraKubelet:
@@ -189,8 +191,26 @@ class TestDraKubelet:
                 await _close(old)
             if not registration.error:
                 self.registrations[info.name] = registration
+                if DRA_HEALTH_V1ALPHA1_SERVICE in info.supported_versions:
+                    registration.health_task = asyncio.create_task(
+                        self._watch_health(registration))
             self.history.append(registration)
             self._changed.notify_all()
+
+    async def _watch_health(self, registration: DraRegistration) -> None:
+        assert registration.channel is not None
+        stub = healthrpc.DRAResourceHealthStub(registration.channel)  # type: ignore[no-untyped-call]
+        try:
+            async for response in stub.NodeWatchResources(healthpb.NodeWatchResourcesRequest()):
+                async with self._changed:
+                    registration.health = {
+                        (d.device.pool_name, d.device.device_name):
+                            healthpb.HealthStatus.Name(d.health)
+                        for d in response.devices}
+                    registration.health_updates += 1
+                    self._changed.notify_all()
+        except grpc.aio.AioRpcError:
+            pass
 
     async def _deregister(self, socket: Path) -> None:
         async with self._changed:
@@ -251,27 +271,16 @@ class TestDraKubelet:
         return {uid: answer.error for uid, answer in response.claims.items()}
 
 
-    async def health(self, driver: str) -> AsyncIterator[dict[str, str]]:
-        """The plugin's health stream: per message, "<pool>/<device>" -> Healthy, Unhealthy
-        or Unknown for every device listed (each message is the complete list)."""
-        registration = self.registrations[driver]
-        if DRA_HEALTH_V1ALPHA1_SERVICE not in registration.info.supported_versions:
-            raise AssertionError(f"{driver} does not advertise {DRA_HEALTH_V1ALPHA1_SERVICE}")
-        names = {healthpb.UNKNOWN: "Unknown", healthpb.HEALTHY: "Healthy",
-                 healthpb.UNHEALTHY: "Unhealthy"}
-        async with grpc.aio.insecure_channel(f"unix://{registration.info.endpoint}") as channel:
-            stub = healthrpc.DRAResourceHealthStub(channel)  # type: ignore[no-untyped-call]
-            stream = stub.NodeWatchResources(healthpb.NodeWatchResourcesRequest())
-            async for message in stream:
-                yield {f"{d.device.pool_name}/{d.device.device_name}": names[d.health]
-                       for d in message.devices}
-
-
 def _claim(pb: ModuleType, ref: ClaimRef) -> object:
     return pb.Claim(namespace=ref.namespace, uid=ref.uid, name=ref.name)
 
 
 async def _close(registration: DraRegistration) -> None:
+    if registration.health_task is not None:
+        registration.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registration.health_task
+        registration.health_task = None
     if registration.channel is not None:
         await registration.channel.close()
         registration.channel = None
