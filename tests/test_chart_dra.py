@@ -317,3 +317,50 @@ def test_every_dra_agent_arg_is_a_flag_of_tessera_agent(values: dict[str, Any]) 
     for daemonset in render(values).all("DaemonSet"):
         for arg in _args(daemonset)[1:]:
             assert arg.split("=", 1)[0] in known, f"{arg}: not a flag of `tessera agent`"
+
+
+# -- the README's DRA walkthrough -----------------------------------------------------------
+
+
+def _walkthrough() -> str:
+    from chart_support import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### DRA: a pod on a MIG slice made for its claim")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_the_readme_walkthrough_claim_lands_where_it_says(tmp_path: Path) -> None:
+    """The README's ResourceClaimTemplate, allocated as the scheduler does from what a DGX
+    A100 agent publishes through the chart's DeviceClasses, gets the device the README names;
+    the status line it shows has the node's real counts."""
+    import re
+
+    import yaml
+
+    section = _walkthrough()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S)
+                if "ResourceClaimTemplate" in b]
+    template, pod = list(yaml.safe_load_all(block))
+    assert (template["kind"], pod["kind"]) == ("ResourceClaimTemplate", "Pod")
+    (claim_ref,) = pod["spec"]["resourceClaims"]
+    assert claim_ref["resourceClaimTemplateName"] == template["metadata"]["name"]
+    assert pod["spec"]["containers"][0]["resources"]["claims"] == [{"name": claim_ref["name"]}]
+
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    publication = publish(read_inventory(node))
+    slices = desired_slices(publication, driver="gpu.nvidia.com", node=NODE)
+    with FakeApiServer() as server:
+        for klass in render(ON).all("DeviceClass"):
+            server.store.create("deviceclasses", "", klass)
+        for body in slices:
+            server.store.create("resourceslices", "", body)
+        server.add_claim("train-gpu-x7k2", template["spec"]["spec"], namespace="ml")
+        status = Allocator(server).allocate("train-gpu-x7k2", "ml")
+    (result,) = status["allocation"]["devices"]["results"]
+    assert result["device"] == "gpu-0-mig-3g40gb-9-4"
+    assert f"`{result['device']}` (slices 4-7" in section
+    line = (f"DRA gpu.nvidia.com (registered): {len(slices)} slices, "
+            f"{len(publication.devices)} devices, {len(publication.counter_sets)} counter sets")
+    assert line in section
+    assert "--set dra.enabled=true" in section
