@@ -209,3 +209,19 @@ def test_bad_dra_flags_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_disabled_gpu_is_tainted_not_called_sick_and_comes_back(
+        tmp_path: Path) -> None:
+    from tessera.agent.keys import GPU_DISABLE
+
+    async with dra_agent(tmp_path) as r:
+        registration = r.kubelet.registrations[DRIVER]
+        await r.rig.set_metadata(annotations={GPU_DISABLE: '{"6": "bad fan"}'})
+        await until(lambda: set(r.taints()) == {"gpu-6"}, "gpu-6 tainted")
+        (taint,) = r.taints()["gpu-6"]
+        assert (taint["key"], taint["effect"]) == (f"{DRIVER}/disabled", "NoSchedule")
+        await r.kubelet.wait_for(lambda k: bool(registration.health), what="health")
+        assert registration.health[NODE, "gpu-6"] == "HEALTHY", "disabled is not sick"
+        await r.rig.set_metadata(annotations={GPU_DISABLE: None})
+        await until(lambda: not r.taints(), "gpu-6 back in service")

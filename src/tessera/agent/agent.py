@@ -254,7 +254,8 @@ class Agent:
         if self.dra is None:
             return
         await self._exclude_for_dra(self.dra.settings.driver)
-        await self.dra.set_health(dra_node.problems(self.plugin.health.sickness()))
+        disabled = {uuid: gpu.reason for uuid, gpu in self.disabled.items()}
+        await self.dra.set_health(dra_node.problems(self.plugin.health.sickness(), disabled))
 
     async def _stop_dra(self) -> None:
         if self.dra is not None:

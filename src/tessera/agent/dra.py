@@ -30,10 +30,15 @@ def owned_gpus(gpu_uuids: Iterable[str], driver: str) -> dict[str, str]:
     return dict.fromkeys(gpu_uuids, f"served by DRA ({driver})")
 
 
-def problems(sickness: Mapping[str, Sickness]) -> dict[str, DeviceProblem]:
-    """The device plugin's unhealthy devices (GPU or MIG UUID) as DRA device problems."""
-    return {device: DeviceProblem(s.reason, xid=s.xid, lost=s.lost)
-            for device, s in sickness.items()}
+def problems(sickness: Mapping[str, Sickness],
+             disabled: Mapping[str, str] | None = None) -> dict[str, DeviceProblem]:
+    """The device plugin's unhealthy devices (GPU or MIG UUID) and the GPUs disabled through
+    `tessera.dev/gpu.disable` (GPU UUID -> reason) as DRA device problems."""
+    found = {device: DeviceProblem(s.reason, xid=s.xid, lost=s.lost)
+             for device, s in sickness.items()}
+    for uuid, reason in (disabled or {}).items():
+        found.setdefault(uuid, DeviceProblem(f"disabled: {reason}", disabled=True))
+    return found
 
 
 def placement_map(publication: Publication,

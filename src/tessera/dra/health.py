@@ -13,7 +13,9 @@ Either way the plugin turns them into what DRA has:
 
 - With taints on (`DRADeviceTaints`, alpha in 1.34/1.35), an unhealthy device stays published
   with NoSchedule taints as NVIDIA's driver writes them: `<driver>/xid` (value: the XID),
-  `<driver>/gpu-lost` for a GPU that fell off the bus, `<driver>/unhealthy` otherwise. A
+  `<driver>/gpu-lost` for a GPU that fell off the bus, `<driver>/unhealthy` otherwise
+  (`<driver>/disabled` for a GPU an operator took out of service: not sick, so the health
+  stream still calls it healthy, but not for new pods). A
   GPU's problem taints every device on it (the whole GPU and every MIG placement); a MIG
   device's problem taints that device alone.
 - With taints off, unhealthy devices leave the slices until they recover, so the scheduler
@@ -44,6 +46,7 @@ class DeviceProblem:
     reason: str
     xid: int | None = None
     lost: bool = False
+    disabled: bool = False  # taken out of service by an operator: not sick, not for new pods
 
 
 def _uuids(device: Obj, target: Target | None) -> set[str]:
@@ -79,7 +82,9 @@ def problems_of(publication: Publication,
 
 
 def taints(problem: DeviceProblem, driver: str, since: str) -> list[Obj]:
-    if problem.xid is not None:
+    if problem.disabled:
+        key, value = "disabled", ""
+    elif problem.xid is not None:
         key, value = "xid", str(problem.xid)
     elif problem.lost:
         key, value = "gpu-lost", ""
@@ -116,7 +121,7 @@ def apply_health(publication: Publication, problems: Mapping[str, DeviceProblem]
 def device_states(publication: Publication,
                   problems: Mapping[str, DeviceProblem]) -> list[tuple[str, bool]]:
     """(device name, healthy) for every device the node has, in publication order."""
-    hit = problems_of(publication, problems)
+    hit = problems_of(publication, {u: p for u, p in problems.items() if not p.disabled})
     return [(str(d["name"]), str(d["name"]) not in hit) for d in publication.devices]
 
 
