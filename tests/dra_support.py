@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import celpy
+from celpy import celtypes
 
 from helpers import make_node
 from tessera.hardware.node import Node
@@ -27,9 +28,25 @@ def mig_node(preset: str, state_file: object = None) -> tuple[Node, SimulatorCon
     return node, control
 
 
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
 def quantity(value: str) -> int:
-    """The counters and capacities Tessera writes: plain integers or `<n>Mi`."""
-    return int(value[:-2]) * 2**20 if value.endswith("Mi") else int(value)
+    """A Kubernetes quantity in binary units or none (what Tessera writes: `<n>Mi`, `<n>`)."""
+    for suffix, factor in _BINARY.items():
+        if value.endswith(suffix):
+            return int(value[:-2]) * factor
+    return int(value)
+
+
+# CEL's Kubernetes quantity library, as far as DRA selectors use it: `quantity("10Gi")` and
+# the comparisons on a capacity (`device.capacity[...].memory.isGreaterThan(...)`).
+_QUANTITY = {
+    "quantity": lambda text: celtypes.IntType(quantity(str(text))),
+    "isGreaterThan": lambda a, b: celtypes.BoolType(a > b),
+    "isLessThan": lambda a, b: celtypes.BoolType(a < b),
+    "compareTo": lambda a, b: celtypes.IntType((a > b) - (a < b)),
+}
 
 
 # -- a stand-in for kube-scheduler's structured allocator --------------------------------------
@@ -57,9 +74,14 @@ class Allocator:
         for key, value in device.get("attributes", {}).items():
             domain, _, name = key.rpartition("/")
             attributes.setdefault(domain or driver, {})[name] = next(iter(value.values()))
-        activation = celpy.json_to_cel({"device": {"driver": driver, "attributes": attributes}})
-        return all(bool(self.env.program(self.env.compile(e)).evaluate(activation))
-                   for e in expressions)
+        capacity: dict[str, dict[str, object]] = {}
+        for key, value in device.get("capacity", {}).items():
+            domain, _, name = key.rpartition("/")
+            capacity.setdefault(domain or driver, {})[name] = quantity(value["value"])
+        activation = celpy.json_to_cel({"device": {"driver": driver, "attributes": attributes,
+                                                   "capacity": capacity}})
+        return all(bool(self.env.program(self.env.compile(e), functions=_QUANTITY)
+                        .evaluate(activation)) for e in expressions)
 
     def _pools(self) -> list[tuple[str, str, list[Obj]]]:
         by_pool: dict[tuple[str, str], list[Obj]] = {}

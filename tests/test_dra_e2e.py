@@ -516,3 +516,61 @@ async def test_a_plugin_killed_at_any_step_converges_when_started_again(
             assert Checkpoint(settings.checkpoint_file).load() == {}
             assert not list(settings.cdi_dir.glob("*.json"))
     await dra.close()
+
+
+async def test_claims_written_for_nvidias_driver_work_unchanged(cluster: Cluster) -> None:
+    # As NVIDIA's examples select MIG devices: by capacity through its DeviceClass.
+    cluster.api.add_claim("by-memory", {"devices": {"requests": [{"name": "mig", "exactly": {
+        "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+            "device.capacity['gpu.nvidia.com'].memory.isGreaterThan(quantity('10Gi'))"}}]}}]}})
+    cluster.allocator.allocate("by-memory")
+    [result] = cluster.api.claim("by-memory")["status"]["allocation"]["devices"]["results"]
+    # Smallest first: the first device over 10 GiB is a 1g.20gb, from the high end.
+    assert result["device"] == "gpu-0-mig-1g20gb-15-6"
+    ref = cluster.ref("by-memory")
+    assert (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""
+    assert cluster.instances(0) == [(6, 2)]
+    # And by parent and product attributes, with NVIDIA's MigDeviceConfig.
+    parent = cluster.node.gpu(1).uuid
+    cluster.api.add_claim("pinned", {"devices": {
+        "requests": [{"name": "mig", "exactly": {
+            "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+                f"device.attributes['gpu.nvidia.com'].parentUUID == '{parent}' && "
+                "device.attributes['gpu.nvidia.com'].profile == '2g.20gb' && "
+                "device.attributes['gpu.nvidia.com'].productName.startsWith('NVIDIA A100')"}}]}}],
+        "config": [{"requests": ["mig"], "opaque": {"driver": DRIVER, "parameters": {
+            "apiVersion": "resource.nvidia.com/v1beta1", "kind": "MigDeviceConfig",
+            "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {
+                "interval": "Default"}}}}}]}})
+    cluster.allocator.allocate("pinned")
+    ref = cluster.ref("pinned")
+    answer = (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid]
+    assert answer.error == ""
+    assert answer.devices[0].device_name == "gpu-1-mig-2g20gb-14-4"
+    assert cluster.instances(1) == [(4, 2)]
+
+
+async def test_a_whole_gpu_claim_with_nvidias_gpuconfig_gets_the_gpu(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    node, control = mig_node("mixed", tmp_path / "sim.json")  # GPUs 2 and 3: L40S, no MIG
+    settings = _settings(tmp_path, kubelet_dir)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
+        await kubelet.wait_registered(DRIVER)
+        api.add_claim("render", {"devices": {
+            "requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}],
+            "config": [{"opaque": {"driver": DRIVER, "parameters": {
+                "apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig",
+                "sharing": {"strategy": "TimeSlicing"}}}}]}})
+        Allocator(api).allocate("render")
+        uid = api.claim("render")["metadata"]["uid"]
+        mutations = control.mutations()
+        answer = (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "render")]))[uid]
+        assert answer.error == ""
+        assert answer.devices[0].device_name == "gpu-2"
+        assert control.mutations() == mutations  # a whole GPU: nothing to create
+        spec = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
+        assert spec["devices"][0]["containerEdits"]["env"] == [
+            f"NVIDIA_VISIBLE_DEVICES={node.gpu(2).uuid}"]
+    await dra.close()
