@@ -69,7 +69,7 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> 
 
 
 @contextlib.asynccontextmanager
-async def dra_agent(tmp_path: Path) -> AsyncIterator[DraRig]:
+async def dra_agent(tmp_path: Path, pod_resources: Path | None = None) -> AsyncIterator[DraRig]:
     """An agent with DRA on, on a DGX A100 with MIG on GPUs 0-3, running its loop."""
     state = tmp_path / "sim.json"
     node, _ = make_node("dgx-a100", state)
@@ -82,7 +82,8 @@ async def dra_agent(tmp_path: Path) -> AsyncIterator[DraRig]:
             f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'mig'"])
         config = tmp_path / "plugin.yaml"
         config.write_text(HEALTH)
-        wiring = replace(agent_settings(tmp_path, plugin_config=config), dra=DraSettings(
+        wiring = replace(agent_settings(tmp_path, plugin_config=config,
+                                        pod_resources=pod_resources), dra=DraSettings(
             node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
             registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.2))
         dra_api = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
@@ -225,3 +226,41 @@ async def test_a_disabled_gpu_is_tainted_not_called_sick_and_comes_back(
         assert registration.health[NODE, "gpu-6"] == "HEALTHY", "disabled is not sick"
         await r.rig.set_metadata(annotations={GPU_DISABLE: None})
         await until(lambda: not r.taints(), "gpu-6 back in service")
+
+
+async def test_a_drain_waits_for_the_pod_whose_claim_holds_the_gpu(tmp_path: Path) -> None:
+    import json
+
+    from tessera.agent.keys import GPU_DISABLE, GPU_STATE
+    from tessera.kubeletapi.podresources.v1 import api_pb2 as podpb
+    from tessera.kubeletapi.testing import FakePodResources
+
+    def claimed(device: str) -> podpb.PodResources:
+        return podpb.PodResources(namespace="ml", name="train-0", containers=[
+            podpb.ContainerResources(name="main", dynamic_resources=[podpb.DynamicResource(
+                claim_name="gpu", claim_namespace="ml", claim_resources=[podpb.ClaimResource(
+                    driver_name=DRIVER, pool_name=NODE, device_name=device)])])])
+
+    with short_dir() as sockets, FakePodResources(sockets / "kubelet.sock") as pods:
+        pods.set_pods([claimed("gpu-5")])
+        async with dra_agent(tmp_path, pod_resources=sockets / "kubelet.sock") as r:
+            await r.rig.set_metadata(annotations={GPU_DISABLE: '{"5": "ECC"}'})
+
+            async def state() -> dict[str, str]:
+                _, annotations = await r.rig.metadata()
+                found: dict[str, str] = json.loads(annotations.get(GPU_STATE, "{}")).get(
+                    "5", {})
+                return found
+
+            for _ in range(200):
+                if (await state()).get("state"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await state() == {**await state(), "state": "draining",
+                                     "users": "allocated to ml/train-0"}
+            pods.set_pods([])
+            for _ in range(200):
+                if (await state()).get("state") == "drained":
+                    break
+                await asyncio.sleep(0.05)
+            assert (await state())["state"] == "drained"

@@ -47,6 +47,7 @@ from tessera.kube import NodeView
 from tessera.kube.dra import DraApi
 from tessera.labels import GpuFacts, NodeFacts, feature_labels, label_changes, read_system
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.metrics.dra import resolve as resolve_claimed
 from tessera.metrics.pods import PodResourcesClient
 from tessera.plugin.manager import DevicePlugin, PluginSettings
 from tessera.tasks import cancel_all
@@ -214,13 +215,22 @@ class Agent:
             await self.plugin.select_config(wanted)
 
     async def allocations(self) -> dict[str, tuple[str, ...]]:
-        """Device UUID -> pods ("ns/name") the kubelet allocated it to; empty when the
-        kubelet does not answer (the PIDs still tell who uses a device)."""
+        """Device UUID -> pods ("ns/name") the kubelet allocated it to, by the device plugin
+        or through DRA claims; empty when the kubelet does not answer (the PIDs still tell
+        who uses a device)."""
         client = self._pod_resources
         if client is None:
             return {}
+        driver = self.settings.dra.driver if self.settings.dra is not None else None
         try:
-            holders = await asyncio.get_running_loop().run_in_executor(None, client.holders)
+            listing = await asyncio.get_running_loop().run_in_executor(None, client.listing,
+                                                                       driver)
+            holders = dict(listing.devices)
+            if listing.claimed and self._node is not None:
+                # DRA names devices, not UUIDs: resolve them on the node (agent's thread).
+                claimed = await self._blocking(resolve_claimed, listing.claimed, self._node)
+                for uuid, held in claimed.items():
+                    holders[uuid] = (*holders.get(uuid, ()), *held)
         except TemporaryError as e:
             log.warning("%s", e)
             return {}
