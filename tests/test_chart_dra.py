@@ -364,3 +364,11 @@ def test_the_readme_walkthrough_claim_lands_where_it_says(tmp_path: Path) -> Non
             f"{len(publication.devices)} devices, {len(publication.counter_sets)} counter sets")
     assert line in section
     assert "--set dra.enabled=true" in section
+
+
+def test_the_notes_say_where_dra_runs() -> None:
+    assert "DRA" not in render().notes
+    grouped = render(GROUPS).notes
+    assert 'serves the nodes matching {"pool":"h100","tessera.dev/dra":"true"}' in grouped
+    assert "DaemonSet tessera-dra" in grouped
+    assert "every node above" in render(ON).notes

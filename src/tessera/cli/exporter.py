@@ -45,6 +45,9 @@ def exporter(
         None, "--kubernetes/--no-kubernetes",
         help="Label devices with the pods holding them (default: on inside Kubernetes or "
              "when the PodResources socket exists)."),
+    dra_driver: str = typer.Option(
+        "gpu.nvidia.com", "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
+        help="Label devices this DRA driver allocated with their pods too ('' : none)."),
 ) -> None:
     """Serve GPU, MIG and per-pod metrics with dcgm-exporter's names until stopped.
 
@@ -56,7 +59,7 @@ def exporter(
     wiring = ExporterSettings(
         address=address, port=port, interval_s=interval, counters=counters,
         pod_resources_socket=pod_resources_socket if attribute else None,
-        hostname=default_hostname(),
+        hostname=default_hostname(), dra_driver=dra_driver or None,
     )
 
     def open_node() -> Node:
