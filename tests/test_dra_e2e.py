@@ -574,3 +574,17 @@ async def test_a_whole_gpu_claim_with_nvidias_gpuconfig_gets_the_gpu(
         assert spec["devices"][0]["containerEdits"]["env"] == [
             f"NVIDIA_VISIBLE_DEVICES={node.gpu(2).uuid}"]
     await dra.close()
+
+
+async def test_an_unwritable_cdi_directory_is_one_clear_error_and_nothing_half_made(
+    cluster: Cluster,
+) -> None:
+    cluster.settings.cdi_dir.parent.mkdir(parents=True, exist_ok=True)
+    cluster.settings.cdi_dir.write_text("not a directory")
+    ref = cluster.claim_for("train", "3g.40gb")
+    answer = (await cluster.kubelet.prepare(DRIVER, [ref]))[ref.uid]
+    assert "ResourceClaim default/train" in answer.error
+    assert str(cluster.settings.cdi_dir) in answer.error
+    assert "destroyed again" in answer.error
+    assert cluster.instances(0) == []
+    assert Checkpoint(cluster.settings.checkpoint_file).load() == {}

@@ -86,34 +86,46 @@ class Preparer:
 
     def prepare(self, ref: ClaimRef, claim: Obj | None) -> tuple[PreparedDevice, ...]:
         with self._lock:
-            records = self.checkpoint.load()
-            record = records.get(ref.uid)
-            if record is not None and record.state == "PrepareCompleted":
-                return record.devices
-            if claim is None:
-                raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")
-            inventory = read_inventory(self.node)
-            planned = self._plan(ref, claim, records, inventory)
-            if any(d.create for d in planned):
-                # Before the first change to a GPU, so a restarted plugin knows the instances
-                # are ours; a claim that creates nothing has nothing to adopt.
-                self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                                "PrepareStarted", planned))
-            made: list[PreparedDevice] = []
             try:
-                for device in planned:
-                    if device.create is not None and _instance(self.node, device) is None:
-                        made.append(device)
-                        self._create(ref, device)
-            except TesseraError as e:
-                self._roll_back(made)
-                self.checkpoint.drop(ref.uid)
-                raise PrepareError(f"ResourceClaim {ref.namespace}/{ref.name}: {e}; what was "
-                                   "created for it has been destroyed again") from e
-            done = self._write_cdi(ref, planned)
+                return self._prepare(ref, claim)
+            except OSError as e:
+                raise PrepareError(f"ResourceClaim {ref.namespace}/{ref.name}: {e}; check that "
+                                   "the CDI and checkpoint directories are writable") from e
+
+    def _prepare(self, ref: ClaimRef, claim: Obj | None) -> tuple[PreparedDevice, ...]:
+        records = self.checkpoint.load()
+        record = records.get(ref.uid)
+        if record is not None and record.state == "PrepareCompleted":
+            return record.devices
+        if claim is None:
+            raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")
+        inventory = read_inventory(self.node)
+        planned = self._plan(ref, claim, records, inventory)
+        if any(d.create for d in planned):
+            # Before the first change to a GPU, so a restarted plugin knows the instances
+            # are ours; a claim that creates nothing has nothing to adopt.
             self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                            "PrepareCompleted", done))
-            return done
+                                            "PrepareStarted", planned))
+        try:
+            for device in planned:
+                if device.create is not None and _instance(self.node, device) is None:
+                    self._create(ref, device)
+            done = self._write_cdi(ref, planned)
+        except (TesseraError, OSError) as e:
+            where = f"ResourceClaim {ref.namespace}/{ref.name}"
+            try:
+                # Every instance the record names is ours, adopted ones included.
+                self._roll_back([d for d in planned if d.create is not None])
+            except TesseraError as undo:
+                # The PrepareStarted record stays, so unprepare or a retry finishes it.
+                raise PrepareError(f"{where}: {e}; undoing it failed too ({undo}), the "
+                                   "kubelet's retry or unprepare takes it from here") from e
+            self.checkpoint.drop(ref.uid)
+            raise PrepareError(f"{where}: {e}; what was created for it has been "
+                               "destroyed again") from e
+        self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
+                                        "PrepareCompleted", done))
+        return done
 
     def _plan(self, ref: ClaimRef, claim: Obj, records: Mapping[str, ClaimRecord],
               inventory: Inventory) -> tuple[PreparedDevice, ...]:
@@ -214,18 +226,25 @@ class Preparer:
 
     def unprepare(self, uid: str) -> None:
         with self._lock:
-            record = self.checkpoint.load().get(uid)
-            if record is None:
-                cdi.remove_spec(self.cdi_dir, self.driver, uid)
-                return
             try:
-                for device in reversed(record.devices):
-                    if device.create is not None and _exists(self.node, device):
-                        self._destroy(device)
-            except TesseraError as e:
-                raise PrepareError(f"ResourceClaim {record.namespace}/{record.name}: {e}") from e
+                self._unprepare(uid)
+            except OSError as e:
+                raise PrepareError(f"unpreparing claim {uid}: {e}; check that the CDI and "
+                                   "checkpoint directories are writable") from e
+
+    def _unprepare(self, uid: str) -> None:
+        record = self.checkpoint.load().get(uid)
+        if record is None:
             cdi.remove_spec(self.cdi_dir, self.driver, uid)
-            self.checkpoint.drop(uid)
+            return
+        try:
+            for device in reversed(record.devices):
+                if device.create is not None and _exists(self.node, device):
+                    self._destroy(device)
+        except TesseraError as e:
+            raise PrepareError(f"ResourceClaim {record.namespace}/{record.name}: {e}") from e
+        cdi.remove_spec(self.cdi_dir, self.driver, uid)
+        self.checkpoint.drop(uid)
 
     def _destroy(self, device: PreparedDevice) -> None:
         assert device.create is not None
