@@ -13,11 +13,10 @@ Either way the plugin turns them into what DRA has:
 
 - With taints on (`DRADeviceTaints`, alpha in 1.34/1.35), an unhealthy device stays published
   with NoSchedule taints as NVIDIA's driver writes them: `<driver>/xid` (value: the XID),
-  `<driver>/gpu-lost` for a GPU that fell off the bus, `<driver>/unhealthy` otherwise
-  (`<driver>/disabled` for a GPU an operator took out of service: not sick, so the health
-  stream still calls it healthy, but not for new pods). A
-  GPU's problem taints every device on it (the whole GPU and every MIG placement); a MIG
-  device's problem taints that device alone.
+  `<driver>/gpu-lost` for a GPU that fell off the bus, `<driver>/unhealthy` otherwise, and
+  `<driver>/disabled` for a GPU an operator took out of service (not sick: the health stream
+  still calls it healthy, but it is not for new pods). A GPU's problem taints every device on
+  it (the whole GPU and every MIG placement); a MIG device's problem taints that device alone.
 - With taints off, unhealthy devices leave the slices until they recover, so the scheduler
   cannot pick them on a cluster without the gate.
 
@@ -40,8 +39,8 @@ Obj = dict[str, object]
 
 @dataclass(frozen=True, slots=True)
 class DeviceProblem:
-    """Why a GPU or MIG device is unhealthy: an XID, a GPU lost from the bus, or another
-    failed check (`reason` says which, for logs and status)."""
+    """Why a GPU or MIG device is not for new pods: an XID, a GPU lost from the bus, another
+    failed check, or an operator's disable (`reason` says which, for logs and status)."""
 
     reason: str
     xid: int | None = None
