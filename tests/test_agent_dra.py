@@ -141,6 +141,11 @@ async def test_an_xid_taints_exactly_the_device_hit_and_recovery_lifts_it(
         (taint,) = r.taints()["gpu-5"]
         assert (taint["key"], taint["value"], taint["effect"]) == (
             f"{DRIVER}/xid", "48", "NoSchedule")
+        await until(lambda: (r.rig.agent.tessera_state().dra_devices or {}).get("tainted") == 1,
+                    "the exporter's state to count the tainted device")
+        state = r.rig.agent.tessera_state()
+        assert state.dra_devices == {"published": 4 * 25 + 4, "tainted": 1, "withdrawn": 0}
+        assert (state.dra_claims_prepared, state.dra_registered) == (0, True)
         await r.kubelet.wait_for(lambda k: unhealthy() == ["gpu-5"], what="gpu-5 unhealthy")
         # Quiet for recoverAfter (1 s) and a good probe: healthy again, taint lifted.
         await until(lambda: not r.taints(), "the taint lifted")
@@ -158,7 +163,7 @@ async def test_status_shows_slices_claims_and_the_placement_map(
         uid = r.api.claim("infer", "ml")["metadata"]["uid"]
         await r.kubelet.prepare(DRIVER, [ClaimRef("ml", uid, "infer")])
         await r.rig.agent.dra.settle()  # type: ignore[union-attr]
-        await until(lambda: any(p["claim"] for rows in (r.rig.agent.dra_status() or {})
+        await until(lambda: any(p["claim"] for rows in (r.rig.agent.dra_report or {})
                                 .get("placements", {}).values() for p in rows),
                     "the instance in the status")
         dra = r.rig.agent.status()["dra"]

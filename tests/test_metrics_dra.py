@@ -105,3 +105,23 @@ def test_no_dra_driver_attributes_device_plugin_devices_only(
         text = fresh_scrape(exporter)
     assert _pod_labels(text, "DCGM_FI_DEV_GPU_TEMP", gpu="0") == []
     assert _pod_labels(text, "DCGM_FI_DEV_GPU_TEMP", gpu="3") == [("ml", "plugin-pod", "main")]
+
+
+def test_tesseras_dra_state_is_exported(tmp_path: Path) -> None:
+    from metrics_support import promtool_problems
+    from tessera.metrics import TesseraState
+
+    state = TesseraState(dra_devices={"published": 104, "tainted": 2, "withdrawn": 0},
+                         dra_claims_prepared=3, dra_registered=True)
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json",
+                          state=lambda: state) as exporter:
+        text = fresh_scrape(exporter)
+    assert {labels["state"]: value for labels, value in rows(text, "tessera_dra_devices")} == {
+        "published": 104, "tainted": 2, "withdrawn": 0}
+    assert rows(text, "tessera_dra_claims_prepared")[0][1] == 3
+    assert rows(text, "tessera_dra_registered")[0][1] == 1
+    assert promtool_problems(text) == []
+    with running_exporter("dgx-a100", tmp_path / "dgx-a100.json",
+                          state=lambda: TesseraState()) as exporter:
+        plain = fresh_scrape(exporter)
+    assert "tessera_dra_" not in plain, "no DRA, no DRA metrics"

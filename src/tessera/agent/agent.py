@@ -86,6 +86,7 @@ class Agent:
         self.api = api
         self.dra_api = dra_api
         self.dra: DraPlugin | None = None
+        self.dra_report: dict[str, Any] | None = None  # dra_status() as of the last pass
         self._dra_node: Node | None = None
         self._open_node = open_node
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
@@ -205,6 +206,7 @@ class Agent:
         if self.settings.feature_labels:
             await self._feature_labels()
         await self._sync_dra()
+        self.dra_report = self.dra_status()
         self._write_status()
 
     async def _select_plugin_config(self, view: NodeView) -> None:
@@ -417,6 +419,7 @@ class Agent:
             devices_advertised={n: d for n, (d, _) in plugin.resources.items()},
             devices_unhealthy={n: u for n, (_, u) in plugin.resources.items()},
             last_apply_seconds=self.mig.status.last_apply_seconds,
+            **_dra_state(self.dra_report),
         )
 
     def status(self) -> dict[str, Any]:
@@ -447,7 +450,7 @@ class Agent:
             "disabled": {str(d.index): d.to_json() for d in self.disabled.values()},
             "labels": dict(self.labels),
             "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
-            "dra": self.dra_status(),
+            "dra": self.dra_report,
             "errors": dict(self.errors),
             "api_requests": self.api.requests,
         }
@@ -464,3 +467,14 @@ class Agent:
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write status file %s: %s", path, e)
+
+
+def _dra_state(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The tessera_dra_* part of the exporter's state, from the last DRA report."""
+    if report is None:
+        return {}
+    tainted, withdrawn = len(report["tainted"]), len(report["withdrawn"])
+    return {"dra_devices": {"published": report["devices"], "tainted": tainted,
+                            "withdrawn": withdrawn},
+            "dra_claims_prepared": len(report["claims"]),
+            "dra_registered": bool(report["registered"])}
