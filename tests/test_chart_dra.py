@@ -372,3 +372,85 @@ def test_the_notes_say_where_dra_runs() -> None:
     assert 'serves the nodes matching {"pool":"h100","tessera.dev/dra":"true"}' in grouped
     assert "DaemonSet tessera-dra" in grouped
     assert "every node above" in render(ON).notes
+
+
+# -- the claims' status policy ---------------------------------------------------------------
+
+
+def _claim(pool: str = NODE, devices: list[dict[str, Any]] | None = None,
+           driver: str = "gpu.nvidia.com") -> dict[str, Any]:
+    """A claim allocated a MIG placement of `pool`, and a NIC of another driver's."""
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "train", "namespace": "ml"},
+            "spec": {"devices": {"requests": []}},
+            "status": {"allocation": {"devices": {"results": [
+                {"request": "mig", "driver": driver, "pool": pool,
+                 "device": "gpu-0-mig-3g40gb-9-4"},
+                {"request": "nic", "driver": "net.example.com", "pool": pool,
+                 "device": "eth1"}]}},
+                "reservedFor": [{"resource": "pods", "name": "train", "uid": "p1"}],
+                **({"devices": devices} if devices is not None else {})}}
+
+
+def _nic_entry() -> dict[str, Any]:
+    return {"driver": "net.example.com", "pool": NODE, "device": "eth1",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Up", "message": "",
+                            "lastTransitionTime": "2026-12-01T22:00:00Z"}]}
+
+
+@pytest.fixture(scope="module")
+def claims_policy() -> AdmissionPolicy:
+    return AdmissionPolicy(render(ON).one("ValidatingAdmissionPolicy", "tessera-own-claims"))
+
+
+def _reported(old: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the status.devices the plugin writes after preparing its device."""
+    from tessera.dra.checkpoint import PreparedDevice
+    from tessera.dra.status import device_status
+
+    prepared = PreparedDevice("gpu-0-mig-3g40gb-9-4", NODE, ("mig",), 0, ("3g.40gb", 4),
+                              ("k8s.gpu.nvidia.com/claim=u-gpu-0-mig-3g40gb-9-4",), "MIG-1")
+    existing = old["status"].get("devices", [])
+    devices = device_status(existing, "gpu.nvidia.com", [prepared], "2026-12-01T22:05:00Z")
+    return {**old, "status": {**old["status"], "devices": devices}}
+
+
+def test_the_agent_may_report_its_devices_on_its_nodes_claims(
+        claims_policy: AdmissionPolicy) -> None:
+    (rule,) = claims_policy.spec["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["operations"]) == (["resourceclaims/status"], ["UPDATE"])
+    for old in (_claim(), _claim(devices=[_nic_entry()])):
+        new = _reported(old)
+        assert any(d["driver"] == "gpu.nvidia.com" for d in new["status"]["devices"])
+        verdict = claims_policy.review(user=AGENT, node_name_claim=NODE, old=old, new=new)
+        assert verdict.allowed, verdict.message
+        again = claims_policy.review(user=AGENT, node_name_claim=NODE, old=new,
+                                     new=_reported(new))
+        assert again.allowed, again.message
+
+
+def test_the_agent_may_not_touch_other_claims_or_fields(claims_policy: AdmissionPolicy) -> None:
+    mine = _claim(devices=[_nic_entry()])
+    cases: list[tuple[dict[str, Any], dict[str, Any], str | None, str]] = [
+        (_claim(pool="gpu-node-2"), _reported(_claim(pool="gpu-node-2")), NODE,
+         "may write the status only of claims allocated a device of its node, not ml/train"),
+        (mine, _reported(mine), "gpu-node-2", "may write the status only of claims"),
+        (mine, _reported(mine), None, "carries no node-name claim"),
+        (mine, {**mine, "status": {**mine["status"], "reservedFor": []}}, NODE,
+         "may not change a claim's allocation or reservedFor"),
+        (mine, {**mine, "status": {**mine["status"], "allocation": {"devices": {
+            "results": []}}}}, NODE, "may not change a claim's allocation"),
+        (mine, {**mine, "status": {**mine["status"], "devices": []}}, NODE,
+         "may write only status.devices entries of gpu.nvidia.com on its node gpu-node-1"),
+        (mine, {**mine, "status": {**mine["status"], "devices": [
+            {**_nic_entry(), "driver": "gpu.nvidia.com", "pool": "gpu-node-2"}]}}, NODE,
+         "may write only status.devices entries"),
+    ]
+    for old, new, claim, says in cases:
+        verdict = claims_policy.review(user=AGENT, node_name_claim=claim, old=old, new=new)
+        assert not verdict.allowed, says
+        assert verdict.message is not None
+        assert says in verdict.message, verdict.message
+    assert claims_policy.review(user="system:serviceaccount:kube-system:resourceclaim-controller",
+                                node_name_claim=None, old=mine,
+                                new={**mine, "status": {}}).allowed
