@@ -454,3 +454,11 @@ def test_the_agent_may_not_touch_other_claims_or_fields(claims_policy: Admission
     assert claims_policy.review(user="system:serviceaccount:kube-system:resourceclaim-controller",
                                 node_name_claim=None, old=mine,
                                 new={**mine, "status": {}}).allowed
+
+
+def test_both_daemonsets_keep_valid_distinct_names_with_a_long_release_name() -> None:
+    for name in ("x" * 63, "x" * 59 + "-abc"):
+        names = [d["metadata"]["name"] for d in render(
+            {**GROUPS, "fullnameOverride": name}).all("DaemonSet")]
+        assert len(set(names)) == 2
+        assert all(len(n) <= 63 and not n.endswith("-") and "--" not in n for n in names)
