@@ -104,6 +104,10 @@ async def test_dra_and_the_device_plugin_never_offer_the_same_device(tmp_path: P
         gpus = {r.rig.node.gpu(i).uuid for i in range(8)}
         await until(lambda: gpus <= r.offered_by_dra(), "DRA to offer every GPU")
         assert r.offered_by_plugin() == set()
+        # Not even for a moment at start: the kubelet never saw a device of the plugin's.
+        endpoints = r.rig.kubelet.endpoints
+        assert len(r.rig.kubelet.registrations) == len(endpoints)
+        assert all(not devices for e in endpoints.values() for _, devices in e.updates)
         assert all(reason == f"served by DRA ({DRIVER})"
                    for reason in r.rig.agent.plugin.status().excluded.values())
         # A MIG device made for a claim is DRA's too: the device plugin sees it, offers it not.

@@ -130,6 +130,17 @@ class Agent:
             self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
         self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
                                                             config_name=self._plugin_config))
+        if self.settings.dra is not None:
+            # Excluded before the plugin first plans, so it never offers a GPU DRA owns (a
+            # GPU that does not answer now is excluded once the plugin has read it).
+            try:
+                gpus = await self._blocking(self._node.gpus)
+            except HardwareError as e:
+                log.warning("cannot read the GPUs before serving DRA: %s", e)
+                gpus = ()
+            await self.plugin.set_excluded(
+                dra_node.owned_gpus((g.uuid for g in gpus), self.settings.dra.driver),
+                owner=dra_node.OWNER)
         await self.plugin.start()
         self.plugin.subscribe(self._poke)
         if self.settings.dra is not None:
@@ -248,8 +259,8 @@ class Agent:
     # -- DRA ----------------------------------------------------------------------------------
 
     async def _start_dra(self, settings: DraSettings) -> None:
-        """Take every GPU from the device plugin first, then serve DRA: at no moment are
-        both offering one."""
+        """Serve DRA, once the device plugin excludes every GPU (see `start`): at no moment
+        are both offering one."""
         assert self.dra_api is not None
         await self._exclude_for_dra(settings.driver)
         self._dra_node = await self._blocking(self._open_node)
