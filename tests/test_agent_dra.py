@@ -273,3 +273,43 @@ async def test_a_drain_waits_for_the_pod_whose_claim_holds_the_gpu(tmp_path: Pat
                     break
                 await asyncio.sleep(0.05)
             assert (await state())["state"] == "drained"
+
+
+def test_status_from_any_machine_counts_the_nodes_slices(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from dra_support import mig_node
+    from tessera.dra.devices import publish
+    from tessera.dra.health import DeviceProblem, apply_health
+    from tessera.dra.inventory import read_inventory
+    from tessera.dra.slices import desired_slices
+
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    shown = apply_health(publish(read_inventory(node)),
+                         {node.gpu(2).uuid: DeviceProblem("XID 48", xid=48)},
+                         driver=DRIVER, use_taints=True)
+    slices = desired_slices(shown, driver=DRIVER, node=NODE)
+    tessera = [sys.executable, "-c", "from tessera.cli.main import main; main()", "status",
+               "--node", NODE]
+    with FakeApiServer() as server:
+        server.add_node(NODE)
+        for body in slices:
+            server.store.create("resourceslices", "", body)
+        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
+        as_json = subprocess.run([*tessera, "--kubeconfig", str(kubeconfig), "-o", "json"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        as_table = subprocess.run([*tessera, "--kubeconfig", str(kubeconfig)],
+                                  capture_output=True, text=True, timeout=60, check=False)
+        other = subprocess.run([*tessera, "--kubeconfig", str(kubeconfig), "-o", "json",
+                                "--dra-driver-name", "gpu.example.com"],
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert as_json.returncode == 0, as_json.stderr
+    dra = json.loads(as_json.stdout)["dra"]
+    assert (dra["slices"], dra["devices"], dra["counter_sets"]) == (9, 200, 8)
+    assert dra["tainted"] == sorted(str(d["name"]) for d in shown.devices if d.get("taints"))
+    assert len(dra["tainted"]) == 25
+    assert "DRA gpu.nvidia.com (from its ResourceSlices): 9 slices, 200 devices" in (
+        as_table.stdout)
+    assert "dra" not in json.loads(other.stdout)

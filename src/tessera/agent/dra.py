@@ -65,3 +65,20 @@ def claims_status(claims: Mapping[str, ClaimRecord]) -> list[dict[str, Any]]:
     return [{"claim": f"{r.namespace}/{r.name}", "uid": r.uid, "state": r.state,
              "devices": [d.device for d in r.devices]}
             for r in sorted(claims.values(), key=lambda r: (r.namespace, r.name))]
+
+
+def slices_summary(slices: Iterable[Mapping[str, Any]], driver: str) -> dict[str, Any] | None:
+    """What `tessera status --kubeconfig` shows of DRA from the node's ResourceSlices alone
+    (None: the node publishes none): the agent's own view (claims, placements, registration)
+    is on the node."""
+    stored = [s for s in slices if s.get("spec", {}).get("driver") == driver]
+    if not stored:
+        return None
+    devices = [d for s in stored for d in s["spec"].get("devices") or []]
+    return {
+        "driver": driver, "registered": None, "registration_error": None,
+        "slices": len(stored), "devices": len(devices),
+        "counter_sets": sum(len(s["spec"].get("sharedCounters") or []) for s in stored),
+        "tainted": sorted(d["name"] for d in devices if d.get("taints")),
+        "withdrawn": [], "claims": [], "placements": {},
+    }

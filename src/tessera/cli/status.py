@@ -12,12 +12,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from tessera.agent.dra import slices_summary
 from tessera.agent.report import node_status
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
+from tessera.errors import TemporaryError
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
+from tessera.kube.dra import DraApi
 from tessera.mig import engine
 
 
@@ -30,6 +33,9 @@ def status(
     kubeconfig: Path | None = typer.Option(
         None, "--kubeconfig", envvar="KUBECONFIG",
         help="Read the node from the cluster (from any machine) instead of the agent's file."),
+    dra_driver: str = typer.Option(
+        "gpu.nvidia.com", "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
+        help="With --kubeconfig: the DRA driver whose ResourceSlices to count."),
     output: Output = OutputOption,
 ) -> None:
     """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
@@ -39,7 +45,7 @@ def status(
     """
     if kubeconfig is not None:
         with reported():
-            data = asyncio.run(_cluster_status(node_name, kubeconfig))
+            data = asyncio.run(_cluster_status(node_name, kubeconfig, dra_driver))
         if output is Output.table:
             print_status(data, output)
         else:
@@ -62,12 +68,23 @@ def status(
     emit(data, output)
 
 
-async def _cluster_status(node_name: str, kubeconfig: Path) -> dict[str, Any]:
+async def _cluster_status(node_name: str, kubeconfig: Path, driver: str) -> dict[str, Any]:
     api = NodeClient.connect(node_name, kubeconfig)
     try:
-        return node_status(await api.get())
+        data = node_status(await api.get())
     finally:
         await api.close()
+    dra = DraApi.connect(kubeconfig)
+    try:
+        slices = await dra.node_slices(driver, node_name)
+    except TemporaryError:
+        slices = []  # no resource.k8s.io/v1 on the cluster, or no right to list it
+    finally:
+        await dra.close()
+    summary = slices_summary(slices, driver)
+    if summary is not None:
+        data["dra"] = summary
+    return data
 
 
 def print_layout(node: Node) -> None:
@@ -109,8 +126,12 @@ def print_status(data: dict[str, Any], output: Output) -> None:
 
 def _print_dra(dra: dict[str, Any]) -> None:
     """DRA's part of the status: registration, slices, claims, and each GPU's instances."""
-    registered = "registered" if dra.get("registered") else (
-        f"[red]not registered[/] {dra.get('registration_error') or ''}".rstrip())
+    if dra.get("registered") is None:
+        registered = "from its ResourceSlices"
+    elif dra["registered"]:
+        registered = "registered"
+    else:
+        registered = f"[red]not registered[/] {dra.get('registration_error') or ''}".rstrip()
     stdout.print(f"[bold]DRA[/] {dra['driver']} ({registered}): {dra['slices']} slices, "
                  f"{dra['devices']} devices, {dra['counter_sets']} counter sets, "
                  f"{len(dra['claims'])} claims prepared")
@@ -131,4 +152,5 @@ def _print_dra(dra: dict[str, Any]) -> None:
                                row["claim"] or "(not a claim's: kept, offered as is)")
         if not rows:
             placements.add_row(gpu, "-", "-", "-", "-")
-    stdout.print(placements)
+    if dra["placements"]:
+        stdout.print(placements)
