@@ -79,9 +79,10 @@ def agent_settings(directory: Path, *, plugin_config: Path | None = None,
 async def agent_rig(
     preset: str, state_file: Path, *, api: NodeApi | None = None,
     plugin_config: str | Path | None = None, settings: AgentSettings | None = None,
-    pod_resources: Path | None = None, **mig: Any,
+    pod_resources: Path | None = None, dra_api: Any = None, **mig: Any,
 ) -> AsyncIterator[AgentRig]:
-    """A started agent (standalone unless `api` is given) and a test kubelet."""
+    """A started agent (standalone unless `api` is given) and a test kubelet; `dra_api` for
+    an agent whose settings serve DRA."""
     node, control = make_node(preset, state_file)
     with short_dir() as directory:
         config_path = plugin_config if isinstance(plugin_config, Path) else None
@@ -94,7 +95,8 @@ async def agent_rig(
             wiring = replace(settings, plugin=replace(settings.plugin,
                                                       socket_dir=directory / "dp"))
         api = api or LocalNode("node-1", directory / "node.json", poll_seconds=0.05)
-        agent = Agent(lambda: Node(simulated_backend(preset, state_file)), api, wiring)
+        agent = Agent(lambda: Node(simulated_backend(preset, state_file)), api, wiring,
+                      dra_api=dra_api)
         async with TestKubelet(directory / "dp") as kubelet:
             await agent.start()
             try:

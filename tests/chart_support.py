@@ -180,18 +180,19 @@ class AdmissionPolicy:
                 if key in item:
                     yield item[key]
 
-    def review(self, *, user: str, node_name_claim: str | None, old: Mapping[str, Any],
-               new: Mapping[str, Any], resource: str = "nodes",
-               subresource: str = "") -> Verdict:
+    def review(self, *, user: str, node_name_claim: str | None, old: Mapping[str, Any] | None,
+               new: Mapping[str, Any] | None, resource: str = "nodes", subresource: str = "",
+               operation: str = "UPDATE") -> Verdict:
+        """`old` is None on a CREATE and `new` on a DELETE, as the API server sends them."""
         extra = ({"authentication.kubernetes.io/node-name": [node_name_claim]}
                  if node_name_claim is not None else {})
         context: dict[str, Any] = {
             "request": celpy.json_to_cel({
-                "operation": "UPDATE", "userInfo": {"username": user, "extra": extra},
+                "operation": operation, "userInfo": {"username": user, "extra": extra},
                 "resource": {"group": "", "version": "v1", "resource": resource},
                 "subResource": subresource}),
-            "object": celpy.json_to_cel(dict(new)),
-            "oldObject": celpy.json_to_cel(dict(old)),
+            "object": celpy.json_to_cel(None if new is None else dict(new)),
+            "oldObject": celpy.json_to_cel(None if old is None else dict(old)),
         }
         for condition in self.spec.get("matchConditions", []):
             if not self._program(condition["expression"]).evaluate(context):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tessera.agent import dra as dra_node
 from tessera.agent.drain import (
     DRAINED,
     DRAINING,
@@ -52,6 +53,9 @@ from tessera.agent.mig_manager import Halted, MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
+from tessera.dra.health import apply_health
+from tessera.dra.server import DraPlugin, DraSettings
+from tessera.dra.slices import desired_slices
 from tessera.errors import (
     ConfigError,
     HardwareError,
@@ -61,6 +65,7 @@ from tessera.errors import (
 )
 from tessera.hardware.node import Node
 from tessera.kube import NodeView
+from tessera.kube.dra import DraApi
 from tessera.kube.layoutstatus import format_status
 from tessera.labels import (
     DMI_PRODUCT_NAME,
@@ -72,6 +77,7 @@ from tessera.labels import (
     stamped,
 )
 from tessera.metrics import Exporter, ExporterSettings, TesseraState
+from tessera.metrics.dra import resolve as resolve_claimed
 from tessera.metrics.pods import PodResourcesClient
 from tessera.mig import engine
 from tessera.mig.layout import GpuFacts as MigGpuFacts
@@ -100,15 +106,25 @@ class AgentSettings:
     tick_seconds: float = 1.0
     exporter: ExporterSettings | None = None  # None: no metrics endpoint
     pod_resources_socket: Path | None = None  # the kubelet's: which pods hold which devices
+    # Serve DRA for every GPU of the node (the device plugin then offers none of them, and
+    # the MIG manager does not run: claims decide the layout). None: no DRA.
+    dra: DraSettings | None = None
 
 
 class Agent:
     """See the module docstring. `start()`, then `run()` until stopped, then `stop()`."""
 
     def __init__(self, open_node: Callable[[], Node], api: NodeApi,
-                 settings: AgentSettings) -> None:
+                 settings: AgentSettings, *, dra_api: DraApi | None = None) -> None:
+        if settings.dra is not None and dra_api is None:
+            raise ConfigError("DRA needs the cluster's API server (resource.k8s.io); it "
+                              "cannot run standalone")
         self.settings = settings
         self.api = api
+        self.dra_api = dra_api
+        self.dra: DraPlugin | None = None
+        self.dra_report: dict[str, Any] | None = None  # dra_status() as of the last pass
+        self._dra_node: Node | None = None
         self._open_node = open_node
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-agent")
         self._node: Node | None = None
@@ -180,6 +196,7 @@ class Agent:
             self._plugin_config = self.view.labels.get(PLUGIN_CONFIG, self._plugin_config)
         self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
                                                             config_name=self._plugin_config))
+        await self._leave_dra_gpus_out()
         try:
             await self.plugin.start()
         except PluginConfigError as e:
@@ -192,18 +209,37 @@ class Agent:
                       self._plugin_config, e, fallback or "the default config")
             self.plugin = DevicePlugin(self._open_node, replace(self.settings.plugin,
                                                                 config_name=fallback))
+            await self._leave_dra_gpus_out()
             await self.plugin.start()
             await self.plugin.select_config(self._plugin_config)
         self.plugin.subscribe(self._poke)
+        if self.settings.dra is not None:
+            await self._start_dra(self.settings.dra)
         if self.settings.exporter is not None:
             self.exporter = Exporter(self._open_node, self.settings.exporter,
                                      state=self.tessera_state)
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.start)
         self._tasks.append(asyncio.create_task(self._watch(), name="node watch"))
 
+    async def _leave_dra_gpus_out(self) -> None:
+        """With DRA on, exclude its GPUs before the device plugin first plans, so the plugin
+        never offers one (a GPU that does not answer now is excluded once it is read)."""
+        if self.settings.dra is None:
+            return
+        assert self._node is not None
+        try:
+            gpus = await self._blocking(self._node.gpus)
+        except HardwareError as e:
+            log.warning("cannot read the GPUs before serving DRA: %s", e)
+            gpus = ()
+        await self.plugin.set_excluded(
+            dra_node.owned_gpus((g.uuid for g in gpus), self.settings.dra.driver),
+            owner=dra_node.OWNER)
+
     async def stop(self) -> None:
         self.mig.halt()  # an apply still running (converge, a cancelled pass) ends at a step
         await cancel_all(self._tasks)
+        await self._stop_dra()
         if self.exporter is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.exporter.stop)
         await self.plugin.stop()
@@ -303,7 +339,7 @@ class Agent:
                 self.view = view = await self.api.get()
         if view is not None:
             await self._select_plugin_config(view)
-            if self.settings.mig_manager and self.mig.wants(view):
+            if self.settings.mig_manager and self.dra is None and self.mig.wants(view):
                 await self.mig.reconcile(view)
                 await self.plugin.refresh()
             await self._drain(view)
@@ -313,6 +349,8 @@ class Agent:
         await self.mig.sync_metadata(self.view)
         if self.settings.feature_labels:
             await self._feature_labels()
+        await self._sync_dra()
+        self.dra_report = self.dra_status()
         self._write_status()
 
     async def _select_plugin_config(self, view: NodeView) -> None:
@@ -323,13 +361,22 @@ class Agent:
             await self.plugin.select_config(wanted)
 
     async def allocations(self) -> dict[str, tuple[str, ...]]:
-        """Device UUID -> pods ("ns/name") the kubelet allocated it to; empty when the
-        kubelet does not answer (the PIDs still tell who uses a device)."""
+        """Device UUID -> pods ("ns/name") the kubelet allocated it to, by the device plugin
+        or through DRA claims; empty when the kubelet does not answer (the PIDs still tell
+        who uses a device)."""
         client = self._pod_resources
         if client is None:
             return {}
+        driver = self.settings.dra.driver if self.settings.dra is not None else None
         try:
-            holders = await asyncio.get_running_loop().run_in_executor(None, client.holders)
+            listing = await asyncio.get_running_loop().run_in_executor(None, client.listing,
+                                                                       driver)
+            holders = dict(listing.devices)
+            if listing.claimed and self._node is not None:
+                # DRA names devices, not UUIDs: resolve them on the node (agent's thread).
+                claimed = await self._blocking(resolve_claimed, listing.claimed, self._node)
+                for uuid, held in claimed.items():
+                    holders[uuid] = (*holders.get(uuid, ()), *held)
         except TemporaryError as e:
             log.warning("%s", e)
             return {}
@@ -365,6 +412,73 @@ class Agent:
         if not status:
             return
         await self._patch_node("MIG layout status not published yet", annotations=status)
+    # -- DRA ----------------------------------------------------------------------------------
+
+    async def _start_dra(self, settings: DraSettings) -> None:
+        """Serve DRA, once the device plugin excludes every GPU (see `start`): at no moment
+        are both offering one."""
+        assert self.dra_api is not None
+        await self._exclude_for_dra(settings.driver)
+        self._dra_node = await self._blocking(self._open_node)
+        self.dra = DraPlugin(self._dra_node, self.dra_api, settings)
+        await self.dra.start()
+        await self._sync_dra()
+
+    async def _exclude_for_dra(self, driver: str) -> None:
+        gpus = [v.gpu.uuid for v in self.plugin.inventory.gpus]
+        await self.plugin.set_excluded(dra_node.owned_gpus(gpus, driver), owner=dra_node.OWNER)
+
+    async def _sync_dra(self) -> None:
+        """Keep new GPUs out of the device plugin and hand DRA the current health."""
+        if self.dra is None:
+            return
+        await self._exclude_for_dra(self.dra.settings.driver)
+        disabled = {uuid: gpu.reason for uuid, gpu in self.disabled.items()}
+        await self.dra.set_health(dra_node.problems(self.plugin.health.sickness(), disabled))
+
+    async def _stop_dra(self) -> None:
+        if self.dra is not None:
+            await self.dra.stop()
+            self.dra = None
+        if self._dra_node is not None:
+            with contextlib.suppress(TesseraError):
+                await self._blocking(self._dra_node.close)
+            self._dra_node = None
+        if self.dra_api is not None:
+            await self.dra_api.close()
+            self.dra_api = None
+
+    def dra_status(self) -> dict[str, Any] | None:
+        """What `tessera status` shows of DRA: registration, slices, claims, placements."""
+        plugin = self.dra
+        if plugin is None:
+            return None
+        settings = plugin.settings
+        shown = apply_health(plugin.last_publication, plugin.health.problems,
+                             driver=settings.driver, use_taints=settings.device_taints,
+                             since=plugin.health.since)
+        slices = desired_slices(shown, driver=settings.driver, node=settings.node_name,
+                                layout=settings.layout)
+        try:
+            claims = plugin.preparer.checkpoint.load()
+        except TesseraError as e:
+            self.errors["dra"] = str(e)
+            claims = {}
+        published = {str(d["name"]) for d in shown.devices}
+        return {
+            "driver": settings.driver,
+            "registered": plugin.registration.registered,
+            "registration_error": plugin.registration.error or None,
+            "slices": len(slices),
+            "devices": len(shown.devices),
+            "counter_sets": len(shown.counter_sets),
+            "tainted": sorted(str(d["name"]) for d in shown.devices if d.get("taints")),
+            "withdrawn": sorted(str(d["name"]) for d in plugin.last_publication.devices
+                                if str(d["name"]) not in published),
+            "health_streams": plugin.health_service.streams,
+            "claims": dra_node.claims_status(claims),
+            "placements": dra_node.placement_map(plugin.last_publication, claims),
+        }
 
     # -- disable / drain -------------------------------------------------------------------
 
@@ -488,6 +602,7 @@ class Agent:
             devices_advertised={n: d for n, (d, _) in plugin.resources.items()},
             devices_unhealthy={n: u for n, (_, u) in plugin.resources.items()},
             last_apply_seconds=self.mig.status.last_apply_seconds,
+            **_dra_state(self.dra_report),
         )
 
     def status(self) -> dict[str, Any]:
@@ -524,6 +639,7 @@ class Agent:
             "broken": {str(i): reason for i, reason in self.plugin.inventory.lost.items()},
             "labels": dict(self.labels),
             "metrics": ({"port": self.exporter.port} if self.exporter is not None else None),
+            "dra": self.dra_report,
             "errors": dict(self.errors),
             "api_requests": self.api.requests,
         }
@@ -584,3 +700,12 @@ def _older(version: str, than: str) -> bool:
     # resourceVersions are opaque by contract but integers in practice (etcd revisions, the
     # local file's counter); when they are not, arrival order decides.
     return version.isdigit() and than.isdigit() and int(version) < int(than)
+def _dra_state(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The tessera_dra_* part of the exporter's state, from the last DRA report."""
+    if report is None:
+        return {}
+    tainted, withdrawn = len(report["tainted"]), len(report["withdrawn"])
+    return {"dra_devices": {"published": report["devices"], "tainted": tainted,
+                            "withdrawn": withdrawn},
+            "dra_claims_prepared": len(report["claims"]),
+            "dra_registered": bool(report["registered"])}

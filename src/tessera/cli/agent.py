@@ -25,9 +25,12 @@ from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, configure_logging, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import node_api, runtime_dir, standalone_mode, status_path
 from tessera.cli.status import print_layout, print_status
+from tessera.dra.cdi import DEFAULT_CDI_DIR
+from tessera.dra.server import DEFAULT_DRIVER, KUBELET_DIR, DraSettings
 from tessera.errors import ConfigError
 from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
+from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
     DEVICE_PLUGIN_PATH,
     KUBELET_SOCKET_NAME,
@@ -141,6 +144,24 @@ def agent(
     machine_type_file: Path = typer.Option(
         DMI_PRODUCT_NAME, "--machine-type-file", envvar="GFD_MACHINE_TYPE_FILE",
         help="The file nvidia.com/gpu.machine is read from (GFD's --machine-type-file)."),
+    dra: bool = typer.Option(
+        False, "--dra/--no-dra", envvar="TESSERA_DRA",
+        help="Serve the kubelet's DRA API for every GPU of this node (the device plugin then "
+             "offers none of them, and MIG follows claims, not nvidia.com/mig.config)."),
+    dra_driver: str = typer.Option(
+        DEFAULT_DRIVER, "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
+        help="The DRA driver name (NVIDIA's by default; never run both on one node)."),
+    dra_layout: str = typer.Option(
+        "split", "--dra-slice-layout",
+        help="split (Kubernetes 1.35+: counter sets in their own slices) or combined (1.34)."),
+    dra_taints: bool = typer.Option(
+        True, "--dra-device-taints/--no-dra-device-taints",
+        help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
+    kubelet_dir: Path = typer.Option(
+        KUBELET_DIR, "--kubelet-dir", envvar="TESSERA_KUBELET_DIR",
+        help="The kubelet's root: DRA sockets go in plugins/<driver>/ and plugins_registry/."),
+    cdi_dir: Path = typer.Option(DEFAULT_CDI_DIR, "--cdi-dir", envvar="TESSERA_CDI_DIR",
+                                 help="Where DRA writes the per-claim CDI specs."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -151,6 +172,18 @@ def agent(
     common = settings(ctx)
     with reported():
         standalone = standalone_mode(common, no_kube, kubeconfig)
+        dra_settings = None
+        if dra:
+            if standalone or once:
+                raise ConfigError("--dra serves the kubelet for a cluster's scheduler: it needs "
+                                  "the API server and cannot run standalone or with --once")
+            dra_settings = DraSettings(
+                node_name=node_name, driver=dra_driver, kubelet_dir=kubelet_dir,
+                cdi_dir=cdi_dir, layout=dra_layout,  # type: ignore[arg-type]  # checked there
+                device_taints=dra_taints)
+            if mig_manager:
+                log.info("DRA serves this node: MIG follows claims, nvidia.com/mig.config "
+                         "is not applied")
         api = node_api(node_name, standalone, kubeconfig, node_file, simulate=common.simulate)
         if label and not standalone:
             raise ConfigError("--label only seeds a standalone node; on a cluster use "
@@ -174,25 +207,27 @@ def agent(
             mig=MigSettings(config_path=mig_config, force=force_mig,
                             reboot=_reboot(reboot_command),
                             default_config=default_mig_config or None),
-            mig_manager=mig_manager,
+            mig_manager=mig_manager and not dra,
             gfd_timestamp=not no_timestamp,
             machine_type_file=machine_type_file,
             nvml_drain=nvml_drain,
             status_file=status_file,
             exporter=ExporterSettings(
                 address=metrics_address, port=metrics_port, interval_s=metrics_interval,
-                counters=counters, hostname=node_name,
+                counters=counters, hostname=node_name, dra_driver=dra_driver,
                 pod_resources_socket=(pod_resources_socket if pod_resources_socket.exists()
                                       else None),
             ) if metrics and not once else None,
             pod_resources_socket=(pod_resources_socket if pod_resources_socket.exists()
                                   else None),
+            dra=dra_settings,
         )
 
         def open_node() -> Node:
             return Node(open_backend(common.simulate, common.sim_state))
 
-        agent = Agent(open_node, api, wiring)
+        agent = Agent(open_node, api, wiring,
+                      dra_api=DraApi.connect(kubeconfig) if dra_settings is not None else None)
         if standalone:
             log.info("standalone: node %s's labels in %s, device plugin sockets in %s",
                      node_name, getattr(api, "path", "?"), socket_dir)

@@ -42,6 +42,9 @@ def dra(
     layout: str = typer.Option(
         "split", "--slice-layout",
         help="split (Kubernetes 1.35+: counter sets in their own slices) or combined (1.34)."),
+    device_taints: bool = typer.Option(
+        True, "--device-taints/--no-device-taints",
+        help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
     resync: float = typer.Option(30.0, "--resync", metavar="SECONDS",
                                  help="How often the ResourceSlices are checked and fixed."),
 ) -> None:
@@ -55,7 +58,7 @@ def dra(
         wiring = DraSettings(node_name=node_name, driver=driver, kubelet_dir=kubelet_dir,
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
-                             resync_seconds=resync)
+                             resync_seconds=resync, device_taints=device_taints)
         node = Node(open_backend(common.simulate, common.sim_state))
         asyncio.run(_serve(node, kubeconfig, wiring))
 

@@ -78,6 +78,9 @@ def exporter(
         None, "--kubernetes/--no-kubernetes", "-k", envvar="DCGM_EXPORTER_KUBERNETES",
         help="Label devices with the pods holding them (default: on inside Kubernetes or "
              "when the PodResources socket exists)."),
+    dra_driver: str = typer.Option(
+        "gpu.nvidia.com", "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
+        help="Label devices this DRA driver allocated with their pods too ('' : none)."),
 ) -> None:
     """Serve GPU, MIG and per-pod metrics with dcgm-exporter's names until stopped.
 
@@ -104,7 +107,7 @@ def exporter(
                                                "--clock-events-count-window-size"),
             old_namespace=old_namespace,
             pod_resources_socket=pod_resources_socket if attribute else None,
-            hostname=default_hostname(),
+            hostname=default_hostname(), dra_driver=dra_driver or None,
         )
         running = Exporter(open_node, wiring)
         for warning in running.counters.warnings():

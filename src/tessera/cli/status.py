@@ -15,14 +15,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from tessera.agent.agent import status_lock
+from tessera.agent.dra import slices_summary
 from tessera.agent.report import node_status
 from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import Output, OutputOption, emit, fail, reported, settings, stdout
 from tessera.cli.nodeaccess import status_path
 from tessera.cli.render import show_gpu
+from tessera.errors import TemporaryError
 from tessera.hardware.node import Node
 from tessera.kube import NodeClient
 from tessera.kube.config import find_credentials
+from tessera.kube.dra import DraApi
 from tessera.mig import engine
 from tessera.plugin.lock import holder_of
 from tessera.textinput import read_json
@@ -38,6 +41,9 @@ def status(
     kubeconfig: Path | None = typer.Option(
         None, "--kubeconfig",
         help="Read the node from the cluster (from any machine) instead of the agent's file."),
+    dra_driver: str = typer.Option(
+        "gpu.nvidia.com", "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
+        help="With --kubeconfig: the DRA driver whose ResourceSlices to count."),
     output: Output = OutputOption,
 ) -> None:
     """The node at a glance: GPUs and MIG layout, what is advertised, health, MIG state.
@@ -53,7 +59,7 @@ def status(
             status_file is None and not path.exists() and find_credentials() is not None)
     if from_cluster:
         with reported():
-            data = asyncio.run(_cluster_status(node_name, kubeconfig))
+            data = asyncio.run(_cluster_status(node_name, kubeconfig, dra_driver))
         if output is Output.table:
             print_status(data, output)
         else:
@@ -84,12 +90,24 @@ def status(
     emit(data, output)
 
 
-async def _cluster_status(node_name: str, kubeconfig: Path | None) -> dict[str, Any]:
+async def _cluster_status(node_name: str, kubeconfig: Path | None,
+                          driver: str) -> dict[str, Any]:
     api = NodeClient.connect(node_name, kubeconfig)
     try:
-        return node_status(await api.get())
+        data = node_status(await api.get())
     finally:
         await api.close()
+    dra = DraApi.connect(kubeconfig)
+    try:
+        slices = await dra.node_slices(driver, node_name)
+    except TemporaryError:
+        slices = []  # no resource.k8s.io/v1 on the cluster, or no right to list it
+    finally:
+        await dra.close()
+    summary = slices_summary(slices, driver)
+    if summary is not None:
+        data["dra"] = summary
+    return data
 
 
 def print_layout(node: Node) -> None:
@@ -157,6 +175,8 @@ def print_status(data: dict[str, Any], output: Output, notes: Sequence[str] = ()
     for index, gpu in sorted(data.get("disabled", {}).items()):
         stdout.print(f"[yellow]disabled[/] GPU {index}: {gpu['reason']} ({gpu['state']}"
                      + (f", used by {gpu['users']}" if gpu.get("users") else "") + ")")
+    if data.get("dra"):
+        _print_dra(data["dra"])
     labels = data.get("labels", {})
     if labels:
         stdout.print(f"[bold]feature labels[/] ({len(labels)}): " + ", ".join(
@@ -179,3 +199,33 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+def _print_dra(dra: dict[str, Any]) -> None:
+    """DRA's part of the status: registration, slices, claims, and each GPU's instances."""
+    if dra.get("registered") is None:
+        registered = "from its ResourceSlices"
+    elif dra["registered"]:
+        registered = "registered"
+    else:
+        registered = f"[red]not registered[/] {dra.get('registration_error') or ''}".rstrip()
+    stdout.print(f"[bold]DRA[/] {dra['driver']} ({registered}): {dra['slices']} slices, "
+                 f"{dra['devices']} devices, {dra['counter_sets']} counter sets, "
+                 f"{len(dra['claims'])} claims prepared")
+    for key in ("tainted", "withdrawn"):
+        if dra.get(key):
+            stdout.print(f"[yellow]{key}[/]: {', '.join(dra[key])}")
+    claims = Table("claim", "state", "devices", title="claims prepared", title_justify="left")
+    for claim in dra["claims"]:
+        claims.add_row(claim["claim"], claim["state"], ", ".join(claim["devices"]))
+    if dra["claims"]:
+        stdout.print(claims)
+    placements = Table("GPU", "profile", "slices", "device", "claim",
+                       title="MIG placements", title_justify="left")
+    for gpu, rows in dra["placements"].items():
+        for row in rows:
+            end = row["start"] + row["size"] - 1
+            placements.add_row(gpu, row["profile"], f"{row['start']}-{end}", row["device"],
+                               row["claim"] or "(not a claim's: kept, offered as is)")
+        if not rows:
+            placements.add_row(gpu, "-", "-", "-", "-")
+    if dra["placements"]:
+        stdout.print(placements)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,13 +26,15 @@ from typing import Any
 
 import grpc
 
-from tessera.dra import cdi, health
+from tessera.dra import cdi
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.devices import Publication
+from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
+from tessera.dra.health_service import HealthServicer
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.dra.status import device_status
-from tessera.errors import ConfigError, TemporaryError, TesseraError
+from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
@@ -47,7 +47,6 @@ from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
-from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as healthpb
 from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
@@ -72,6 +71,8 @@ class DraSettings:
     registry_check_seconds: float = 1.0
     health_seconds: float = 5.0
     mig_minors: Path = cdi.MIG_MINORS
+    # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
+    device_taints: bool = True
 
     def __post_init__(self) -> None:
         if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
@@ -141,6 +142,10 @@ class DraPlugin:
         self._kick = asyncio.Event()
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
         self._reports: set[asyncio.Task[None]] = set()
+        self.health = HealthBoard()
+        self.health_service = HealthServicer(lambda: self.last_publication, self.health,
+                                             pool=settings.node_name,
+                                             resend_seconds=settings.health_seconds)
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -158,12 +163,13 @@ class DraPlugin:
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
-            (healthrpc.add_DRAResourceHealthServicer_to_server, _Health(self)),
+            (healthrpc.add_DRAResourceHealthServicer_to_server, self.health_service),
         ])
         await self.publish()
         await self._serve_registration()
         self._tasks = [asyncio.create_task(self._resync()),
-                       asyncio.create_task(self._watch_registry())]
+                       asyncio.create_task(self._watch_registry()),
+                       asyncio.create_task(self._probe())]
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._reports]:
@@ -220,6 +226,17 @@ class DraPlugin:
             self._kick.clear()
             await self.publish()
 
+    async def _probe(self) -> None:
+        """Every `health_seconds`, ask each published GPU whether it still answers."""
+        while True:
+            gpus = sorted({t.gpu for t in self.last_publication.targets.values()})
+            probes = await asyncio.to_thread(self._probe_gpus, gpus)
+            await self.set_health(probe_problems(self.last_publication, probes), "probed")
+            await asyncio.sleep(self.settings.health_seconds)
+
+    def _probe_gpus(self, gpus: list[int]) -> dict[int, str | None]:
+        return {i: self.node.probe(i) for i in gpus}
+
     def publish_soon(self) -> None:
         """Publish in the background (prepare answers the kubelet without waiting for it)."""
         self._idle.clear()
@@ -239,9 +256,24 @@ class DraPlugin:
         async with self._publish_lock:
             settings = self.settings
             try:
-                publication = await asyncio.to_thread(self.preparer.publication)
+                try:
+                    publication = await asyncio.to_thread(self.preparer.publication)
+                except HardwareError as e:
+                    if not self.last_publication.devices:
+                        raise
+                    # A GPU that fell off the bus cannot be read again: keep its devices as
+                    # last read, so its taints (or its withdrawal) can still be published.
+                    log.warning("cannot read the GPUs (%s); publishing the devices as last "
+                                "read, with their health", e)
+                    publication = self.last_publication
+                reshaped = _names(publication) != _names(self.last_publication)
                 self.last_publication = publication
-                desired = desired_slices(publication, driver=settings.driver,
+                if reshaped:
+                    await self.health.poke()  # the health streams list every device
+                shown = apply_health(publication, self.health.problems, driver=settings.driver,
+                                     use_taints=settings.device_taints,
+                                     since=self.health.since)
+                desired = desired_slices(shown, driver=settings.driver,
                                          node=settings.node_name, layout=settings.layout)
                 stored = await self.api.node_slices(settings.driver, settings.node_name)
                 writes = reconcile(desired, stored)
@@ -257,6 +289,15 @@ class DraPlugin:
                 return Writes()
             self.last_writes = writes
             return writes
+
+    async def set_health(self, problems: Mapping[str, DeviceProblem],
+                         source: str = "told") -> None:
+        """The node's unhealthy GPU and MIG devices by UUID, as the device plugin's health
+        decides them: tainted or left out in the slices, and streamed to the kubelet."""
+        if await self.health.set(problems, source):
+            log.info("device health changed: %s", ", ".join(
+                f"{u}: {p.reason}" for u, p in sorted(problems.items())) or "all healthy")
+            self.publish_soon()
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -337,43 +378,6 @@ def _servicer(pb: ModuleType, rpc: ModuleType, plugin: DraPlugin) -> Any:
     return Servicer()
 
 
-class _Health(healthrpc.DRAResourceHealthServicer):
-    """NodeWatchResources: the complete health list at once, then again whenever it changes
-    (checked every `health_seconds`)."""
-
-    def __init__(self, plugin: DraPlugin) -> None:
-        self.plugin = plugin
-
-    async def NodeWatchResources(  # noqa: N802 - the kubelet's RPC name
-        self, request: healthpb.NodeWatchResourcesRequest,
-        context: grpc.aio.ServicerContext[healthpb.NodeWatchResourcesRequest,
-                                          healthpb.NodeWatchResourcesResponse],
-    ) -> AsyncIterator[healthpb.NodeWatchResourcesResponse]:
-        settings = self.plugin.settings
-        timeout = max(1, math.ceil(3 * settings.health_seconds))
-        last: tuple[health.DeviceHealth, ...] | None = None
-        while True:
-            current = await asyncio.to_thread(self._read)
-            if current != last:
-                stamp = int(time.time())
-                yield healthpb.NodeWatchResourcesResponse(devices=[
-                    healthpb.DeviceHealth(
-                        device=healthpb.DeviceIdentifier(pool_name=d.pool, device_name=d.device),
-                        health=d.health, last_updated_time=stamp,
-                        health_check_timeout_seconds=timeout)
-                    for d in current])
-                last = current
-            await asyncio.sleep(settings.health_seconds)
-
-    def _read(self) -> tuple[health.DeviceHealth, ...]:
-        # The devices last published (a lost GPU may not answer the reads a new publication
-        # needs), each with its GPU's probe.
-        node = self.plugin.node
-        probes = {i: node.probe(i) for i in range(node.gpu_count())}
-        return health.report(self.plugin.last_publication, self.plugin.settings.node_name,
-                             probes)
-
-
 class _Registrar(regrpc.RegistrationServicer):
     def __init__(self, plugin: DraPlugin) -> None:
         self.plugin = plugin
@@ -402,6 +406,10 @@ class _Registrar(regrpc.RegistrationServicer):
         else:
             log.error("the kubelet refused the registration: %s", request.error)
         return regpb.RegistrationStatusResponse()
+
+
+def _names(publication: Publication) -> list[str]:
+    return [str(d["name"]) for d in publication.devices]
 
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL

@@ -64,6 +64,9 @@ class ExporterSettings:
     xid_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_XID_ERRORS_COUNT's window
     clock_events_window_s: float = DEFAULT_WINDOW_S  # DCGM_EXP_CLOCK_EVENTS_COUNT's
     old_namespace: bool = False  # dcgm-exporter 1.x's label names (uuid, pod_name, ...)
+    # Devices this DRA driver allocated are attributed to pods too (PodResources'
+    # dynamic_resources); None: device-plugin devices only.
+    dra_driver: str | None = "gpu.nvidia.com"
 
 
 class Exporter:
@@ -91,6 +94,7 @@ class Exporter:
             xid_window_s=self.settings.xid_window_s,
             clock_events_window_s=self.settings.clock_events_window_s,
             names=OLD_NAMESPACE_NAMES if self.settings.old_namespace else CURRENT_NAMES,
+            dra_driver=self.settings.dra_driver,
         )
         self._server: MetricsServer | None = None
         self._serving: threading.Thread | None = None

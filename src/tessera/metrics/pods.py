@@ -6,6 +6,10 @@ time-sliced or MPS replicas, either of those with a `::<n>` suffix. `device_hold
 listing into "device UUID -> the containers holding it", whatever the resource is called
 (`nvidia.com/gpu`, `nvidia.com/mig-1g.10gb`, a renamed shared resource): a device ID that is
 not a GPU of this node simply matches no GPU.
+
+Devices allocated through DRA are listed apart, per container, by driver and device name
+(`dynamic_resources`); `claimed_devices` folds those of one driver into "device name -> the
+containers holding it", which `tessera.metrics.dra` resolves to UUIDs.
 """
 
 from __future__ import annotations
@@ -55,6 +59,28 @@ def device_holders(pods: Iterable[pb.PodResources]) -> dict[str, tuple[Holder, .
     return {device: tuple(sorted(holders)) for device, holders in found.items()}
 
 
+def claimed_devices(pods: Iterable[pb.PodResources],
+                    driver: str) -> dict[str, tuple[Holder, ...]]:
+    """DRA device name -> the containers whose claims hold it, for devices of `driver`."""
+    found: dict[str, set[Holder]] = {}
+    for pod in pods:
+        for container in pod.containers:
+            holder = Holder(pod.namespace, pod.name, container.name)
+            for claim in container.dynamic_resources:
+                for resource in claim.claim_resources:
+                    if resource.driver_name == driver:
+                        found.setdefault(resource.device_name, set()).add(holder)
+    return {device: tuple(sorted(holders)) for device, holders in found.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One PodResources listing: device-plugin devices by UUID, DRA devices by name."""
+
+    devices: DeviceHolders
+    claimed: DeviceHolders
+
+
 class PodResourcesClient:
     """Calls `PodResourcesLister.List` on the kubelet's socket (blocking; one thread)."""
 
@@ -68,7 +94,11 @@ class PodResourcesClient:
         self._stub = rpc.PodResourcesListerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def holders(self) -> dict[str, tuple[Holder, ...]]:
-        """Device UUID -> holders, as the kubelet sees it now."""
+        """Device UUID -> holders of device-plugin devices, as the kubelet sees it now."""
+        return dict(self.listing().devices)
+
+    def listing(self, dra_driver: str | None = None) -> Listing:
+        """The kubelet's listing now; DRA devices of `dra_driver` (None: none) by name."""
         try:
             response = self._stub.List(pb.ListPodResourcesRequest(), timeout=self.timeout_s)
         except grpc.RpcError as e:
@@ -79,7 +109,9 @@ class PodResourcesClient:
                 "kubelet's pod-resources directory (not the socket) into the exporter, or "
                 "run it with --no-kubernetes"
             ) from e
-        return device_holders(response.pod_resources)
+        pods = response.pod_resources
+        return Listing(device_holders(pods),
+                       claimed_devices(pods, dra_driver) if dra_driver is not None else {})
 
     def close(self) -> None:
         self._channel.close()

@@ -306,4 +306,18 @@ def _tessera_families(inputs: Inputs, host: Labels) -> list[Family]:
         out.append(Family("tessera_mig_last_apply_duration_seconds", "gauge",
                           "How long the last MIG config apply took.",
                           ((host, state.last_apply_seconds),)))
+    if state.dra_devices is not None:
+        out.append(Family(
+            "tessera_dra_devices", "gauge",
+            "DRA devices of the node: published in its ResourceSlices, tainted there "
+            "(unhealthy or disabled), or withdrawn from them.",
+            tuple(((*host, ("state", s)), float(n)) for s, n in sorted(state.dra_devices.items()))))
+    if state.dra_claims_prepared is not None:
+        out.append(Family("tessera_dra_claims_prepared", "gauge",
+                          "ResourceClaims prepared on the node (in the DRA checkpoint).",
+                          ((host, float(state.dra_claims_prepared)),)))
+    if state.dra_registered is not None:
+        out.append(Family("tessera_dra_registered", "gauge",
+                          "1 while the kubelet has registered the DRA plugin.",
+                          ((host, float(state.dra_registered)),)))
     return out

@@ -29,6 +29,7 @@ from tessera.hardware.node import Node
 from tessera.hardware.telemetry import NodeSample, TelemetryReader
 from tessera.metrics.counters import Counters
 from tessera.metrics.devices import FLEXIBLE, Devices
+from tessera.metrics.dra import resolve
 from tessera.metrics.exposition import Family, render
 from tessera.metrics.fields import LABEL_FIELDS, clock_events
 from tessera.metrics.owners import ContainerOwners
@@ -108,6 +109,7 @@ class Sampler:
         xid_window_s: float = 300.0,
         clock_events_window_s: float = 300.0,
         names: LabelNames = CURRENT_NAMES,
+        dra_driver: str | None = None,
     ) -> None:
         self.open_node = open_node
         self.counters = counters
@@ -122,6 +124,7 @@ class Sampler:
         self._node: Node | None = None
         self._reader: TelemetryReader | None = None
         self._holders: dict[str, tuple[Holder, ...]] = {}
+        self.dra_driver = dra_driver  # attribute devices of this DRA driver too
         self._known: dict[int, Gpu] = {}
         self._nvlink: dict[str, tuple[float, int]] = {}  # GPU UUID -> (taken_at, KiB)
         self._stop = threading.Event()
@@ -309,7 +312,12 @@ class Sampler:
     def _read_pods(self, problems: list[str]) -> bool:
         assert self.pods is not None
         try:
-            self._holders = self.pods.holders()
+            listing = self.pods.listing(self.dra_driver)
+            holders = dict(listing.devices)
+            if listing.claimed and self._node is not None:
+                for uuid, held in resolve(listing.claimed, self._node).items():
+                    holders[uuid] = tuple(sorted({*holders.get(uuid, ()), *held}))
+            self._holders = holders
         except TesseraError as e:
             # Keep the last listing: pods keep running while the kubelet restarts.
             problems.append(str(e))

@@ -24,6 +24,11 @@ class TesseraState:
     devices_advertised: Mapping[str, int] = field(default_factory=dict)  # by resource name
     devices_unhealthy: Mapping[str, int] = field(default_factory=dict)  # by resource name
     last_apply_seconds: float | None = None  # how long the last MIG apply took
+    # DRA, where the agent serves it (None: it does not): devices by state (published,
+    # tainted, withdrawn), the claims prepared, and whether the kubelet registered the plugin.
+    dra_devices: Mapping[str, int] | None = None
+    dra_claims_prepared: int | None = None
+    dra_registered: bool | None = None
 
 
 StateProvider = Callable[[], TesseraState]

@@ -34,6 +34,8 @@ class Sickness:
     since: float
     last_event: float
     recoverable: bool = True  # False: only an operator (or a GPU reset) brings it back
+    xid: int | None = None  # the XID that made it unhealthy, if one did
+    lost: bool = False  # the GPU stopped answering (fell off the bus)
 
 
 def xid_counts(health: Health, xid: int) -> bool:
@@ -68,6 +70,10 @@ class HealthBook:
     def unhealthy(self) -> dict[str, str]:
         return {device: s.reason for device, s in self._sick.items()}
 
+    def sickness(self) -> dict[str, Sickness]:
+        """Every unhealthy device with why (for DRA's device taints)."""
+        return dict(self._sick)
+
     def record_xid(self, event: XidEvent, inventory: Inventory, now: float) -> list[str]:
         """Mark the devices an XID hits; returns them (empty when the XID is ignored)."""
         if not xid_counts(self.health, event.xid):
@@ -82,18 +88,20 @@ class HealthBook:
                 reason=f"XID {event.xid} on {where}",
                 since=old.since if old else now,
                 last_event=now,
+                xid=event.xid,
             )
         return hit
 
     def mark(self, devices: Iterable[str], reason: str, now: float, *,
-             recoverable: bool = True) -> list[str]:
+             recoverable: bool = True, lost: bool = False) -> list[str]:
         """Mark devices unhealthy for a reason other than an XID (a lost GPU, a probe)."""
         changed = []
         for device in devices:
             old = self._sick.get(device)
             if old is None or old.reason != reason:
                 changed.append(device)
-            self._sick[device] = Sickness(reason, old.since if old else now, now, recoverable)
+            self._sick[device] = Sickness(reason, old.since if old else now, now, recoverable,
+                                          lost=lost)
         return changed
 
     def clear(self, devices: Iterable[str]) -> list[str]:

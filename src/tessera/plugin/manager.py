@@ -354,7 +354,7 @@ class DevicePlugin:
             if old is not None:
                 kept.append(old)
                 ids = [old.gpu.uuid, *(m.uuid for m in old.mig_devices)]
-                self.health.mark(ids, f"GPU {index} does not answer: {reason}", now)
+                self.health.mark(ids, f"GPU {index} does not answer: {reason}", now, lost=True)
         kept.sort(key=lambda v: v.gpu.index)
         self.inventory = Inventory(tuple(kept), self.inventory.topology, inventory.lost)
         present = {v.gpu.uuid for v in kept} | {m.uuid for v in kept for m in v.mig_devices}

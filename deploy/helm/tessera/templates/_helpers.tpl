@@ -98,6 +98,12 @@ values, else the chart's own when it has content. */}}
 {{- if and .Values.admissionPolicy.enabled (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.30 or later (ValidatingAdmissionPolicy v1 and the node-name claim of service account tokens); this cluster is %s: set admissionPolicy.enabled=false" .Capabilities.KubeVersion.Version) }}
 {{- end }}
+{{- if and .Values.dra.enabled .Values.dra.nodeSelector .Values.affinity (get .Values.affinity "nodeAffinity") }}
+{{- fail "dra.nodeSelector splits the nodes between two DaemonSets by node affinity, so it cannot be combined with affinity.nodeAffinity: say which nodes get the agent with nodeSelector instead" }}
+{{- end }}
+{{- if and .Values.dra.enabled (semverCompare "<1.34.0-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "dra.enabled needs Kubernetes 1.34 or later (resource.k8s.io/v1); this cluster is %s: set dra.enabled=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not (and .Values.metrics.enabled .Values.metrics.service.enabled)) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled and metrics.service.enabled: the ServiceMonitor scrapes through the Service" }}
 {{- end }}
