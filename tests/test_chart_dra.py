@@ -312,7 +312,8 @@ def test_every_dra_agent_arg_is_a_flag_of_tessera_agent(values: dict[str, Any]) 
 
     from tessera.cli.main import app
 
-    command = typer.main.get_command(app).commands["agent"]  # type: ignore[attr-defined]
+    group = typer.main.get_command(app)
+    command = group.get_command(click.Context(group), "agent")  # type: ignore[attr-defined]
     known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
     for daemonset in render(values).all("DaemonSet"):
         for arg in _args(daemonset)[1:]:
