@@ -308,6 +308,7 @@ def test_the_agent_may_not_write_another_nodes_slices(slices_policy: AdmissionPo
 @pytest.mark.parametrize("values", [ON, GROUPS, {"dra": {"enabled": True,
                                                          "deviceTaints": False}}])
 def test_every_dra_agent_arg_is_a_flag_of_tessera_agent(values: dict[str, Any]) -> None:
+    import click
     import typer
 
     from tessera.cli.main import app
