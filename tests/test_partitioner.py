@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from helpers import until
 from partitioner_support import (
     a100,
     events,
     opted_in,
     partitioner,
     publish,
-    until,
 )
 from tessera.cli.main import app
 from tessera.errors import ConfigError
