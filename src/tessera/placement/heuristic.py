@@ -10,7 +10,10 @@ for the passes over the batch and their order):
 3. only then destroy idle instances to make room, fewest first, then best capacity kept;
 4. never a used instance, nor one this plan already gave to a pod.
 
-A pod asking for several instances gets them all on one node.
+A pod asking for several instances gets them all on one node. When pods are left over, a
+repack pass re-solves each GPU the batch touched exactly (`tessera.placement.repack`) and
+keeps a layout that places more priority-weighted pods, e.g. three 2g and a 1g where the
+larger-first order put a 4g and a 3g.
 """
 
 from __future__ import annotations
@@ -296,9 +299,11 @@ def plan_heuristic(snapshot: Snapshot, pods: Sequence[PodRequest], *,
     finds the same matching). Then, priority level by level, free space, then destroying
     idle instances. Every step takes larger requests first (they have the fewest
     placements), in one order throughout, which is what makes re-planning a batch of
-    single-instance pods after its plan was applied a no-op. Not guaranteed where node CPU
-    or memory binds, or for pods asking for several instances: there the re-plan may serve
-    a different set of pods (the matching sees what the first plan's passes created)."""
+    single-instance pods after its plan was applied a no-op. Then, while pods are left, the
+    repack pass (`_repack`); after it or after steps that created instances, the
+    instances are handed out again by the matching, as a re-plan would, until nothing
+    changes. Not guaranteed where node CPU or memory binds, or for pods asking for several
+    instances: there the re-plan may serve a different set of pods."""
     work = load(snapshot)
     planner = _Planner(work, demand)
     levels: dict[int, list[int]] = {}
