@@ -18,6 +18,7 @@ from tessera.placement import (
     Toleration,
     plan,
 )
+from tessera.placement.repack import best_refill, extensions
 
 A100 = "A100-SXM4-80GB"
 
@@ -231,3 +232,17 @@ def test_the_validator_catches_a_plan_that_destroys_a_used_instance() -> None:
     bad = plan(Snapshot((_node("a", ()),)), [PodRequest("x/y", "7g.80gb")])
     with pytest.raises(AssertionError, match="used instance"):
         check_plan(snap, [PodRequest("x/y", "7g.80gb")], bad)
+
+
+def test_one_gpu_re_solved_beats_the_current_weight_or_says_nothing() -> None:
+    assert len(extensions(A100, ())) == 128  # ways to fill an empty A100, by count per profile
+    wanted = {"2g.20gb": [1, 1, 1], "1g.10gb": [1], "4g.40gb": [1]}
+    refill = best_refill(A100, (), frozenset(), wanted, 2, lambda _: 0.0)
+    assert refill is not None
+    assert sorted(n for n, _, taken in refill if taken) == ["1g.10gb", *["2g.20gb"] * 3]
+    assert best_refill(A100, (), frozenset(), wanted, 4, lambda _: 0.0) is None
+    # a used 4g at start 0 stays; beside it at most a 2g and a 1g for these pods
+    beside = best_refill(A100, (("4g.40gb", 0),), frozenset({("4g.40gb", 0)}), wanted, 0,
+                         lambda _: 0.0)
+    assert beside is not None
+    assert sorted(n for n, _, taken in beside if taken) == ["1g.10gb", "2g.20gb"]
