@@ -1,5 +1,5 @@
 """The exact mode (CP-SAT): valid plans, never worse than the heuristic, and strictly better
-where the greedy order costs a pod."""
+where only a change across GPUs places one more pod."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from tessera.placement import GpuView, NodeView, Plan, PodRequest, Slice, Snapsh
 from tessera.placement.exact import plan_exact, score
 
 
-def test_exact_gives_up_reusing_an_idle_slice_to_fit_one_more_pod() -> None:
-    # The heuristic hands the idle 1g (start 1) to the 1g pod first, which leaves no room for
-    # the 4g (start 0 only); the solver moves the 1g pod to a new instance instead.
-    gpu = GpuView(0, "A100-SXM4-40GB", True, (Slice("1g.5gb", 1),))
-    snap = Snapshot((NodeView("n", (gpu,)),))
+def test_exact_moves_a_small_pod_to_another_gpu_to_fit_a_large_one() -> None:
+    # The heuristic hands the idle 1g (start 1) of GPU 0 to the 1g pod, which leaves no room
+    # for the 4g (start 0 only; GPU 1's lower half is in use). Its repack pass re-solves one
+    # GPU at a time, and GPU 0 cannot hold both; the solver moves the 1g pod to GPU 1.
+    gpus = (GpuView(0, "A100-SXM4-40GB", True,
+                    (Slice("1g.5gb", 1), Slice("3g.20gb", 4, used=True))),
+            GpuView(1, "A100-SXM4-40GB", True, (Slice("4g.20gb", 0, used=True),)))
+    snap = Snapshot((NodeView("n", gpus),))
     pods = [PodRequest("a/big", "4g.20gb"), PodRequest("a/small", "1g.5gb")]
     greedy = plan(snap, pods)
     exact = plan(snap, pods, policy="exact", time_limit_s=5)
     check_plan(snap, pods, exact)
-    assert [a.pod for a in greedy.assignments] == ["a/small"]
-    assert sorted(a.pod for a in exact.assignments) == ["a/big", "a/small"]
-    assert exact.destroyed == 1
-    assert exact.created == 2
+    assert [(a.pod, a.gpu) for a in greedy.assignments] == [("a/small", 0)]
+    assert sorted((a.pod, a.gpu) for a in exact.assignments) == [("a/big", 0), ("a/small", 1)]
+    assert (exact.created, exact.destroyed) == (2, 1)
 
 
 def test_exact_prefers_fewer_operations_when_as_many_pods_fit() -> None:

@@ -21,33 +21,12 @@ from ortools.sat.python import cp_model
 from tessera.placement.fit import resource_misfit, static_misfit
 from tessera.placement.heuristic import MAX_COUNT
 from tessera.placement.model import Assignment, Plan, PodRequest, Slice, Snapshot, Unplaced
+from tessera.placement.objective import priority_weights, score
 from tessera.placement.state import Work, WorkGpu, load
 
 MAX_ASSIGN_VARIABLES = 200_000
 """Above this many pod-to-instance variables the model is not built (the heuristic's plan
 stands): exact mode is for small batches."""
-
-
-def _weights(pods: Sequence[PodRequest]) -> dict[int, int]:
-    """Per priority level, a weight that makes one pod of a level worth more than every pod
-    of the levels below it put together (linear by rank if that would overflow)."""
-    levels = sorted({p.priority for p in pods})
-    weights: dict[int, int] = {}
-    below = 0
-    for level in levels:
-        weights[level] = below + 1
-        below += weights[level] * sum(p.priority == level for p in pods)
-    if below > 1 << 40:
-        return {level: rank + 1 for rank, level in enumerate(levels)}
-    return weights
-
-
-def score(plan: Plan, pods: Sequence[PodRequest]) -> tuple[int, int]:
-    """(priority-weighted pods placed, minus MIG operations): what exact mode maximises."""
-    weights = _weights(pods)
-    placed = {a.pod for a in plan.assignments}
-    return (sum(weights[p.priority] for p in pods if p.key in placed),
-            -(plan.created + plan.destroyed))
 
 
 def plan_exact(snapshot: Snapshot, pods: Sequence[PodRequest], *,
@@ -57,7 +36,7 @@ def plan_exact(snapshot: Snapshot, pods: Sequence[PodRequest], *,
     del demand  # the objective is placed pods and operations; capacity kept is not scored
     work = load(snapshot)
     valid = [p for p in pods if 1 <= p.count <= MAX_COUNT]
-    weights = _weights(pods)
+    weights = priority_weights(pods)
     m = cp_model.CpModel()
     z: dict[tuple[int, int, int], cp_model.IntVar] = {}   # (node, gpu pos, placement)
     existing: dict[tuple[int, int, int], bool] = {}       # -> used

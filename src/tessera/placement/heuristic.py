@@ -10,7 +10,10 @@ for the passes over the batch and their order):
 3. only then destroy idle instances to make room, fewest first, then best capacity kept;
 4. never a used instance, nor one this plan already gave to a pod.
 
-A pod asking for several instances gets them all on one node.
+A pod asking for several instances gets them all on one node. When pods are left over, a
+repack pass re-solves each GPU the batch touched exactly (`tessera.placement.repack`) and
+keeps a layout that places more priority-weighted pods, e.g. three 2g and a 1g where the
+larger-first order put a 4g and a 3g.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from itertools import combinations
 
 from tessera.placement.fit import resource_misfit, static_misfit
 from tessera.placement.model import Assignment, PodRequest, Snapshot, Unplaced
+from tessera.placement.objective import priority_weights
+from tessera.placement.repack import Refill, best_refill
 from tessera.placement.state import (
     Instance,
     Work,
@@ -148,7 +153,8 @@ class _Planner:
         self.version = 0  # bumped on every change, so remembered failures expire
         self.failed: dict[tuple[object, ...], int] = {}
 
-    def _weights(self, t: ProductTable) -> tuple[float, ...]:
+    def weights_of(self, t: ProductTable) -> tuple[float, ...]:
+        """The demand weight of each of the product's profiles."""
         w = self.weights.get(t.product)
         if w is None:
             w = self.weights[t.product] = demand_weights(t, self.demand)
@@ -171,7 +177,7 @@ class _Planner:
                     found = gpu.evaluated[profile]
                 else:
                     found = gpu.evaluated[profile] = _evaluate(
-                        t.product, gpu.key(), self._weights(t), profile)
+                        t.product, gpu.key(), self.weights_of(t), profile)
                 if found is None or found[0][0] > stage:
                     continue
                 rank: tuple[float, ...] = (*found[0], packed, node.position, gpu.index,
@@ -199,8 +205,10 @@ class _Planner:
         gpu.touch()
         self.version += 1
         node.locked += gpu.table.profiles[gpu.table.index(profile) or 0].slices
+        # after the repack pass, an idle instance handed out may be one this plan creates
+        reused = choice.reuse is not None and choice.reuse.existed
         self.work.assignments.append(Assignment(pod.key, node.name, gpu.index, profile,
-                                                choice.start, choice.reuse is not None))
+                                                choice.start, reused))
 
 
 def _fitting(work: Work, pod: PodRequest) -> tuple[list[WorkNode], Counter[str], int]:
@@ -291,9 +299,11 @@ def plan_heuristic(snapshot: Snapshot, pods: Sequence[PodRequest], *,
     finds the same matching). Then, priority level by level, free space, then destroying
     idle instances. Every step takes larger requests first (they have the fewest
     placements), in one order throughout, which is what makes re-planning a batch of
-    single-instance pods after its plan was applied a no-op. Not guaranteed where node CPU
-    or memory binds, or for pods asking for several instances: there the re-plan may serve
-    a different set of pods (the matching sees what the first plan's passes created)."""
+    single-instance pods after its plan was applied a no-op. Then, while pods are left, the
+    repack pass (`_repack`); after it or after steps that created instances, the
+    instances are handed out again by the matching, as a re-plan would, until nothing
+    changes. Not guaranteed where node CPU or memory binds, or for pods asking for several
+    instances: there the re-plan may serve a different set of pods."""
     work = load(snapshot)
     planner = _Planner(work, demand)
     levels: dict[int, list[int]] = {}
@@ -306,16 +316,231 @@ def plan_heuristic(snapshot: Snapshot, pods: Sequence[PodRequest], *,
     everyone = sorted((i for level in levels.values() for i in level), key=lambda i: (
         -pods[i].priority, -slices_of(pods[i].profile) * pods[i].count, i))
     matched = _match_idle(work, planner, everyone, pods)
+    seen = _layouts(work)  # the layouts the matching saw (the snapshot's)
+    left = _steps(work, planner, pods, levels, matched)
+    for _ in range(MAX_ROUNDS):
+        if not left:
+            break
+        repacked = _repack(work, planner, pods, left)
+        now = _layouts(work)
+        if not repacked and now == seen:
+            break
+        # The steps made instances the matching did not see, or the repack moved pods GPU
+        # by GPU: hand the instances out again as a re-plan of the applied plan would,
+        # until that changes nothing, so that re-planning the batch is a no-op.
+        seen = now
+        singles = [i for i in everyone if pods[i].count == 1]
+        _release(work, planner, {pods[i].key: pods[i] for i in singles})
+        served = {a.pod for a in work.assignments}
+        done = _match_idle(work, planner, singles, pods) | {
+            i for i in everyone if pods[i].key in served}
+        left = _steps(work, planner, pods, levels, done)
+    _drop_unused(work)
+    for i in left:
+        pod = pods[i]
+        nodes, why, offering = _fitting(work, pod)
+        work.unplaced.append(Unplaced(pod.key, _reason(pod, why, offering, len(nodes))))
+    return work
+
+
+def _steps(work: Work, planner: _Planner, pods: Sequence[PodRequest],
+           levels: Mapping[int, Sequence[int]], done: set[int]) -> list[int]:
+    """Free space, then destroying idle instances, for the pods not `done`, priority level
+    by level, larger requests first; returns the pods left unplaced, highest level first."""
+    left: list[int] = []
     for priority in sorted(levels, reverse=True):
-        pending = [i for i in levels[priority] if i not in matched]
+        pending = [i for i in levels[priority] if i not in done]
         pending.sort(key=lambda i: (-slices_of(pods[i].profile) * pods[i].count, i))
         for stage in (0, 1, 2):
             pending = [i for i in pending if not _place(work, planner, pods[i], stage)]
-        for i in sorted(pending):
-            pod = pods[i]
-            nodes, why, offering = _fitting(work, pod)
-            work.unplaced.append(Unplaced(pod.key, _reason(pod, why, offering, len(nodes))))
-    return work
+        left.extend(sorted(pending))
+    return left
+
+
+def _layouts(work: Work) -> frozenset[tuple[int, int, frozenset[tuple[str, int]]]]:
+    """The layouts of the GPUs this plan changed so far."""
+    out = set()
+    for node in work.nodes:
+        for g in node.gpus:
+            if g.touched:
+                now = frozenset((i.profile, i.start) for i in g.instances)
+                if now != {(s.profile, s.start) for s in g.original}:
+                    out.add((g.node, g.index, now))
+    return frozenset(out)
+
+
+def _drop_unused(work: Work) -> None:
+    """Forget instances this plan would create that no pod takes any more (the repack can
+    leave some behind): creating them would be an operation for nothing."""
+    for node in work.nodes:
+        for gpu in node.gpus:
+            if any(not i.existed and not i.taken for i in gpu.instances):
+                gpu.instances = [i for i in gpu.instances if i.existed or i.taken]
+                gpu.touch()
+
+
+def _release(work: Work, planner: _Planner, released: Mapping[str, PodRequest]) -> None:
+    """Take back the instances this plan gave to the pods of `released` (they stay in the
+    layouts, idle), and the CPU and memory charged for them."""
+    position = {n.name: n for n in work.nodes}
+    keep = []
+    for a in work.assignments:
+        if a.pod not in released:
+            keep.append(a)
+            continue
+        node = position[a.node]
+        gpu = next(g for g in node.gpus if g.index == a.gpu)
+        inst = next(i for i in gpu.instances if i.taken and (i.profile, i.start) == (
+            a.profile, a.start))
+        inst.taken = False
+        gpu.touch()
+        node.locked -= slices_of(a.profile)
+        _charge(node, released[a.pod], -1)
+    work.assignments[:] = keep
+    planner.version += 1
+
+
+MAX_ROUNDS = 8
+"""A guard on the rounds of repack and re-matching (each round that changes anything
+raises the weight placed, so they end anyway)."""
+
+MAX_SWEEPS = 16
+"""A guard on the repack pass's sweeps over the touched GPUs (each change it makes raises
+the weight placed, so it ends anyway; in practice after one or two)."""
+
+_Where = tuple[int, int, str, int]
+"""An instance as the repack pass finds its holder: (node position, GPU index, profile,
+start)."""
+
+
+def _repack(work: Work, planner: _Planner, pods: Sequence[PodRequest],
+            left: Sequence[int]) -> bool:
+    """The repack pass, once the steps left pods unplaced: on each GPU the batch touched,
+    re-solve which instances to hold beside those in use (or held by a pod asking for
+    several) for the single-instance pods placed there and those still waiting that fit
+    the node (`tessera.placement.repack`), and take the answer when it places more
+    priority weight (so a higher level never loses a pod to a lower one). A pod it
+    displaces goes through the steps again, elsewhere if it can. Returns whether it changed
+    anything."""
+    keys = [p.key for p in pods]
+    if len(set(keys)) != len(keys):
+        return False  # assignments name pods by key: with duplicates they are ambiguous
+    weight = priority_weights(pods)
+    index = {k: i for i, k in enumerate(keys)}
+    holder: dict[_Where, int] = {}
+    position = {n.name: n.position for n in work.nodes}
+    for a in work.assignments:
+        holder[position[a.node], a.gpu, a.profile, a.start] = index[a.pod]
+    waiting = {i for i in left if pods[i].count == 1}
+    repacked = False
+    for _ in range(MAX_SWEEPS):
+        changed = False
+        for node in work.nodes:
+            fits = sorted(i for i in waiting if static_misfit(node.view, pods[i]) is None)
+            for gpu in node.gpus if fits else ():
+                if not gpu.touched:
+                    continue
+                found = _repack_gpu(work, planner, pods, weight, holder, node, gpu,
+                                    [i for i in fits if i in waiting])
+                if found is None:
+                    continue
+                changed = repacked = True
+                took, gone = found
+                waiting.difference_update(took)
+                for i in gone:
+                    if _place(work, planner, pods[i], 2):
+                        a = work.assignments[-1]
+                        holder[position[a.node], a.gpu, a.profile, a.start] = i
+                    else:
+                        waiting.add(i)
+        if not changed:
+            break
+    return repacked
+
+
+def _repack_gpu(work: Work, planner: _Planner, pods: Sequence[PodRequest],
+                weight: Mapping[int, int], holder: dict[_Where, int], node: WorkNode,
+                gpu: WorkGpu, waiting: Sequence[int]) -> tuple[list[int], list[int]] | None:
+    """Re-solve one GPU for the single-instance pods it holds and `waiting`; None when
+    nothing better is found (or the node's CPU/memory would not hold the better set), else
+    apply it and return the waiting pods it took and the pods it displaced."""
+    t = gpu.table
+    hopefuls = [i for i in waiting if pods[i].profile in t.names]
+    if not hopefuls:
+        return None
+    fixed: list[Instance] = []
+    movable: dict[_Where, int] = {}
+    for inst in gpu.instances:
+        where = (node.position, gpu.index, inst.profile, inst.start)
+        held_by = holder.get(where)
+        if inst.used or (inst.taken and (held_by is None or pods[held_by].count != 1)):
+            fixed.append(inst)
+        elif held_by is not None:
+            movable[where] = held_by
+    pool = sorted([*movable.values(), *hopefuls], key=lambda i: (-weight[pods[i].priority], i))
+    wanted: dict[str, list[int]] = {}
+    for i in pool:
+        wanted.setdefault(pods[i].profile, []).append(weight[pods[i].priority])
+    original = frozenset((s.profile, s.start) for s in gpu.original)
+    weights = planner.weights_of(t)
+
+    def kept(refill: Refill) -> float:
+        return _capacity(t, [*((i.profile, i.start, True) for i in fixed), *refill], weights)
+
+    refill = best_refill(t.product, tuple(sorted((i.profile, i.start) for i in fixed)),
+                         original, wanted,
+                         sum(weight[pods[i].priority] for i in movable.values()), kept)
+    if refill is None:
+        return None
+    slots: dict[str, list[int]] = {}
+    for name, start, taken in refill:
+        if taken:
+            slots.setdefault(name, []).append(start)
+    chosen: list[tuple[int, int]] = []
+    for i in pool:
+        free = slots.get(pods[i].profile)
+        if free:
+            chosen.append((i, free.pop(0)))
+    if not _room(node, [pods[i] for i, _ in chosen], [pods[i] for i in movable.values()]):
+        return None
+    moved = {pods[i].key for i in movable.values()}
+    work.assignments[:] = [a for a in work.assignments if not (
+        a.pod in moved and a.node == node.name and a.gpu == gpu.index)]
+    for where, i in movable.items():
+        _charge(node, pods[i], -1)
+        node.locked -= slices_of(pods[i].profile)
+        del holder[where]
+    others = {(i.profile, i.start): i for i in gpu.instances
+              if not any(i is f for f in fixed)}
+    refilled = [others.get((name, start)) or Instance(name, start, False,
+                                                      (name, start) in original)
+                for name, start, _ in refill]
+    for inst in refilled:
+        inst.taken = False
+    gpu.instances = [*fixed, *refilled]
+    by_start = {(i.profile, i.start): i for i in refilled}
+    for i, start in chosen:
+        pod = pods[i]
+        inst = by_start[pod.profile, start]
+        inst.taken = True
+        work.assignments.append(Assignment(pod.key, node.name, gpu.index, pod.profile, start,
+                                           inst.existed))
+        node.locked += slices_of(pod.profile)
+        _charge(node, pod)
+        holder[node.position, gpu.index, pod.profile, start] = i
+    gpu.touch()
+    planner.version += 1
+    stay = {i for i, _ in chosen}
+    return ([i for i in stay if i not in movable.values()],
+            [i for i in movable.values() if i not in stay])
+
+
+def _room(node: WorkNode, chosen: Sequence[PodRequest], freed: Sequence[PodRequest]) -> bool:
+    """Whether the node's CPU and memory hold `chosen` once `freed` give theirs back."""
+    cpu = sum(p.cpu_milli for p in chosen) - sum(p.cpu_milli for p in freed)
+    memory = sum(p.memory_bytes for p in chosen) - sum(p.memory_bytes for p in freed)
+    return ((node.free_cpu_milli is None or cpu <= node.free_cpu_milli)
+            and (node.free_memory_bytes is None or memory <= node.free_memory_bytes))
 
 
 _Option = tuple[tuple[float, ...], WorkNode, WorkGpu, Instance]
@@ -411,11 +636,12 @@ def _match_idle(work: Work, planner: _Planner, order: Sequence[int],
     return placed
 
 
-def _charge(node: WorkNode, pod: PodRequest) -> None:
+def _charge(node: WorkNode, pod: PodRequest, sign: int = 1) -> None:
+    """Take the pod's CPU and memory from the node (`sign` -1: give them back)."""
     if node.free_cpu_milli is not None:
-        node.free_cpu_milli -= pod.cpu_milli
+        node.free_cpu_milli -= sign * pod.cpu_milli
     if node.free_memory_bytes is not None:
-        node.free_memory_bytes -= pod.memory_bytes
+        node.free_memory_bytes -= sign * pod.memory_bytes
 
 
 def _place(work: Work, planner: _Planner, pod: PodRequest, stage: int) -> bool:
