@@ -380,6 +380,10 @@ def test_plan_from_a_file_prints_the_table_and_pictures_and_changes_nothing(
     assert bad.exit_code == 2
     assert "cluster.json" in bad.output
     assert "Traceback" not in bad.output
+    path.write_bytes(b"\x88\xff binary")
+    binary = CliRunner().invoke(app, ["partitioner", "plan", "--from-file", str(path)])
+    assert binary.exit_code == 2
+    assert "cluster.json: not UTF-8 text" in binary.output
     both = CliRunner().invoke(app, ["partitioner", "plan"])
     assert both.exit_code == 2
     assert "exactly one of --from-cluster and --from-file" in both.output

@@ -11,6 +11,7 @@ from lightkube.resources.core_v1 import Node, Pod
 
 from tessera.errors import ConfigError
 from tessera.kube.views import NodeView, PodSchedulingView, node_view, pod_scheduling_view
+from tessera.textinput import load_yaml, read_text
 
 MAX_BYTES = 512 * 1024 * 1024
 MAX_ITEMS = 500_000
@@ -19,24 +20,16 @@ MAX_ITEMS = 500_000
 def read_cluster_file(path: Path) -> tuple[list[NodeView], list[PodSchedulingView]]:
     """The Nodes and Pods of a `v1 List` (or a single object) in JSON or YAML; ConfigError
     naming the file and the item when it is not one."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"{path}: {size} bytes, more than the {MAX_BYTES} a snapshot may "
-                              "have")
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
+    def error(reason: str) -> ConfigError:
+        return ConfigError(f"{path}: {reason}")
+
+    text = read_text(path, error=error, max_bytes=MAX_BYTES, what="snapshot")
     try:
         data = json.loads(text)
     except RecursionError as e:
         raise ConfigError(f"{path}: nested too deeply to be a kubectl dump") from e
     except ValueError:
-        import yaml
-        try:
-            data = yaml.safe_load(text)
-        except (yaml.YAMLError, RecursionError) as e:
-            raise ConfigError(f"{path}: neither JSON nor YAML ({e or type(e).__name__})") from e
+        data = load_yaml(text, error=error, what="snapshot (neither JSON nor YAML)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected the output of `kubectl get nodes,pods -A -o json`")
     items = data.get("items") if data.get("kind", "").endswith("List") else [data]
