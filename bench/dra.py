@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import heapq
 import json
 import math
@@ -50,9 +49,6 @@ from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
-OPENB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "openb" / \
-    "openb_pod_list_default.csv"
-MAX_LIFETIME_S = 6 * 3600.0
 PROFILE_OF_SLICES = {1: "1g.10gb", 2: "2g.20gb", 3: "3g.40gb", 4: "4g.40gb", 7: "7g.80gb"}
 
 
@@ -200,21 +196,13 @@ def gpu_orders() -> dict[str, list[Device]]:
 
 
 def openb_pods() -> list[tuple[str, float]]:
-    """(profile, lifetime) of each single-GPU openb pod with a lifetime: the GPU share mapped
-    to the smallest profile with that many compute slices."""
-    pods = []
-    with OPENB.open() as f:
-        for row in csv.DictReader(f):
-            if row["num_gpu"] != "1" or not row["scheduled_time"] or not row["deletion_time"]:
-                continue
-            life = min(MAX_LIFETIME_S, float(row["deletion_time"]) - float(row["scheduled_time"]))
-            if life <= 0:
-                continue
-            milli = int(row["gpu_milli"])
-            need = 7 if milli >= 1000 else math.ceil(milli * 7 / 1000)
-            slices = next(s for s in sorted(PROFILE_OF_SLICES) if s >= need)
-            pods.append((PROFILE_OF_SLICES[slices], life))
-    return pods
+    """(profile, lifetime) of each single-GPU openb pod with a lifetime, read as the partitioner
+    benchmark reads the trace (its `compute` mapping: the GPU share mapped to the smallest
+    profile with that many compute slices)."""
+    from partitioner import load_openb  # bench/ is this script's directory on sys.path
+
+    jobs, _ = load_openb("compute")
+    return [(PROFILE_OF_SLICES[slices], life) for slices, life in jobs]
 
 
 def first_fit(order: list[Device], gpus: int, arrivals: list[tuple[float, str, float]],
