@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import reported, settings
 from tessera.dra.cdi import DEFAULT_CDI_DIR
 from tessera.dra.server import DEFAULT_DRIVER, KUBELET_DIR, DraPlugin, DraSettings
@@ -23,10 +24,12 @@ log = logging.getLogger("tessera.dra")
 def dra(
     ctx: typer.Context,
     node_name: str = typer.Option(socket.gethostname(), "--node-name", envvar="NODE_NAME",
+                                  parser=bounded_node_name,
                                   help="This node's name in the cluster (the slices' pool)."),
     kubeconfig: Path | None = typer.Option(
-        None, "--kubeconfig", envvar="KUBECONFIG",
-        help="Kubeconfig file (default: the in-cluster service account)."),
+        None, "--kubeconfig",
+        help="Kubeconfig file (default: as kubectl: $KUBECONFIG, else in-cluster, else "
+             "~/.kube/config)."),
     driver: str = typer.Option(
         DEFAULT_DRIVER, "--driver-name", envvar="TESSERA_DRA_DRIVER",
         help="The DRA driver name; NVIDIA's by default, so claims written for NVIDIA's driver "
