@@ -180,11 +180,16 @@ async def test_status_shows_slices_claims_and_the_placement_map(
         assert row["device"] == allocated["device"]
         assert (row["profile"], row["size"], row["claim"]) == ("3g.40gb", 4, "ml/infer")
         assert set(dra["placements"]) == {str(i) for i in range(8)}
+        assert dra["features"] == {
+            "server_version": "v1.35.0-tessera-fake", "layout": "split",
+            "layout_source": "detected", "partitionable": True, "taints": True,
+            "binding_conditions": True, "disabled_gates": []}
         print_status(r.rig.agent.status(), Output.table)
     shown = capsys.readouterr().out
     assert f"DRA {DRIVER} (registered)" in shown
     assert "1 claims prepared" in shown
     assert "MIG placements" in shown
+    assert "cluster v1.35.0-tessera-fake: split slices (detected)" in shown
     assert allocated["device"] in shown
 
 
@@ -200,7 +205,7 @@ def test_dra_needs_the_api_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "says"), [
     (["--no-kube", "--dra"], "--dra serves the kubelet for a cluster's scheduler"),
     (["--kubeconfig", "/nonexistent", "--dra", "--dra-slice-layout", "stacked"],
-     "slice layout 'stacked' is not one of split, combined"),
+     "slice layout 'stacked' is not one of auto, split, combined"),
     (["--kubeconfig", "/nonexistent", "--dra", "--dra-driver-name", "NVIDIA"],
      "driver name 'NVIDIA' is not a DNS subdomain"),
 ])

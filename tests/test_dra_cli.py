@@ -60,7 +60,8 @@ async def test_dra_command_serves_a_claim_until_sigterm(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--driver-name", "Not A Name"], "driver name 'Not A Name' is not a DNS subdomain"),
-    (["--slice-layout", "diagonal"], "slice layout 'diagonal' is not one of split, combined"),
+    (["--slice-layout", "diagonal"],
+     "slice layout 'diagonal' is not one of auto, split, combined"),
     (["--resync", "0"], "resync interval 0s is outside 1..86400s"),
 ])
 async def test_dra_command_refuses_bad_flags_with_one_line_and_exit_2(
@@ -73,3 +74,18 @@ async def test_dra_command_refuses_bad_flags_with_one_line_and_exit_2(
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1
     assert message in lines[0]
+
+
+async def test_dra_command_on_a_cluster_before_1_34_is_one_line_and_exit_2(
+        tmp_path: Path) -> None:
+    with FakeApiServer(version="v1.33.2", resource_v1=False) as api, short_dir() as kubelet:
+        process = await _run(
+            "--simulate", "a30x4", "--sim-state", str(tmp_path / "s.json"), "dra",
+            "--node-name", "node-a", "--kubeconfig", str(api.kubeconfig(tmp_path / "kc")),
+            "--kubelet-dir", str(kubelet), "--cdi-dir", str(tmp_path / "cdi"))
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = [line for line in err.decode().strip().splitlines() if " INFO " not in line]
+    assert len(lines) == 1, lines
+    assert "needs resource.k8s.io/v1, Kubernetes 1.34 or later" in lines[0]
+    assert "Traceback" not in err.decode()

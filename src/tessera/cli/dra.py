@@ -43,8 +43,9 @@ def dra(
         None, "--checkpoint", help="The checkpoint file (default: plugins/<driver>/"
                                    "checkpoint.json under --kubelet-dir)."),
     layout: str = typer.Option(
-        "split", "--slice-layout",
-        help="split (Kubernetes 1.35+: counter sets in their own slices) or combined (1.34)."),
+        "auto", "--slice-layout",
+        help="auto (from the API server's version), split (Kubernetes 1.35+: counter sets "
+             "in their own slices) or combined (1.34)."),
     device_taints: bool = typer.Option(
         True, "--device-taints/--no-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
