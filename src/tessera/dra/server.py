@@ -1,8 +1,10 @@
 """The DRA kubelet plugin as a component: the kubelet's gRPC services on unix sockets, the
 node's ResourceSlices kept published, and prepare/unprepare behind them.
 
-Start order is the kubelet's: the DRA service (v1 and v1beta1) serves on
-`<kubelet>/plugins/<driver>/dra.sock` first, then the registration service on
+Start order is the kubelet's: the cluster is asked what it serves (`tessera.dra.detect`:
+the slice layout from its version, which DRA gates keep their fields), then the DRA service
+(v1 and v1beta1, with health v1 and v1alpha1 beside it) serves on
+`<kubelet>/plugins/<driver>/dra.sock`, then the registration service on
 `<kubelet>/plugins_registry/<driver>-reg.sock`. Stale sockets are removed; a registration
 socket that still answers for the same driver means another plugin owns the name, and start
 refuses. When the kubelet's registry loses the socket (a kubelet restart that wiped it), the
@@ -32,7 +34,7 @@ from tessera.dra.detect import AUTO, detect_version, probe_gates, report_change
 from tessera.dra.devices import Publication
 from tessera.dra.features import Features, dropped, without_counters
 from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
-from tessera.dra.health_service import HealthServicer
+from tessera.dra.health_service import HealthStreams
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.dra.status import device_status
@@ -40,6 +42,7 @@ from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraEr
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1_SERVICE,
     DRA_HEALTH_V1ALPHA1_SERVICE,
     DRA_PLUGIN_TYPE,
     DRA_V1_SERVICE,
@@ -49,7 +52,6 @@ from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
-from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -151,9 +153,9 @@ class DraPlugin:
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
         self._reports: set[asyncio.Task[None]] = set()
         self.health = HealthBoard()
-        self.health_service = HealthServicer(lambda: self.last_publication, self.health,
-                                             pool=settings.node_name,
-                                             resend_seconds=settings.health_seconds)
+        self.health_service = HealthStreams(lambda: self.last_publication, self.health,
+                                            pool=settings.node_name,
+                                            resend_seconds=settings.health_seconds)
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -173,7 +175,7 @@ class DraPlugin:
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
-            (healthrpc.add_DRAResourceHealthServicer_to_server, self.health_service),
+            *self.health_service.servicers(),  # health v1 and v1alpha1
         ])
         await self.publish()
         await self._serve_registration()
@@ -432,6 +434,7 @@ class _Registrar(regrpc.RegistrationServicer):
         return regpb.PluginInfo(type=DRA_PLUGIN_TYPE, name=settings.driver,
                                 endpoint=str(settings.dra_socket),
                                 supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE,
+                                                    DRA_HEALTH_V1_SERVICE,
                                                     DRA_HEALTH_V1ALPHA1_SERVICE])
 
     async def NotifyRegistrationStatus(  # noqa: N802 - the kubelet's RPC name

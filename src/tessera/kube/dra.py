@@ -58,11 +58,14 @@ class DraApi:
     async def create_slice(self, body: Obj, *, dry_run: bool = False) -> Obj:
         """Create a slice; the stored object as the API server answers it (with `dry_run`,
         what it would store, storing nothing)."""
+        what = f"creating ResourceSlice {body['metadata']['name']}" + (
+            " (dry run)" if dry_run else "")
         try:
             return _plain(await self.client.create(_slice(body), dry_run=dry_run))
         except ApiError as e:
-            raise _failed(f"creating ResourceSlice {body['metadata']['name']}"
-                          + (" (dry run)" if dry_run else ""), e) from e
+            raise _failed(what, e) from e
+        except httpx2.HTTPError as e:
+            raise DraApiError(f"{what}: {e or type(e).__name__}") from e
 
     # -- what the server serves ----------------------------------------------------------
 
