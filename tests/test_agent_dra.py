@@ -226,6 +226,28 @@ def test_bad_dra_flags_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert "Traceback" not in done.stderr
 
 
+def test_dra_on_a_cluster_before_1_34_exits_2_with_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with FakeApiServer(version="v1.33.1", resource_v1=False) as api, short_dir() as kubelet:
+        api.add_node("node-a")
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"),
+               "XDG_RUNTIME_DIR": str(tmp_path / "run"), "NODE_NAME": "node-a",
+               "TESSERA_SIMULATE": "a30x4", "TESSERA_SIM_STATE": str(tmp_path / "sim.json")}
+        done = subprocess.run(
+            [sys.executable, "-c", "from tessera.cli.main import main; main()", "agent",
+             "--kubeconfig", str(api.kubeconfig(tmp_path / "kc")), "--dra",
+             "--kubelet-dir", str(kubelet), "--cdi-dir", str(tmp_path / "cdi")],
+            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "needs resource.k8s.io/v1, Kubernetes 1.34 or later" in error
+    assert "Traceback" not in done.stderr
+    assert not api.slices()
+
+
 async def test_a_disabled_gpu_is_tainted_not_called_sick_and_comes_back(
         tmp_path: Path) -> None:
     from tessera.agent.keys import GPU_DISABLE

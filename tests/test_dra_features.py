@@ -263,3 +263,21 @@ async def test_a_restart_finds_a_gate_turned_on(
         async with running(node, tmp_path, kubelet_dir, api) as plugin:
             assert plugin.features.partitionable
             assert _valid(api)
+
+
+async def test_a_refused_probe_leaves_the_writes_to_tell(
+        node: Node, tmp_path: Path, kubelet_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with FakeApiServer(disabled_gates={PARTITIONABLE}) as api:
+        api.fail_next(1, 500, method="POST")  # the probe, the first POST
+        async with running(node, tmp_path, kubelet_dir, api) as plugin:
+            # The first publication's answers came back without counters: published again,
+            # whole GPUs and instances only.
+            await _until(lambda: not plugin.features.partitionable, "the drop noticed")
+            await plugin.settle()
+            assert not _counter_sets(api)
+            assert {n for n in _devices(api) if not n.startswith("gpu-1-mig-2g12gb-")} == {
+                "gpu-3"}
+            assert not any(d.get("consumesCounters") for d in _devices(api).values())
+    assert caplog.text.count("could not probe the API server's DRA feature gates") == 1
+    assert caplog.text.count(f"drops the fields of {PARTITIONABLE}") == 1

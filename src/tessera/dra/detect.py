@@ -20,7 +20,7 @@ from tessera.dra.features import (
 )
 from tessera.dra.slices import Layout, slice_name
 from tessera.errors import UnsupportedError
-from tessera.kube.dra import DraApi, DraApiError
+from tessera.kube.dra import DraApi
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,12 @@ async def detect_version(api: DraApi, layout: Layout | str) -> Features:
 
 async def probe_gates(api: DraApi, features: Features, *, driver: str,
                       node: str) -> Features:
-    """`features` with each gate as a dry-run create of a probe slice finds it. A probe the
-    server refuses or cannot answer leaves `features` as they were (the answers to the real
-    writes still tell)."""
+    """`features` with each gate as a dry-run create of a probe slice finds it. DraApiError
+    when the server refuses the probe or cannot answer (the caller keeps what it knew: the
+    answers to the real writes still tell)."""
     body = probe_slice(f"{slice_name(node, driver, 0)}-probe", driver=driver, node=node,
                        layout=features.layout)
-    try:
-        answer = await api.create_slice(body, dry_run=True)
-    except DraApiError as e:
-        log.warning("could not probe the API server's DRA feature gates: %s", e)
-        return features
-    off = dropped(body, answer)
+    off = dropped(body, await api.create_slice(body, dry_run=True))
     found = Features(features.layout, features.layout_source, features.server_version)
     return found.without(off)
 

@@ -145,6 +145,7 @@ class DraPlugin:
         # (`features.binding_conditions` tells whether MIG can be made before binding).
         self.features = Features(layout="combined" if settings.layout == "combined"
                                  else "split")
+        self._probe_error: str | None = None
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -266,8 +267,16 @@ class DraPlugin:
 
     async def detect_features(self) -> Features:
         """Probe which DRA gates' fields the API server keeps (see `tessera.dra.detect`)."""
-        found = await probe_gates(self.api, self.features, driver=self.settings.driver,
-                                  node=self.settings.node_name)
+        try:
+            found = await probe_gates(self.api, self.features, driver=self.settings.driver,
+                                      node=self.settings.node_name)
+        except TemporaryError as e:
+            if str(e) != self._probe_error:  # once, not at every resync
+                log.warning("could not probe the API server's DRA feature gates (keeping "
+                            "what the last writes showed): %s", e)
+            self._probe_error = str(e)
+            return self.features
+        self._probe_error = None
         self._adopt_features(found)
         return found
 
