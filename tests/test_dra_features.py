@@ -281,3 +281,17 @@ async def test_a_refused_probe_leaves_the_writes_to_tell(
             assert not any(d.get("consumesCounters") for d in _devices(api).values())
     assert caplog.text.count("could not probe the API server's DRA feature gates") == 1
     assert caplog.text.count(f"drops the fields of {PARTITIONABLE}") == 1
+
+
+async def test_a_version_nobody_can_read_needs_an_explicit_layout(
+        node: Node, tmp_path: Path, kubelet_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with FakeApiServer(version="weekly-build") as api:
+        with pytest.raises(UnsupportedError, match="pass --slice-layout split"):
+            async with running(node, tmp_path, kubelet_dir, api):
+                pass
+        assert not api.slices()
+        async with running(node, tmp_path, kubelet_dir, api, layout="split") as plugin:
+            assert (plugin.features.layout, plugin.features.server_version) == ("split", "")
+            assert _valid(api)
+    assert "cannot read the API server's version" in caplog.text

@@ -54,7 +54,8 @@ class XidHealth:
         return not health.disabled or bool(health.enabled_xids)
 
     async def start(self) -> None:
-        self.inventory = await asyncio.to_thread(read_inventory, self.plugin.node, False)
+        with contextlib.suppress(HardwareError):  # read again at each XID anyway
+            self.inventory = await asyncio.to_thread(read_inventory, self.plugin.node, False)
         if not self.watching:
             log.info("XID health checks are off")
             return

@@ -39,8 +39,8 @@ async def detect_version(api: DraApi, layout: Layout | str) -> Features:
     except UnsupportedError:
         if layout == AUTO:
             raise
-        log.warning("cannot read the API server's version (%r); publishing in the %s layout "
-                    "as --slice-layout says", document, layout)
+        log.warning("cannot read the API server's version (%.200r); publishing in the %s "
+                    "layout as --slice-layout says", document, layout)
     if not await api.serves_resource_v1():
         raise needs_resource_v1(version)
     shown = str(version) if version else ""
