@@ -295,3 +295,20 @@ async def test_a_version_nobody_can_read_needs_an_explicit_layout(
             assert (plugin.features.layout, plugin.features.server_version) == ("split", "")
             assert _valid(api)
     assert "cannot read the API server's version" in caplog.text
+
+
+async def test_a_cluster_with_every_gate_on_is_not_probed_at_each_resync(
+        node: Node, tmp_path: Path, kubelet_dir: Path) -> None:
+    def probes() -> int:
+        return sum(1 for r in api.requests if r.query.get("dryRun") == "All")
+
+    def lists() -> int:
+        return sum(1 for r in api.requests if r.method == "GET" and
+                   r.path.endswith("/resourceslices") and r.query.get("watch") is None)
+
+    with FakeApiServer() as api:
+        async with running(node, tmp_path, kubelet_dir, api, resync_seconds=1):
+            assert probes() == 1
+            listed = lists()
+            await _until(lambda: lists() >= listed + 2, "two resyncs")
+            assert probes() == 1

@@ -1,7 +1,9 @@
 """Finding what the cluster serves (the thin edge over `features`): its version and whether it
 has `resource.k8s.io/v1`, at start, and which DRA gates keep their fields, by a dry-run
-create of a probe slice, at start and at every resync (so a gate turned on later is found
-without a restart, and no stored slice ever flips between the two shapes to find out).
+create of a probe slice, at start and, while a gate is found off, at every resync (so a gate
+turned on later is found without a restart, and no stored slice ever flips between the two
+shapes to find out). A gate turned off under a running plugin shows in the answer to the
+next write that carries its fields (`DraPlugin.publish`).
 """
 
 from __future__ import annotations

@@ -140,9 +140,9 @@ class DraPlugin:
         self.registration = RegistrationState()
         self.last_writes = Writes()
         self.last_publication = Publication((), (), {})
-        # What the cluster serves, found at start and re-probed at every resync: the layout,
-        # and whether partitionable devices, taints and binding conditions survive a write
-        # (`features.binding_conditions` tells whether MIG can be made before binding).
+        # What the cluster serves, found at start (and re-probed at resyncs while a gate is
+        # off): the layout, and whether partitionable devices, taints and binding conditions
+        # survive a write (`features.binding_conditions`: can MIG be made before binding).
         self.features = Features(layout="combined" if settings.layout == "combined"
                                  else "split")
         self._probe_error: str | None = None
@@ -237,7 +237,10 @@ class DraPlugin:
             try:
                 await asyncio.wait_for(self._kick.wait(), self.settings.resync_seconds)
             except TimeoutError:
-                await self.detect_features()  # a gate turned on or off since
+                if self.features.disabled():
+                    # Turned on since? (A gate turned off shows in the next write's answer,
+                    # so a cluster with every gate on is not asked at each resync.)
+                    await self.detect_features()
             self._kick.clear()
             await self.publish()
 
