@@ -88,8 +88,9 @@ class SliceWrites:
 
 
 def _slice_writes(api: FakeApiServer, since: int) -> tuple[int, int]:
+    # A dry run (the plugin's feature probe) stores nothing: not a write.
     writes = [r for r in api.requests[since:] if "resourceslices" in r.path
-              and r.method in ("POST", "PUT", "DELETE")]
+              and r.method in ("POST", "PUT", "DELETE") and r.query.get("dryRun") != "All"]
     return len(writes), sum(len(json.dumps(r.body)) for r in writes if r.body is not None)
 
 

@@ -180,11 +180,16 @@ async def test_status_shows_slices_claims_and_the_placement_map(
         assert row["device"] == allocated["device"]
         assert (row["profile"], row["size"], row["claim"]) == ("3g.40gb", 4, "ml/infer")
         assert set(dra["placements"]) == {str(i) for i in range(8)}
+        assert dra["features"] == {
+            "server_version": "v1.35.0-tessera-fake", "layout": "split",
+            "layout_source": "detected", "partitionable": True, "taints": True,
+            "binding_conditions": True, "disabled_gates": []}
         print_status(r.rig.agent.status(), Output.table)
     shown = capsys.readouterr().out
     assert f"DRA {DRIVER} (registered)" in shown
     assert "1 claims prepared" in shown
     assert "MIG placements" in shown
+    assert "cluster v1.35.0-tessera-fake: split slices (detected)" in shown
     assert allocated["device"] in shown
 
 
@@ -200,7 +205,7 @@ def test_dra_needs_the_api_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "says"), [
     (["--no-kube", "--dra"], "--dra serves the kubelet for a cluster's scheduler"),
     (["--kubeconfig", "/nonexistent", "--dra", "--dra-slice-layout", "stacked"],
-     "slice layout 'stacked' is not one of split, combined"),
+     "slice layout 'stacked' is not one of auto, split, combined"),
     (["--kubeconfig", "/nonexistent", "--dra", "--dra-driver-name", "NVIDIA"],
      "driver name 'NVIDIA' is not a DNS subdomain"),
 ])
@@ -219,6 +224,28 @@ def test_bad_dra_flags_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_dra_on_a_cluster_before_1_34_exits_2_with_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with FakeApiServer(version="v1.33.1", resource_v1=False) as api, short_dir() as kubelet:
+        api.add_node("node-a")
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"),
+               "XDG_RUNTIME_DIR": str(tmp_path / "run"), "NODE_NAME": "node-a",
+               "TESSERA_SIMULATE": "a30x4", "TESSERA_SIM_STATE": str(tmp_path / "sim.json")}
+        done = subprocess.run(
+            [sys.executable, "-c", "from tessera.cli.main import main; main()", "agent",
+             "--kubeconfig", str(api.kubeconfig(tmp_path / "kc")), "--dra",
+             "--kubelet-dir", str(kubelet), "--cdi-dir", str(tmp_path / "cdi")],
+            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "needs resource.k8s.io/v1, Kubernetes 1.34 or later" in error
+    assert "Traceback" not in done.stderr
+    assert not api.slices()
 
 
 async def test_a_disabled_gpu_is_tainted_not_called_sick_and_comes_back(

@@ -80,7 +80,7 @@ def test_dra_values_lint_clean(values: dict[str, Any]) -> None:
 def test_dra_everywhere_gives_the_one_agent_its_sockets_and_cdi_at_host_paths() -> None:
     r = render(ON)
     assert list(_agents(r)) == ["tessera"]
-    assert {"--dra", "--dra-driver-name=gpu.nvidia.com", "--dra-slice-layout=split",
+    assert {"--dra", "--dra-driver-name=gpu.nvidia.com", "--dra-slice-layout=auto",
             "--kubelet-dir=/var/lib/kubelet", "--cdi-dir=/var/run/cdi"} <= set(r.args)
     hosts = r.host_paths()
     # The kubelet dials the endpoint the agent names, and the runtime reads the CDI paths the

@@ -111,7 +111,8 @@ async def test_the_plugin_registers_and_publishes_every_placement(cluster: Clust
     assert registration.service == "v1.DRAPlugin"
     assert registration.info.endpoint == str(cluster.settings.dra_socket)
     assert list(registration.info.supported_versions) == [
-        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
+        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1.DRAResourceHealth",
+        "v1alpha1.DRAResourceHealth"]
     assert cluster.plugin.registration.registered
     slices = cluster.api.slices(driver=DRIVER, node=NODE)
     devices = [d["name"] for s in slices for d in s["spec"].get("devices", [])]

@@ -154,6 +154,12 @@ async def test_taints_are_published_lifted_and_streamed(
     await plugin.set_health({node.gpu(7).uuid: XID})
     await kubelet.wait_for(lambda k: _unhealthy(k) == {"gpu-7"}, what="gpu-7 unhealthy")
     assert len(registration.health) == len(names)
+    # A 1.37 kubelet streams v1 (offered beside v1alpha1), with the reason in `message`.
+    assert registration.health_service == "v1.DRAResourceHealth"
+    assert list(registration.info.supported_versions) == [
+        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1.DRAResourceHealth",
+        "v1alpha1.DRAResourceHealth"]
+    assert registration.health_messages == {(NODE, "gpu-7"): "XID 48 on GPU 7"}
     await _until(lambda: set(_slice_taints(api)) == {"gpu-7"}, "gpu-7's taint")
     (taint,) = _slice_taints(api)["gpu-7"]
     assert (taint["key"], taint["value"], taint["effect"]) == ("gpu.nvidia.com/xid", "48",
@@ -202,6 +208,29 @@ async def test_with_taints_off_a_sick_gpu_leaves_the_slices_until_it_recovers(
                     lambda k: _unhealthy(k) == on_gpu0, what="GPU 0 still reported, unhealthy")
                 await plugin.set_health({})
                 await _until(lambda: published() == everything, "GPU 0 back")
+            finally:
+                await plugin.stop()
+                await dra.close()
+
+
+async def test_a_kubelet_before_1_37_streams_v1alpha1_from_the_same_source(
+        node: Node, tmp_path: Path, kubelet_dir: Path) -> None:
+    with FakeApiServer() as api:
+        async with TestDraKubelet(kubelet_dir, health_services=(
+                "v1alpha1.DRAResourceHealth",)) as old, TestDraKubelet(kubelet_dir) as new:
+            plugin, dra = await _plugin(node, tmp_path, kubelet_dir, api)
+            try:
+                for kubelet in (old, new):
+                    await kubelet.wait_registered(DRIVER)
+                assert old.registrations[DRIVER].health_service == "v1alpha1.DRAResourceHealth"
+                assert new.registrations[DRIVER].health_service == "v1.DRAResourceHealth"
+                await plugin.set_health({node.gpu(7).uuid: XID})
+                for kubelet in (old, new):
+                    await kubelet.wait_for(lambda k: _unhealthy(k) == {"gpu-7"},
+                                           what="gpu-7 unhealthy on both versions")
+                assert old.registrations[DRIVER].health == new.registrations[DRIVER].health
+                assert old.registrations[DRIVER].health_messages == {}, "v1alpha1: no message"
+                assert plugin.health_service.versions == {"v1": 1, "v1alpha1": 1}
             finally:
                 await plugin.stop()
                 await dra.close()

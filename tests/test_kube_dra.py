@@ -93,3 +93,39 @@ async def test_core_paths_do_not_serve_resource_objects(api: FakeApiServer) -> N
     answer = httpx2.get(f"{api.url}/api/v1/resourceslices",
                         headers={"Authorization": f"Bearer {api.token}"})
     assert answer.status_code == 404
+
+
+async def test_version_and_discovery_are_what_the_server_serves(
+    api: FakeApiServer, dra: DraApi
+) -> None:
+    assert (await dra.server_version())["minor"] == "35"
+    assert await dra.serves_resource_v1()
+    api.set_version("v1.34.3-eks-4f2a", minor="34+")
+    assert await dra.server_version() == {"major": "1", "minor": "34+",
+                                          "gitVersion": "v1.34.3-eks-4f2a",
+                                          "platform": "linux/amd64"}
+    api.resource_v1 = False  # a 1.33 server: no resource.k8s.io/v1 at all
+    assert not await dra.serves_resource_v1()
+    with pytest.raises(DraApiError, match="404"):
+        await dra.create_slice(_slice("a-0", "node-a", ["gpu-0"]))
+
+
+async def test_a_disabled_gate_drops_its_fields_unless_already_stored(
+    api: FakeApiServer, dra: DraApi
+) -> None:
+    body = _slice("a-0", "node-a", ["gpu-0"])
+    body["spec"]["devices"][0]["taints"] = [  # type: ignore[index]
+        {"key": "gpu.nvidia.com/xid", "value": "48", "effect": "NoSchedule"}]
+    api.disabled_gates.add("DRADeviceTaints")
+    probe = await dra.create_slice(body, dry_run=True)
+    assert "taints" not in probe["spec"]["devices"][0]
+    assert api.slices() == [], "a dry run stores nothing"
+    made = await dra.create_slice(body)
+    assert "taints" not in made["spec"]["devices"][0], "dropped silently, as kube-apiserver"
+    api.disabled_gates.clear()
+    kept = await dra.replace_slice(body, made["metadata"]["resourceVersion"])
+    assert kept["spec"]["devices"][0]["taints"][0]["value"] == "48"
+    # Turned off again: a stored object that already uses the field keeps it on update.
+    api.disabled_gates.add("DRADeviceTaints")
+    again = await dra.replace_slice(body, kept["metadata"]["resourceVersion"])
+    assert again["spec"]["devices"][0]["taints"][0]["value"] == "48"

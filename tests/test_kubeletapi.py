@@ -11,6 +11,7 @@ from tessera.kubeletapi import codegen
 from tessera.kubeletapi.deviceplugin.v1beta1 import api_pb2 as dp
 from tessera.kubeletapi.dra.v1 import api_pb2 as dra1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as dra1b1
+from tessera.kubeletapi.drahealth.v1 import api_pb2 as health1
 from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as health
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as reg
 from tessera.kubeletapi.podresources.v1 import api_pb2 as pr
@@ -18,7 +19,7 @@ from tessera.kubeletapi.podresources.v1 import api_pb2 as pr
 
 def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
     fresh = codegen.generate(tmp_path)
-    assert len(fresh) == 3 * len(codegen.PROTOS) == 18
+    assert len(fresh) == 3 * len(codegen.PROTOS) == 21
     for path in fresh:
         committed = codegen.SOURCE_ROOT / path.relative_to(tmp_path)
         assert committed.read_bytes() == path.read_bytes(), (
@@ -79,6 +80,11 @@ def _fields(message: type) -> dict[str, int]:
         (health.DeviceHealth, "v1alpha1.DeviceHealth",
          {"device": 1, "health": 2, "last_updated_time": 3, "health_check_timeout_seconds": 4}),
         (health.DeviceIdentifier, "v1alpha1.DeviceIdentifier", {"pool_name": 1, "device_name": 2}),
+        (health1.DeviceHealth, "v1.DeviceHealth",
+         {"device": 1, "health": 2, "last_updated_time": 3, "health_check_timeout_seconds": 4,
+          "message": 5}),
+        (health1.DeviceIdentifier, "v1.DeviceIdentifier", {"pool_name": 1, "device_name": 2}),
+        (health1.NodeWatchResourcesResponse, "v1.NodeWatchResourcesResponse", {"devices": 1}),
     ],
 )
 def test_messages_match_the_kubelet_wire_contract(
@@ -117,11 +123,13 @@ def test_dra_method_paths_are_the_ones_the_kubelet_dials() -> None:
         "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodePrepareResources",
         "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources"]
     assert _paths(health) == ["/v1alpha1.DRAResourceHealth/NodeWatchResources"]
-    watch = health.DESCRIPTOR.services_by_name["DRAResourceHealth"].methods[0]
-    assert watch.server_streaming
-    assert not watch.client_streaming
-    assert {v.name: v.number for v in health.HealthStatus.DESCRIPTOR.values} == {
-        "UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+    assert _paths(health1) == ["/v1.DRAResourceHealth/NodeWatchResources"]
+    for module in (health, health1):
+        watch = module.DESCRIPTOR.services_by_name["DRAResourceHealth"].methods[0]
+        assert watch.server_streaming
+        assert not watch.client_streaming
+        assert {v.name: v.number for v in module.HealthStatus.DESCRIPTOR.values} == {
+            "UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
 
 
 def test_a_prepare_response_maps_claim_uids_to_results() -> None:

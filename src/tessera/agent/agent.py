@@ -53,7 +53,6 @@ from tessera.agent.mig_manager import Halted, MigManager, MigSettings
 from tessera.agent.nodeapi import NodeApi
 from tessera.agent.pods import describe_pids
 from tessera.agent.sharing import sharing_facts
-from tessera.dra.health import apply_health
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.dra.slices import desired_slices
 from tessera.errors import (
@@ -454,11 +453,9 @@ class Agent:
         if plugin is None:
             return None
         settings = plugin.settings
-        shown = apply_health(plugin.last_publication, plugin.health.problems,
-                             driver=settings.driver, use_taints=settings.device_taints,
-                             since=plugin.health.since)
+        shown = plugin.shown()
         slices = desired_slices(shown, driver=settings.driver, node=settings.node_name,
-                                layout=settings.layout)
+                                layout=plugin.features.layout)
         try:
             claims = plugin.preparer.checkpoint.load()
         except TesseraError as e:
@@ -476,6 +473,7 @@ class Agent:
             "withdrawn": sorted(str(d["name"]) for d in plugin.last_publication.devices
                                 if str(d["name"]) not in published),
             "health_streams": plugin.health_service.streams,
+            "features": plugin.features.status(),
             "claims": dra_node.claims_status(claims),
             "placements": dra_node.placement_map(plugin.last_publication, claims),
         }

@@ -152,8 +152,9 @@ def agent(
         DEFAULT_DRIVER, "--dra-driver-name", envvar="TESSERA_DRA_DRIVER",
         help="The DRA driver name (NVIDIA's by default; never run both on one node)."),
     dra_layout: str = typer.Option(
-        "split", "--dra-slice-layout",
-        help="split (Kubernetes 1.35+: counter sets in their own slices) or combined (1.34)."),
+        "auto", "--dra-slice-layout",
+        help="auto (from the API server's version), split (Kubernetes 1.35+: counter sets "
+             "in their own slices) or combined (1.34)."),
     dra_taints: bool = typer.Option(
         True, "--dra-device-taints/--no-dra-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),

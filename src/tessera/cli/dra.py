@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
+from tessera.agent.xidhealth import XidHealth
 from tessera.cli.bounds import node_name as bounded_node_name
 from tessera.cli.common import reported, settings
 from tessera.dra.cdi import DEFAULT_CDI_DIR
 from tessera.dra.server import DEFAULT_DRIVER, KUBELET_DIR, DraPlugin, DraSettings
+from tessera.errors import ConfigError
 from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
+from tessera.plugin.config import default_config, with_overrides
+from tessera.plugin.config.units import parse_duration
+from tessera.plugin.config.values import DEFAULT_RECOVERY_SECONDS, Health
 
 log = logging.getLogger("tessera.dra")
+MAX_RECOVER_AFTER = 86400.0
 
 
 def dra(
@@ -43,13 +52,19 @@ def dra(
         None, "--checkpoint", help="The checkpoint file (default: plugins/<driver>/"
                                    "checkpoint.json under --kubelet-dir)."),
     layout: str = typer.Option(
-        "split", "--slice-layout",
-        help="split (Kubernetes 1.35+: counter sets in their own slices) or combined (1.34)."),
+        "auto", "--slice-layout",
+        help="auto (from the API server's version), split (Kubernetes 1.35+: counter sets "
+             "in their own slices) or combined (1.34)."),
     device_taints: bool = typer.Option(
         True, "--device-taints/--no-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
     resync: float = typer.Option(30.0, "--resync", metavar="SECONDS",
                                  help="How often the ResourceSlices are checked and fixed."),
+    recover_after: str = typer.Option(
+        f"{DEFAULT_RECOVERY_SECONDS:g}s", "--recover-after", metavar="DURATION",
+        help="How long a device an XID hit must stay quiet (and its GPU answer) before it is "
+             "healthy again, as the device plugin's recoverAfter: 30s, 5m, or never. "
+             "NVIDIA's DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS apply."),
 ) -> None:
     """Serve the kubelet's DRA API for this node's GPUs and MIG placements until stopped.
 
@@ -62,21 +77,42 @@ def dra(
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
                              resync_seconds=resync, device_taints=device_taints)
-        node = Node(open_backend(common.simulate, common.sim_state))
-        asyncio.run(_serve(node, kubeconfig, wiring))
+        health = _health(recover_after)
+
+        def open_node() -> Node:
+            return Node(open_backend(common.simulate, common.sim_state))
+
+        asyncio.run(_serve(open_node, kubeconfig, wiring, health))
 
 
-async def _serve(node: Node, kubeconfig: Path | None, wiring: DraSettings) -> None:
+def _health(recover_after: str) -> Health:
+    """The XID health settings: NVIDIA's environment over the defaults, `--recover-after`."""
+    try:
+        seconds = parse_duration(recover_after)
+    except ValueError as e:
+        raise ConfigError(f"--recover-after {recover_after[:40]!r} {e}") from e
+    if seconds != float("inf") and seconds > MAX_RECOVER_AFTER:
+        raise ConfigError(f"--recover-after {recover_after!r} is over {MAX_RECOVER_AFTER:g}s "
+                          "(a day); write never to keep a device unhealthy")
+    health = with_overrides(default_config(), os.environ, source="the environment").health
+    return replace(health, recovery_seconds=seconds)
+
+
+async def _serve(open_node: Callable[[], Node], kubeconfig: Path | None, wiring: DraSettings,
+                 health: Health) -> None:
     api = DraApi.connect(kubeconfig)
-    plugin = DraPlugin(node, api, wiring)
+    plugin = DraPlugin(open_node(), api, wiring)
+    xids = XidHealth(plugin, open_node, health)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopped.set)
     try:
         await plugin.start()
+        await xids.start()
         log.info("serving DRA driver %s on %s", wiring.driver, wiring.dra_socket)
         await stopped.wait()
     finally:
+        await xids.stop()
         await plugin.stop()
         await api.close()

@@ -210,6 +210,13 @@ def _print_dra(dra: dict[str, Any]) -> None:
     stdout.print(f"[bold]DRA[/] {dra['driver']} ({registered}): {dra['slices']} slices, "
                  f"{dra['devices']} devices, {dra['counter_sets']} counter sets, "
                  f"{len(dra['claims'])} claims prepared")
+    features = dra.get("features")
+    if features:
+        gates = (f"[yellow]off: {', '.join(features['disabled_gates'])}[/]"
+                 if features["disabled_gates"] else "partitionable devices, taints and "
+                 "binding conditions kept")
+        stdout.print(f"cluster {features['server_version'] or '(version unknown)'}: "
+                     f"{features['layout']} slices ({features['layout_source']}); {gates}")
     for key in ("tainted", "withdrawn"):
         if dra.get(key):
             stdout.print(f"[yellow]{key}[/]: {', '.join(dra[key])}")

@@ -117,11 +117,23 @@ def apply_health(publication: Publication, problems: Mapping[str, DeviceProblem]
     return replace(publication, devices=tuple(devices), targets=targets)
 
 
+def device_reports(publication: Publication,
+                   problems: Mapping[str, DeviceProblem]) -> list[tuple[str, bool, str]]:
+    """(device name, healthy, why not: "" when healthy) for every device the node has, in
+    publication order. A disabled GPU is not sick: healthy, for the health stream."""
+    hit = problems_of(publication, {u: p for u, p in problems.items() if not p.disabled})
+    reports = []
+    for device in publication.devices:
+        name = str(device["name"])
+        found = hit.get(name)
+        reports.append((name, found is None, found[1].reason if found else ""))
+    return reports
+
+
 def device_states(publication: Publication,
                   problems: Mapping[str, DeviceProblem]) -> list[tuple[str, bool]]:
     """(device name, healthy) for every device the node has, in publication order."""
-    hit = problems_of(publication, {u: p for u, p in problems.items() if not p.disabled})
-    return [(str(d["name"]), str(d["name"]) not in hit) for d in publication.devices]
+    return [(name, healthy) for name, healthy, _ in device_reports(publication, problems)]
 
 
 def gpu_uuids(publication: Publication) -> dict[int, str]:

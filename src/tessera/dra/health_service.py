@@ -1,11 +1,14 @@
-"""The kubelet's `v1alpha1.DRAResourceHealth` service: a stream of the node's device health,
-so pods show `allocatedResourcesStatus` (kubelet gate `ResourceHealthStatus`).
+"""The kubelet's `DRAResourceHealth` service, `v1` (Kubernetes 1.37) and `v1alpha1` beside it
+on the same socket, from one health source: a stream of the node's device health, so pods
+show `allocatedResourcesStatus` (kubelet gate `ResourceHealthStatus`).
 
 Each message is the complete list of the node's devices (the kubelet treats a device left out
-as Unknown): healthy, or unhealthy when a problem hits it. A message goes out when the stream
-opens, whenever the problems or the published devices change, and every `resend_seconds`
-otherwise, so the kubelet's per-device timeout (`health_check_timeout_seconds`, three resend
-intervals) only runs out when the plugin has stopped answering.
+as Unknown): healthy, or unhealthy when a problem hits it, with the problem's reason in `v1`'s
+`message`. A message goes out when the stream opens, whenever the problems or the published
+devices change, and every `resend_seconds` otherwise, so the kubelet's per-device timeout
+(`health_check_timeout_seconds`, three resend intervals) only runs out when the plugin has
+stopped answering. Both versions carry the same fields and numbers; `v1alpha1` has no
+`message`.
 """
 
 from __future__ import annotations
@@ -14,27 +17,40 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from types import ModuleType
+from typing import Any
 
 import grpc
 
 from tessera.dra.devices import Publication
-from tessera.dra.health import HealthBoard, device_states
-from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as pb
-from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as rpc
+from tessera.dra.health import HealthBoard, device_reports
+from tessera.kubeletapi.drahealth.v1 import api_pb2 as v1
+from tessera.kubeletapi.drahealth.v1 import api_pb2_grpc as v1rpc
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as v1alpha1
+from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as v1alpha1rpc
+
+MAX_MESSAGE = 256  # characters of a reason sent as a device's message
 
 
-def health_message(publication: Publication, board: HealthBoard, pool: str,
-                   timeout_seconds: int, now: int) -> pb.NodeWatchResourcesResponse:
-    return pb.NodeWatchResourcesResponse(devices=[
-        pb.DeviceHealth(device=pb.DeviceIdentifier(pool_name=pool, device_name=name),
-                        health=pb.HEALTHY if healthy else pb.UNHEALTHY,
-                        last_updated_time=now, health_check_timeout_seconds=timeout_seconds)
-        for name, healthy in device_states(publication, board.problems)])
+def health_message(pb: ModuleType, publication: Publication, board: HealthBoard, pool: str,
+                   timeout_seconds: int, now: int) -> Any:
+    """One complete report in the message types of `pb` (either version)."""
+    with_message = "message" in pb.DeviceHealth.DESCRIPTOR.fields_by_name
+    devices = []
+    for name, healthy, why in device_reports(publication, board.problems):
+        device = pb.DeviceHealth(
+            device=pb.DeviceIdentifier(pool_name=pool, device_name=name),
+            health=pb.HEALTHY if healthy else pb.UNHEALTHY,
+            last_updated_time=now, health_check_timeout_seconds=timeout_seconds)
+        if with_message and why:
+            device.message = why[:MAX_MESSAGE]
+        devices.append(device)
+    return pb.NodeWatchResourcesResponse(devices=devices)
 
 
-class HealthServicer(rpc.DRAResourceHealthServicer):
+class HealthStreams:
     """Streams `publication()` (the devices as published, before health is applied) under
-    `board`'s problems."""
+    `board`'s problems, to any number of kubelet streams of either version."""
 
     def __init__(self, publication: Callable[[], Publication], board: HealthBoard, *,
                  pool: str, resend_seconds: float = 10.0) -> None:
@@ -43,23 +59,53 @@ class HealthServicer(rpc.DRAResourceHealthServicer):
         self.pool = pool
         self.resend_seconds = resend_seconds
         self.streams = 0  # open streams, for status and tests
+        self.versions: dict[str, int] = {}  # open streams by service version
 
-    async def NodeWatchResources(  # noqa: N802 - the kubelet's RPC name
-        self, request: pb.NodeWatchResourcesRequest,
-        context: grpc.aio.ServicerContext[pb.NodeWatchResourcesRequest,
-                                          pb.NodeWatchResourcesResponse],
-    ) -> AsyncIterator[pb.NodeWatchResourcesResponse]:
+    def servicers(self) -> list[tuple[Callable[[Any, grpc.aio.Server], None], Any]]:
+        """(add-to-server function, servicer) of every version served."""
+        return [(v1rpc.add_DRAResourceHealthServicer_to_server, _V1(self)),
+                (v1alpha1rpc.add_DRAResourceHealthServicer_to_server, _V1alpha1(self))]
+
+    async def watch(self, pb: ModuleType, version: str) -> AsyncIterator[Any]:
         timeout = max(1, round(3 * self.resend_seconds))
         self.streams += 1
+        self.versions[version] = self.versions.get(version, 0) + 1
         try:
             while True:
-                version = self.board.version
-                yield health_message(self.publication(), self.board, self.pool, timeout,
+                seen = self.board.version
+                yield health_message(pb, self.publication(), self.board, self.pool, timeout,
                                      int(time.time()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.board.changed_since(version),
+                    await asyncio.wait_for(self.board.changed_since(seen),
                                            self.resend_seconds)
         except asyncio.CancelledError:
             return  # the plugin stops (or the kubelet hung up): the stream simply ends
         finally:
             self.streams -= 1
+            self.versions[version] -= 1
+
+
+class _V1(v1rpc.DRAResourceHealthServicer):
+    def __init__(self, streams: HealthStreams) -> None:
+        self.streams = streams
+
+    async def NodeWatchResources(  # noqa: N802 - the kubelet's RPC name
+        self, request: v1.NodeWatchResourcesRequest,
+        context: grpc.aio.ServicerContext[v1.NodeWatchResourcesRequest,
+                                          v1.NodeWatchResourcesResponse],
+    ) -> AsyncIterator[v1.NodeWatchResourcesResponse]:
+        async for message in self.streams.watch(v1, "v1"):
+            yield message
+
+
+class _V1alpha1(v1alpha1rpc.DRAResourceHealthServicer):
+    def __init__(self, streams: HealthStreams) -> None:
+        self.streams = streams
+
+    async def NodeWatchResources(  # noqa: N802 - the kubelet's RPC name
+        self, request: v1alpha1.NodeWatchResourcesRequest,
+        context: grpc.aio.ServicerContext[v1alpha1.NodeWatchResourcesRequest,
+                                          v1alpha1.NodeWatchResourcesResponse],
+    ) -> AsyncIterator[v1alpha1.NodeWatchResourcesResponse]:
+        async for message in self.streams.watch(v1alpha1, "v1alpha1"):
+            yield message

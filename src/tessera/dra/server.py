@@ -1,8 +1,10 @@
 """The DRA kubelet plugin as a component: the kubelet's gRPC services on unix sockets, the
 node's ResourceSlices kept published, and prepare/unprepare behind them.
 
-Start order is the kubelet's: the DRA service (v1 and v1beta1) serves on
-`<kubelet>/plugins/<driver>/dra.sock` first, then the registration service on
+Start order is the kubelet's: the cluster is asked what it serves (`tessera.dra.detect`:
+the slice layout from its version, which DRA gates keep their fields), then the DRA service
+(v1 and v1beta1, with health v1 and v1alpha1 beside it) serves on
+`<kubelet>/plugins/<driver>/dra.sock`, then the registration service on
 `<kubelet>/plugins_registry/<driver>-reg.sock`. Stale sockets are removed; a registration
 socket that still answers for the same driver means another plugin owns the name, and start
 refuses. When the kubelet's registry loses the socket (a kubelet restart that wiped it), the
@@ -22,15 +24,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
 from tessera.dra import cdi
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
+from tessera.dra.detect import AUTO, detect_version, probe_gates, report_change
 from tessera.dra.devices import Publication
+from tessera.dra.features import Features, dropped, without_counters
 from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
-from tessera.dra.health_service import HealthServicer
+from tessera.dra.health_service import HealthStreams
 from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.dra.status import device_status
@@ -38,6 +42,7 @@ from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraEr
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1_SERVICE,
     DRA_HEALTH_V1ALPHA1_SERVICE,
     DRA_PLUGIN_TYPE,
     DRA_V1_SERVICE,
@@ -47,7 +52,6 @@ from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
-from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 
@@ -66,7 +70,8 @@ class DraSettings:
     kubelet_dir: Path = KUBELET_DIR
     cdi_dir: Path = cdi.DEFAULT_CDI_DIR
     checkpoint: Path | None = None  # default: checkpoint.json beside dra.sock
-    layout: Layout = "split"
+    # "auto": from the API server's version (combined for 1.34, split from 1.35)
+    layout: Layout | Literal["auto"] = "auto"
     resync_seconds: float = 30.0
     registry_check_seconds: float = 1.0
     health_seconds: float = 5.0
@@ -81,9 +86,9 @@ class DraSettings:
         if not _NODE_NAME.match(self.node_name) or len(self.node_name) > 253:
             raise ConfigError(f"node name {self.node_name!r} is not a Kubernetes node name "
                               "(a DNS subdomain); pass --node-name or set NODE_NAME")
-        if self.layout not in LAYOUTS:
+        if self.layout not in (AUTO, *LAYOUTS):
             raise ConfigError(f"slice layout {self.layout!r} is not one of "
-                              f"{', '.join(LAYOUTS)}")
+                              f"{', '.join((AUTO, *LAYOUTS))}")
         for label, value, low, high in (("resync interval", self.resync_seconds, 1, 86400),
                                         ("registry check interval",
                                          self.registry_check_seconds, 0.01, 60),
@@ -135,6 +140,12 @@ class DraPlugin:
         self.registration = RegistrationState()
         self.last_writes = Writes()
         self.last_publication = Publication((), (), {})
+        # What the cluster serves, found at start (and re-probed at resyncs while a gate is
+        # off): the layout, and whether partitionable devices, taints and binding conditions
+        # survive a write (`features.binding_conditions`: can MIG be made before binding).
+        self.features = Features(layout="combined" if settings.layout == "combined"
+                                 else "split")
+        self._probe_error: str | None = None
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,9 +154,9 @@ class DraPlugin:
         self._idle = asyncio.Event()  # set while the background publisher has nothing to do
         self._reports: set[asyncio.Task[None]] = set()
         self.health = HealthBoard()
-        self.health_service = HealthServicer(lambda: self.last_publication, self.health,
-                                             pool=settings.node_name,
-                                             resend_seconds=settings.health_seconds)
+        self.health_service = HealthStreams(lambda: self.last_publication, self.health,
+                                            pool=settings.node_name,
+                                            resend_seconds=settings.health_seconds)
 
     async def __aenter__(self) -> DraPlugin:
         await self.start()
@@ -158,12 +169,14 @@ class DraPlugin:
 
     async def start(self) -> None:
         await self._refuse_if_taken()
+        self.features = await detect_version(self.api, self.settings.layout)
+        await self.detect_features()
         self.settings.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.settings.registration_socket.parent.mkdir(parents=True, exist_ok=True)
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
-            (healthrpc.add_DRAResourceHealthServicer_to_server, self.health_service),
+            *self.health_service.servicers(),  # health v1 and v1alpha1
         ])
         await self.publish()
         await self._serve_registration()
@@ -221,8 +234,13 @@ class DraPlugin:
         while True:
             if not self._kick.is_set():
                 self._idle.set()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._kick.wait(), self.settings.resync_seconds)
+            except TimeoutError:
+                if self.features.disabled():
+                    # Turned on since? (A gate turned off shows in the next write's answer,
+                    # so a cluster with every gate on is not asked at each resync.)
+                    await self.detect_features()
             self._kick.clear()
             await self.publish()
 
@@ -250,6 +268,38 @@ class DraPlugin:
 
     # -- slices ----------------------------------------------------------------------------
 
+    async def detect_features(self) -> Features:
+        """Probe which DRA gates' fields the API server keeps (see `tessera.dra.detect`)."""
+        try:
+            found = await probe_gates(self.api, self.features, driver=self.settings.driver,
+                                      node=self.settings.node_name)
+        except TemporaryError as e:
+            if str(e) != self._probe_error:  # once, not at every resync
+                log.warning("could not probe the API server's DRA feature gates (keeping "
+                            "what the last writes showed): %s", e)
+            self._probe_error = str(e)
+            return self.features
+        self._probe_error = None
+        self._adopt_features(found)
+        return found
+
+    def _adopt_features(self, found: Features) -> None:
+        if found != self.features:
+            report_change(self.features, found)
+            self.features = found
+
+    def shown(self) -> Publication:
+        """The devices as published: the cluster's features and the devices' health
+        applied."""
+        return apply_health(self.last_publication, self.health.problems,
+                            driver=self.settings.driver, use_taints=self.use_taints,
+                            since=self.health.since)
+
+    @property
+    def use_taints(self) -> bool:
+        """Unhealthy devices tainted (True) or withdrawn: asked for and kept by the server."""
+        return self.settings.device_taints and self.features.taints
+
     async def publish(self) -> Writes:
         """Bring this node's ResourceSlices up to date with the fewest writes. API errors are
         logged and left to the next resync."""
@@ -266,23 +316,29 @@ class DraPlugin:
                     log.warning("cannot read the GPUs (%s); publishing the devices as last "
                                 "read, with their health", e)
                     publication = self.last_publication
+                features = self.features
+                if not features.partitionable:
+                    publication = without_counters(publication)
                 reshaped = _names(publication) != _names(self.last_publication)
                 self.last_publication = publication
                 if reshaped:
                     await self.health.poke()  # the health streams list every device
-                shown = apply_health(publication, self.health.problems, driver=settings.driver,
-                                     use_taints=settings.device_taints,
-                                     since=self.health.since)
-                desired = desired_slices(shown, driver=settings.driver,
-                                         node=settings.node_name, layout=settings.layout)
+                desired = desired_slices(self.shown(), driver=settings.driver,
+                                         node=settings.node_name, layout=features.layout)
                 stored = await self.api.node_slices(settings.driver, settings.node_name)
                 writes = reconcile(desired, stored)
+                lost: set[str] = set()
                 for body in writes.create:
-                    await self.api.create_slice(body)
+                    lost |= dropped(body, await self.api.create_slice(body))
                 for body, version in writes.replace:
-                    await self.api.replace_slice(body, version)
+                    lost |= dropped(body, await self.api.replace_slice(body, version))
                 for name in writes.delete:
                     await self.api.delete_slice(name)
+                if lost - set(features.disabled()):
+                    # The server dropped fields the probe said it keeps (a gate turned off
+                    # since): publish again, in the shape it keeps.
+                    self._adopt_features(features.without(lost))
+                    self.publish_soon()
             except TemporaryError as e:
                 log.warning("publishing ResourceSlices failed, retrying at the next resync: %s",
                             e)
@@ -390,6 +446,7 @@ class _Registrar(regrpc.RegistrationServicer):
         return regpb.PluginInfo(type=DRA_PLUGIN_TYPE, name=settings.driver,
                                 endpoint=str(settings.dra_socket),
                                 supported_versions=[DRA_V1_SERVICE, DRA_V1BETA1_SERVICE,
+                                                    DRA_HEALTH_V1_SERVICE,
                                                     DRA_HEALTH_V1ALPHA1_SERVICE])
 
     async def NotifyRegistrationStatus(  # noqa: N802 - the kubelet's RPC name

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import lightkube
 from lightkube import ApiError
 from lightkube.codecs import from_dict
@@ -21,6 +22,7 @@ from tessera.kube.config import load_config, make_client
 
 Obj = dict[str, Any]
 API_VERSION = "resource.k8s.io/v1"
+MAX_DISCOVERY_BYTES = 1 << 20  # /version and one group's discovery are a few KiB
 
 
 class DraApiError(TemporaryError):
@@ -53,11 +55,51 @@ class DraApi:
         except ApiError as e:
             raise _failed(f"listing ResourceSlices of {driver} on {node}", e) from e
 
-    async def create_slice(self, body: Obj) -> Obj:
+    async def create_slice(self, body: Obj, *, dry_run: bool = False) -> Obj:
+        """Create a slice; the stored object as the API server answers it (with `dry_run`,
+        what it would store, storing nothing)."""
+        what = f"creating ResourceSlice {body['metadata']['name']}" + (
+            " (dry run)" if dry_run else "")
         try:
-            return _plain(await self.client.create(_slice(body)))
+            return _plain(await self.client.create(_slice(body), dry_run=dry_run))
         except ApiError as e:
-            raise _failed(f"creating ResourceSlice {body['metadata']['name']}", e) from e
+            raise _failed(what, e) from e
+        except httpx2.HTTPError as e:
+            raise DraApiError(f"{what}: {e or type(e).__name__}") from e
+
+    # -- what the server serves ----------------------------------------------------------
+
+    async def _get_json(self, path: str, what: str) -> Any:
+        """GET a path lightkube has no resource for (through its own HTTP client, so the
+        kubeconfig's credentials and TLS apply); None for a 404. Answers are bounded."""
+        http = self.client._client._client  # lightkube's httpx2 client: no public accessor
+        try:
+            response = await http.get(path)
+        except httpx2.HTTPError as e:
+            raise DraApiError(f"reading {what} ({path}): {e or type(e).__name__}") from e
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise DraApiError(f"reading {what} ({path}): the API server answered "
+                              f"{response.status_code}", status=response.status_code)
+        if len(response.content) > MAX_DISCOVERY_BYTES:
+            raise DraApiError(f"{what} ({path}) is over {MAX_DISCOVERY_BYTES} bytes; is "
+                              "this a Kubernetes API server?")
+        try:
+            return response.json()
+        except ValueError as e:
+            raise DraApiError(f"{what} ({path}) is not JSON: {e}") from e
+
+    async def server_version(self) -> Any:
+        """The API server's `/version` answer, as JSON (None when it has none)."""
+        return await self._get_json("/version", "the API server's version")
+
+    async def serves_resource_v1(self) -> bool:
+        """Does the API server serve ResourceSlices in `resource.k8s.io/v1` (discovery)?"""
+        found = await self._get_json(f"/apis/{API_VERSION}", f"discovery of {API_VERSION}")
+        resources = found.get("resources") if isinstance(found, dict) else None
+        return isinstance(resources, list) and any(
+            isinstance(r, dict) and r.get("name") == "resourceslices" for r in resources)
 
     async def replace_slice(self, body: Obj, resource_version: str) -> Obj:
         """Replace a slice, only if it is still at `resource_version` (409 otherwise)."""

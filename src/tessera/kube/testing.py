@@ -23,6 +23,13 @@ real lightkube client and httpx2 stack, not patched functions:
   (cluster-scoped) and ResourceClaims (namespaced, with a `/status` subresource: writes to
   the claim keep its status, writes to `/status` change only the status), with the same
   verbs, lists, selectors and watches as the core resources.
+- The cluster's version and DRA features: `GET /version` answers `version` (a 1.35 server
+  by default; `set_version` for another, including managed clusters' `35+` minors), the
+  discovery of `resource.k8s.io/v1` lists its resources (`resource_v1=False`: a server
+  before 1.34, 404 under that group), `dryRun=All` on a create admits the object and
+  answers it without storing it, and `disabled_gates` names DRA feature gates that are off:
+  ResourceSlice writes then lose those gates' fields (`GATE_FIELDS`) silently, unless the
+  stored object already uses them, as kube-apiserver's `dropDisabledFields`.
 - A bearer token is required when the server has one, as `kubeconfig()` writes it.
 
 Test controls change objects as kubectl or the kubelet would (bumping the resourceVersion
@@ -40,10 +47,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +75,8 @@ from tessera.kube.fakestore import (
     set_map,
 )
 
+DEFAULT_VERSION = "v1.35.0-tessera-fake"
+RESOURCE_V1 = "resource.k8s.io/v1"
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 APPLY = "application/apply-patch+yaml"
@@ -106,8 +116,17 @@ class FakeApiServer:
     """See the module docstring."""
 
     def __init__(self, *, token: str | None = "tessera-test-token",
-                 bookmark_interval: float = 1.0, history_limit: int = 10_000) -> None:
+                 bookmark_interval: float = 1.0, history_limit: int = 10_000,
+                 version: str = DEFAULT_VERSION, resource_v1: bool = True,
+                 disabled_gates: Iterable[str] = ()) -> None:
         self.token = token
+        #: what `GET /version` answers (`set_version` writes it as a real server would)
+        self.version: Obj = {}
+        self.set_version(version)
+        #: False: a server before 1.34, which has no `resource.k8s.io/v1` (404s under it)
+        self.resource_v1 = resource_v1
+        #: DRA feature gates that are off: writes of ResourceSlices lose their fields
+        self.disabled_gates: set[str] = set(disabled_gates)
         self.bookmark_interval = bookmark_interval
         self.store = Store(history_limit=history_limit)
         self.port = 0
@@ -162,6 +181,14 @@ class FakeApiServer:
         http.drop_connections()
         with self.store.changed:
             self.store.changed.notify_all()  # so streaming watches notice at once
+
+    def set_version(self, git_version: str, *, minor: str | None = None) -> None:
+        """Answer `/version` for `git_version` (`v1.35.2-gke.100`); `minor` overrides the
+        minor field as managed clusters write it (`35+`)."""
+        found = re.match(r"v(\d+)\.(\d+)", git_version)
+        major, derived = (found[1], found[2]) if found else ("", "")
+        self.version = {"major": major, "minor": derived if minor is None else minor,
+                        "gitVersion": git_version, "platform": "linux/amd64"}
 
     # -- faults --------------------------------------------------------------------------
 
@@ -469,11 +496,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict[str, str], content_type: str | None,
                body: Any) -> Obj:
-        store = self.server.api.store
+        api = self.server.api
+        store = api.store
         if path == "/version":
-            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tessera-fake",
-                    "platform": "linux/amd64"}
+            return copy.deepcopy(api.version)
+        if path.startswith(f"/apis/{RESOURCE_V1}") and not api.resource_v1:
+            raise StatusError(404, "NotFound", f"the server could not find the requested "
+                              f"resource ({path})")
+        if path.rstrip("/") == f"/apis/{RESOURCE_V1}" and method == "GET":
+            return _discovery(RESOURCE_V1)
         namespace, resource, name, sub = _parse(path)
+        dry_run = query.get("dryRun") == "All"
+        gates = api.disabled_gates if resource == "resourceslices" else set()
         kind, namespaced = RESOURCES[resource]
         if sub is not None and resource == "pods":
             assert name is not None
@@ -490,10 +524,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return {"kind": f"{kind}List", "apiVersion": api_version(resource),
                         "metadata": {"resourceVersion": str(version)}, "items": items}
             if method == "POST" and namespaced == (namespace is not None):
-                obj = _object(body, kind)
+                obj = drop_disabled_fields(_object(body, kind), None, gates)
                 if obj.get("metadata", {}).get("namespace", namespace) != namespace:
                     raise StatusError(400, "BadRequest", "the namespace of the provided object "
                                      "does not match the namespace sent on the request")
+                if dry_run:  # admitted and defaulted as a create would be, never stored
+                    return {"kind": kind, "apiVersion": api_version(resource), **obj}
                 return store.create(resource, namespace or "", obj)
             raise _not_allowed(method, path)
         ns = namespace or ""
@@ -510,7 +546,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not expect:
                 raise StatusError(422, "Invalid", f"{kind} {name!r} is invalid: "
                                  "metadata.resourceVersion: must be specified for an update")
-            return store.update(resource, ns, name, lambda old: keep(old, obj), expect=expect)
+            return store.update(resource, ns, name, lambda old: drop_disabled_fields(
+                keep(old, obj), old, gates), expect=expect)
         if method == "PATCH":
             if content_type not in PATCH_TYPES:
                 raise StatusError(415, "UnsupportedMediaType",
@@ -523,8 +560,8 @@ class _Handler(BaseHTTPRequestHandler):
             expect = patch.get("metadata", {}).get("resourceVersion")
             # Strategic merge and apply differ from a merge patch only on lists and field
             # ownership; for the metadata maps the agent writes, all three merge.
-            return store.update(resource, ns, name,
-                                lambda old: keep(old, _merged(old, patch)), expect=expect)
+            return store.update(resource, ns, name, lambda old: drop_disabled_fields(
+                keep(old, _merged(old, patch)), old, gates), expect=expect)
         raise _not_allowed(method, path)
 
     def _pod_subresource(self, method: str, path: str, namespace: str, name: str,
@@ -671,6 +708,59 @@ _FAULTS = {
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
     504: ("Timeout", "the server was unable to return a response in the time allotted"),
 }
+
+
+#: the fields of `resource.k8s.io/v1` ResourceSlices each DRA gate guards: (in the spec,
+#: in each device), as kube-apiserver's `dropDisabledFields` drops them
+GATE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "DRAPartitionableDevices": (("sharedCounters", "perDeviceNodeSelection"),
+                                ("consumesCounters", "nodeName", "nodeSelector", "allNodes")),
+    "DRADeviceTaints": ((), ("taints",)),
+    "DRADeviceBindingConditions": ((), ("bindsToNode", "bindingConditions",
+                                        "bindingFailureConditions")),
+}
+
+
+def _uses_gate(obj: Obj | None, gate: str) -> bool:
+    spec_fields, device_fields = GATE_FIELDS[gate]
+    spec = (obj or {}).get("spec") or {}
+    return (any(spec.get(f) for f in spec_fields)
+            or any(d.get(f) for d in spec.get("devices") or () for f in device_fields))
+
+
+def drop_disabled_fields(obj: Obj, old: Obj | None, gates: set[str]) -> Obj:
+    """A ResourceSlice write as kube-apiserver stores it with `gates` off: their fields
+    silently dropped, unless the stored object (`old`) already uses them."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return obj
+    for gate in sorted(gates & set(GATE_FIELDS)):
+        if _uses_gate(old, gate):
+            continue
+        spec_fields, device_fields = GATE_FIELDS[gate]
+        for field in spec_fields:
+            spec.pop(field, None)
+        for device in spec.get("devices") or ():
+            if isinstance(device, dict):
+                for field in device_fields:
+                    device.pop(field, None)
+    return obj
+
+
+def _discovery(group_version: str) -> Obj:
+    """The APIResourceList of a group version, as `kubectl api-resources` reads it."""
+    resources = []
+    for resource, (kind, namespaced) in sorted(RESOURCES.items()):
+        if API_VERSIONS.get(resource) != group_version:
+            continue
+        resources.append({"name": resource, "kind": kind, "namespaced": namespaced,
+                          "verbs": ["create", "delete", "get", "list", "patch", "update",
+                                    "watch"]})
+        if resource in WITH_STATUS:
+            resources.append({"name": f"{resource}/status", "kind": kind,
+                              "namespaced": namespaced, "verbs": ["get", "patch", "update"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": resources}
 
 
 def _status_rule(resource: str, subresource: str | None) -> Any:

@@ -12,8 +12,11 @@ It does what the kubelet's plugin watcher and DRA manager do with a DRA plugin:
   reappears (a restarted plugin);
 - calls `NodePrepareResources` / `NodeUnprepareResources` on the chosen service version, with
   claim references only, as the kubelet does;
-- when the plugin also lists `v1alpha1.DRAResourceHealth`, streams `NodeWatchResources` from
-  its endpoint and keeps the latest health of each device (`health`).
+- when the plugin also lists a `DRAResourceHealth` service the kubelet knows, streams
+  `NodeWatchResources` from its endpoint and keeps the latest health of each device
+  (`health`, and `v1`'s reasons in `health_messages`): `v1` when the plugin offers it,
+  wherever it is in the plugin's list, as a 1.37 kubelet prefers it; `v1alpha1` otherwise
+  (`health_services` narrows it, e.g. to a 1.36 kubelet's `v1alpha1` alone).
 
 `wipe()` is a kubelet restart that cleared `plugins_registry/`: every registration is
 forgotten and every socket there deleted, so a plugin must notice and register again.
@@ -31,14 +34,18 @@ from types import ModuleType
 import grpc
 
 from tessera.kubeletapi.constants import (
+    DRA_HEALTH_V1_SERVICE,
     DRA_HEALTH_V1ALPHA1_SERVICE,
     DRA_PLUGIN_TYPE,
+    KUBELET_DRA_HEALTH_SERVICES,
     KUBELET_DRA_SERVICES,
 )
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.dra.v1 import api_pb2_grpc as v1rpc
 from tessera.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1
 from tessera.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1rpc
+from tessera.kubeletapi.drahealth.v1 import api_pb2 as health1pb
+from tessera.kubeletapi.drahealth.v1 import api_pb2_grpc as health1rpc
 from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2 as healthpb
 from tessera.kubeletapi.drahealth.v1alpha1 import api_pb2_grpc as healthrpc
 from tessera.kubeletapi.pluginregistration.v1 import api_pb2 as regpb
@@ -47,6 +54,10 @@ from tessera.kubeletapi.pluginregistration.v1 import api_pb2_grpc as regrpc
 _SERVICES: dict[str, tuple[ModuleType, ModuleType]] = {
     "v1.DRAPlugin": (v1, v1rpc),
     "v1beta1.DRAPlugin": (v1beta1, v1beta1rpc),
+}
+_HEALTH: dict[str, tuple[ModuleType, ModuleType]] = {
+    DRA_HEALTH_V1_SERVICE: (health1pb, health1rpc),
+    DRA_HEALTH_V1ALPHA1_SERVICE: (healthpb, healthrpc),
 }
 
 
@@ -86,6 +97,8 @@ class DraRegistration:
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
     stub: object = field(default=None, repr=False)
     health: dict[tuple[str, str], str] = field(default_factory=dict)  # (pool, device) -> status
+    health_messages: dict[tuple[str, str], str] = field(default_factory=dict)  # v1's reasons
+    health_service: str | None = None  # the DRAResourceHealth version streamed
     health_updates: int = 0
     health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -96,11 +109,13 @@ class TestDraKubelet:
     __test__ = False  # not a pytest test class
 
     def __init__(self, root: Path, *, services: Sequence[str] = KUBELET_DRA_SERVICES,
+                 health_services: Sequence[str] = KUBELET_DRA_HEALTH_SERVICES,
                  poll_interval: float = 0.02) -> None:
         self.root = root
         self.registry = root / "plugins_registry"
         self.plugins = root / "plugins"
         self.services = tuple(services)
+        self.health_services = tuple(health_services)
         self.poll_interval = poll_interval
         self.registrations: dict[str, DraRegistration] = {}  # driver name -> registration
         self.history: list[DraRegistration] = []  # every registration attempt, in order
@@ -191,7 +206,10 @@ class TestDraKubelet:
                 await _close(old)
             if not registration.error:
                 self.registrations[info.name] = registration
-                if DRA_HEALTH_V1ALPHA1_SERVICE in info.supported_versions:
+                # The kubelet's preference, not the plugin's order, picks the health version.
+                registration.health_service = next(
+                    (v for v in self.health_services if v in info.supported_versions), None)
+                if registration.health_service is not None:
                     registration.health_task = asyncio.create_task(
                         self._watch_health(registration))
             self.history.append(registration)
@@ -199,14 +217,18 @@ class TestDraKubelet:
 
     async def _watch_health(self, registration: DraRegistration) -> None:
         assert registration.channel is not None
-        stub = healthrpc.DRAResourceHealthStub(registration.channel)  # type: ignore[no-untyped-call]
+        assert registration.health_service is not None
+        pb, rpc = _HEALTH[registration.health_service]
+        stub = rpc.DRAResourceHealthStub(registration.channel)
         try:
-            async for response in stub.NodeWatchResources(healthpb.NodeWatchResourcesRequest()):
+            async for response in stub.NodeWatchResources(pb.NodeWatchResourcesRequest()):
                 async with self._changed:
                     registration.health = {
-                        (d.device.pool_name, d.device.device_name):
-                            healthpb.HealthStatus.Name(d.health)
+                        (d.device.pool_name, d.device.device_name): pb.HealthStatus.Name(d.health)
                         for d in response.devices}
+                    registration.health_messages = {
+                        (d.device.pool_name, d.device.device_name): d.message
+                        for d in response.devices if getattr(d, "message", "")}
                     registration.health_updates += 1
                     self._changed.notify_all()
         except grpc.aio.AioRpcError:
