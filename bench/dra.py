@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,7 +275,7 @@ class Policy:
 
 
 def first_fit(policy: Policy, orders: Orders, nodes: int, arrivals: list[tuple[float, str, float]],
-              warmup: int, seed: int) -> float:
+              warmup: int, seed: int, lost: Counter[str] | None = None) -> float:
     """The fraction of pods (after the warm-up) admitted. Each pod's claim goes to a node
     picked at random among those where it fits (DRA does not score nodes; the scheduler's
     other scores are modelled as ties); on that node the device slices are walked in a random
@@ -282,7 +283,6 @@ def first_fit(policy: Policy, orders: Orders, nodes: int, arrivals: list[tuple[f
     order, and the first device whose counters (memory slices, SMs) still fit is taken. The
     counters are always current (the scheduler tracks its own allocations); the order is
     what the node published `policy.lag` allocations and frees ago."""
-    rng = random.Random(seed)
     groups = slice_groups(policy.layout)
     per_node = 1 + max(g for group in groups for g in group)
     gpus = per_node * nodes
@@ -322,6 +322,10 @@ def first_fit(policy: Policy, orders: Orders, nodes: int, arrivals: list[tuple[f
                     if any(fits_on(n * per_node + g, profile) for g in range(per_node))]
         placed = None
         if feasible:
+            # The scheduler's random choices are drawn per pod, so every policy meets the same
+            # ones wherever it can (common random numbers: the policies differ by their order,
+            # not by luck).
+            rng = random.Random(seed << 32 | i)
             base = rng.choice(feasible) * per_node
             for group in rng.sample(groups, len(groups)):
                 members = [base + g for g in group]
@@ -340,6 +344,8 @@ def first_fit(policy: Policy, orders: Orders, nodes: int, arrivals: list[tuple[f
         if i >= warmup:
             offered += 1
             admitted += placed is not None
+            if placed is None and lost is not None:
+                lost[profile] += 1
         if placed is not None:
             g, d = placed
             used[g] |= d.mask
@@ -385,16 +391,18 @@ def policies(lag: int) -> list[Policy]:
 
 
 def placement_orders(nodes: int, n: int, seeds: Sequence[int], mix: str,
-                     lag: int) -> dict[str, list[float]]:
-    """Pods admitted per policy and seed, every policy on the same arrivals."""
+                     lag: int) -> tuple[dict[str, list[float]], dict[str, Counter[str]]]:
+    """Pods admitted per policy and seed, every policy on the same arrivals; and the pods
+    lost per policy and profile, over all seeds."""
     orders = Orders()
     results: dict[str, list[float]] = {p.name: [] for p in policies(lag)}
+    lost: dict[str, Counter[str]] = {p.name: Counter() for p in policies(lag)}
     for seed in seeds:
         arrivals = arrivals_for(mix, nodes, n, seed)
         for policy in policies(lag):
             results[policy.name].append(first_fit(policy, orders, nodes, arrivals, n // 10,
-                                                  seed))
-    return results
+                                                  seed, lost[policy.name]))
+    return results, lost
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -443,8 +451,9 @@ def main() -> int:
             print(f"| {w.event} | {w.writes} | {w.bytes} |")
         print()
     seeds = range(args.seeds)
-    admitted = {mix: placement_orders(args.nodes, args.arrivals, seeds, mix, args.lag)
-                for mix in ("openb", "uniform")}
+    runs = {mix: placement_orders(args.nodes, args.arrivals, seeds, mix, args.lag)
+            for mix in ("openb", "uniform")}
+    admitted = {mix: results for mix, (results, _) in runs.items()}
     names = list(admitted["openb"])
     for mix, results in admitted.items():
         print(f"| pods admitted, {mix} mix ({args.nodes} x DGX A100, load 1.0) | "
@@ -454,6 +463,13 @@ def main() -> int:
             print(f"| {name} | " + " | ".join(f"{100 * v:.2f}%" for v in results[name])
                   + f" | {_mean(results[name])} |")
         print()
+    print("| pods lost, all seeds | " + " | ".join(
+        f"{mix}: {p.split('.')[0]}" for mix in runs for p in SLICES_PER_PROFILE) + " |")
+    print("|---|" + "---|" * (len(runs) * len(SLICES_PER_PROFILE)))
+    for name in names:
+        print(f"| {name} | " + " | ".join(str(lost[name][p]) for _, lost in runs.values()
+                                         for p in SLICES_PER_PROFILE) + " |")
+    print()
     ours, theirs = "Tessera, follows occupancy", "NVIDIA name order"
     behind = [(mix, s) for mix, results in admitted.items() for s in seeds
               if results[ours][s] < results[theirs][s]]

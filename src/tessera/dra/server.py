@@ -422,8 +422,9 @@ class _Registrar(regrpc.RegistrationServicer):
         return regpb.RegistrationStatusResponse()
 
 
-def _names(publication: Publication) -> list[str]:
-    return [str(d["name"]) for d in publication.devices]
+def _names(publication: Publication) -> set[str]:
+    """The devices published, whatever their order (a re-order is no new device)."""
+    return {str(d["name"]) for d in publication.devices}
 
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
