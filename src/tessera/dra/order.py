@@ -7,9 +7,10 @@ How the scheduler walks what is published (kube-scheduler's structured allocator
 the selectors and whose counters still fit ("the first full solution is chosen"; KEP-4815:
 "select the first (not best) fit"). Within a slice the walk follows the published device
 order. The order of slices within a pool and of pools is not defined: `GatherPools` appends
-slices in the order the scheduler's informer cache lists them (client-go's thread-safe store
-ranges over a Go map) and returns pools by ranging over a map of its own (`pools_stable.go`),
-so both change from one scheduling attempt to the next. A driver therefore decides:
+slices in the order the scheduler's informer cache lists them (`ListWithDeviceTaintRules`,
+then client-go's `threadSafeMap.List` in `tools/cache/thread_safe_store.go`, which ranges over
+a Go map) and returns pools by ranging over a map of its own (`pools_stable.go`), so both can
+change from one scheduling attempt to the next. A driver therefore decides:
 
 - which placement of a GPU a claim gets: the first that fits in the GPU's device order;
 - which GPU gets it only among the GPUs that share one slice (the `combined` layout puts two
