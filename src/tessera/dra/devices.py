@@ -30,6 +30,9 @@ Obj = dict[str, Any]
 
 _ARCHITECTURES = {7: "Volta", 8: "Ampere", 9: "Hopper", 10: "Blackwell", 12: "Blackwell"}
 _NOT_DNS = re.compile(r"[^a-z0-9]")
+# Whole GPUs go after the partitionable ones: they share no slice with them, and among
+# themselves keep GPU order (none is partly used).
+_WHOLE_GPU = (2, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ def publish(inventory: Inventory, owned: Collection[str] = (),
         common = _common_attributes(inventory, view)
         if not view.mig_enabled or not view.profiles:
             name = f"gpu-{view.minor}"
-            blocks.append(((2, 0), [_gpu_device(name, view, common)]))
+            blocks.append((_WHOLE_GPU, [_gpu_device(name, view, common)]))
             targets[name] = Target(name, view.gpu.index, uuid=view.gpu.uuid)
             continue
         counter_sets.append(_counter_set(view))

@@ -36,9 +36,12 @@ claim fills a GPU that is already cut up and whole empty GPUs stay for a `7g`.
 
 On an idle GPU the order is the fixed one Tessera published before it followed occupancy
 (rule 2 with nothing taken). NVIDIA's driver lists devices in name order, which puts the
-first `1g` at slice 0 and blocks `4g`/`7g` (`name_order`, kept for the benchmark). No fixed
-order wins at every occupancy (four 1g's on one A100 leave a 2g in Tessera's order, a 3g in
-name order): following occupancy is what lets the order keep room as the GPU fills.
+first `1g` at slice 0 and blocks `4g`/`7g` (`name_order`, kept for the benchmark). No order
+wins at every occupancy (four 1g's on an idle A100 leave a 2g in Tessera's order, a 3g in
+name order, which gave up the 4g and 7g with its first 1g); an order can only weigh what each
+placement rules out from where the GPU is now, and following occupancy is what lets it do
+that: once slice 0 is taken, the next 1g's fill slices 1-3 and keep the 3g at 4, where the
+idle-GPU order would cut into slices 4-7.
 
 All of it is a pure function of the GPU's profile table as NVML reports it, so every product
 gets its order from the hardware data, never from a hand-written list.

@@ -136,8 +136,8 @@ class DraPlugin:
         self.registration = RegistrationState()
         self.last_writes = Writes()
         self.last_publication = Publication((), (), {})
-        # Placements allocated to claims whose instances do not exist yet, per GPU index: the
-        # order counts them as taken (`set_allocated`).
+        # Placements allocated to claims (made or not), per GPU index: the order counts them
+        # as taken (`set_allocated`).
         self._allocated: dict[int, frozenset[Placement]] = {}
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
