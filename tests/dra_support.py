@@ -3,6 +3,7 @@ stand-in for the scheduler's allocator."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import Any
 
@@ -60,14 +61,20 @@ class UnschedulableError(Exception):
 
 class Allocator:
     """Allocates claims from the published ResourceSlices as kube-scheduler's structured
-    allocator does (`allocator_stable.go`): only the newest generation of each pool, pools and
-    slices and devices in order, the first device that matches the DeviceClass's and the
-    request's CEL selectors (evaluated with cel-python), is not allocated to another claim and
-    whose counters still fit what the other allocations left of its counter set."""
+    allocator does (`allocator_stable.go`): only the newest generation of each pool, pools,
+    then slices, then devices in slice order, the first device that matches the DeviceClass's
+    and the request's CEL selectors (evaluated with cel-python), is not allocated to another
+    claim and whose counters still fit what the other allocations left of its counter set.
 
-    def __init__(self, api: FakeApiServer) -> None:
+    The scheduler's order of pools and of slices within a pool is not defined (it comes from
+    Go maps: `tessera.dra.order`). By default this stand-in takes them by name, one of the
+    orders the scheduler may take; with `rng` it shuffles them on every allocation, as the
+    scheduler may, so a test can show what holds whatever order it takes."""
+
+    def __init__(self, api: FakeApiServer, rng: random.Random | None = None) -> None:
         self.api = api
         self.env = celpy.Environment()
+        self.rng = rng
 
     def _matches(self, expressions: list[str], device: Obj, driver: str) -> bool:
         attributes: dict[str, dict[str, object]] = {}
@@ -94,7 +101,11 @@ class Allocator:
             assert len(current) == current[0]["spec"]["pool"]["resourceSliceCount"], (
                 f"pool {pool} is incomplete")
             current.sort(key=lambda s: int(s["metadata"]["name"].rsplit("-", 1)[1]))
+            if self.rng is not None:
+                self.rng.shuffle(current)
             pools.append((driver, pool, current))
+        if self.rng is not None:
+            self.rng.shuffle(pools)
         return pools
 
     def _in_use(self) -> set[tuple[str, str, str]]:

@@ -23,13 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera.dra.inventory import GpuView, Instance, Inventory
-from tessera.dra.order import policy_order
+from tessera.dra.order import gpu_rank, policy_order
 from tessera.hardware.model import GpuInstanceProfile, Placement
 
 Obj = dict[str, Any]
 
 _ARCHITECTURES = {7: "Volta", 8: "Ampere", 9: "Hopper", 10: "Blackwell", 12: "Blackwell"}
 _NOT_DNS = re.compile(r"[^a-z0-9]")
+# Whole GPUs go after the partitionable ones: they share no slice with them, and among
+# themselves keep GPU order (none is partly used).
+_WHOLE_GPU = (2, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,36 +67,60 @@ def counter_set_name(view: GpuView) -> str:
     return f"gpu-{view.minor}-counter-set"
 
 
-def publish(inventory: Inventory, owned: Collection[str] = ()) -> Publication:
+def publish(inventory: Inventory, owned: Collection[str] = (),
+            taken: Mapping[int, Collection[Placement]] | None = None) -> Publication:
     """The node's devices. `owned` names the devices prepared for claims: their instances are
     ours, so the placements around them stay published (the scheduler's own accounting keeps
-    it from allocating overlaps)."""
+    it from allocating overlaps). `taken` adds, per GPU index, placements held though no
+    instance exists there yet (allocated to claims not prepared yet): they count in the
+    order as the instances do (`tessera.dra.order`)."""
     counter_sets: list[Obj] = []
-    devices: list[Obj] = []
+    blocks: list[tuple[tuple[int, int], list[Obj]]] = []
     targets: dict[str, Target] = {}
     for view in inventory.gpus:
         common = _common_attributes(inventory, view)
         if not view.mig_enabled or not view.profiles:
             name = f"gpu-{view.minor}"
-            devices.append(_gpu_device(name, view, common))
+            blocks.append((_WHOLE_GPU, [_gpu_device(name, view, common)]))
             targets[name] = Target(name, view.gpu.index, uuid=view.gpu.uuid)
             continue
         counter_sets.append(_counter_set(view))
         existing = {(i.profile_id, i.placement.start): i for i in view.instances}
-        foreign = [i.placement for i in view.instances
-                   if _instance_name(view, i) not in owned]
-        for profile, placement in policy_order(view.profiles):
+        foreign = [i for i in view.instances if _instance_name(view, i) not in owned]
+        held = {*(i.placement for i in view.instances), *(taken or {}).get(view.gpu.index, ())}
+        idle = [(p, i.placement) for i in foreign if (p := view.profile(i.profile_id))
+                and i.placement not in (taken or {}).get(view.gpu.index, ())]
+        devices: list[Obj] = []
+        for profile, placement in policy_order(view.profiles, held, idle):
             name = mig_device_name(view, profile, placement.start)
             instance = existing.get((profile.id, placement.start))
-            if instance is None and any(placement.overlaps(f) for f in foreign):
+            if instance is None and any(placement.overlaps(f.placement) for f in foreign):
                 continue
             uuid = instance.uuids[0] if instance is not None and instance.uuids else None
             # An instance made for a claim is published as the placement it was made at (no
-            # uuid), so preparing a claim rewrites no slice.
+            # uuid), so preparing a claim changes no device, only (maybe) the order.
             shown = None if name in owned else uuid
             devices.append(_mig_device(name, view, profile, placement, common, shown))
             targets[name] = Target(name, view.gpu.index, profile, placement, uuid)
-    return Publication(tuple(counter_sets), tuple(devices), targets)
+        free = view.memory_slices - sum(p.size for p in _merged(held))
+        blocks.append((gpu_rank(free, view.memory_slices), devices))
+    # Counter sets stay in GPU order, so which GPUs share a slice never moves; the devices go
+    # in the order the GPUs should be tried in (sorted is stable: equal GPUs keep theirs).
+    ordered = [d for _, block in sorted(blocks, key=lambda b: b[0]) for d in block]
+    return Publication(tuple(counter_sets), tuple(ordered), targets)
+
+
+def _merged(placements: Collection[Placement]) -> list[Placement]:
+    """The memory slices `placements` cover, as disjoint runs (allocations may overlap the
+    instance made for them)."""
+    runs: list[Placement] = []
+    for p in sorted(placements, key=lambda p: p.start):
+        if runs and p.start <= runs[-1].end:
+            last = runs[-1]
+            runs[-1] = Placement(last.start, max(last.end, p.end) - last.start)
+        else:
+            runs.append(p)
+    return runs
 
 
 def _instance_name(view: GpuView, instance: Instance) -> str | None:

@@ -17,7 +17,7 @@ Both are idempotent and survive a kill at any step: a retried prepare adopts the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tessera.dra.claims import allocated, device_type_matches
 from tessera.dra.devices import Publication, Target, publish
 from tessera.dra.inventory import GpuView, Inventory, read_inventory
 from tessera.errors import ApplyError, ClaimError, MigConfigError, TemporaryError, TesseraError
+from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
 from tessera.mig import engine
 from tessera.mig.applier import apply
@@ -74,9 +75,12 @@ class Preparer:
         """Devices whose instances a claim of ours made (or is making)."""
         return _owned(self.checkpoint.load().values())
 
-    def publication(self) -> Publication:
+    def publication(self, taken: Mapping[int, Collection[Placement]] | None = None
+                    ) -> Publication:
+        """What the node publishes now; `taken`: placements allocated to claims per GPU
+        (`tessera.dra.devices.publish`)."""
         with self._lock:
-            return publish(read_inventory(self.node), self.owned())
+            return publish(read_inventory(self.node), self.owned(), taken)
 
     def completed(self, uid: str) -> tuple[PreparedDevice, ...] | None:
         record = self.checkpoint.load().get(uid)

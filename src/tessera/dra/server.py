@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from tessera.dra.prepare import ClaimRef, Preparer
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
 from tessera.dra.status import device_status
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
+from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.kubeletapi.constants import (
@@ -146,6 +147,9 @@ class DraPlugin:
         self.features = Features(layout="combined" if settings.layout == "combined"
                                  else "split")
         self._probe_error: str | None = None
+        # Placements allocated to claims (made or not), per GPU index: the order counts them
+        # as taken (`set_allocated`).
+        self._allocated: dict[int, frozenset[Placement]] = {}
         self._dra: grpc.aio.Server | None = None
         self._registrar: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -307,7 +311,8 @@ class DraPlugin:
             settings = self.settings
             try:
                 try:
-                    publication = await asyncio.to_thread(self.preparer.publication)
+                    publication = await asyncio.to_thread(self.preparer.publication,
+                                                          self._allocated)
                 except HardwareError as e:
                     if not self.last_publication.devices:
                         raise
@@ -345,6 +350,15 @@ class DraPlugin:
                 return Writes()
             self.last_writes = writes
             return writes
+
+    def set_allocated(self, placements: Mapping[int, Collection[Placement]]) -> None:
+        """The placements allocated to claims per GPU index, as the claims say (made or
+        not). When they differ from the last ones, the order is published again in the
+        background: only the slices of the GPUs whose occupancy changed are rewritten."""
+        allocated = {gpu: frozenset(held) for gpu, held in placements.items() if held}
+        if allocated != self._allocated:
+            self._allocated = allocated
+            self.publish_soon()
 
     async def set_health(self, problems: Mapping[str, DeviceProblem],
                          source: str = "told") -> None:
@@ -465,8 +479,9 @@ class _Registrar(regrpc.RegistrationServicer):
         return regpb.RegistrationStatusResponse()
 
 
-def _names(publication: Publication) -> list[str]:
-    return [str(d["name"]) for d in publication.devices]
+def _names(publication: Publication) -> set[str]:
+    """The devices published, whatever their order (a re-order is no new device)."""
+    return {str(d["name"]) for d in publication.devices}
 
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL

@@ -68,12 +68,15 @@ def _chunks(items: Sequence[Obj], size: int) -> Iterator[list[Obj]]:
 
 
 def _groups(publication: Publication) -> list[tuple[str | None, list[Obj]]]:
-    """Devices by the counter set they consume (None: none), in order of first appearance."""
-    groups: dict[str | None, list[Obj]] = {}
+    """Devices by the counter set they consume, in the order of the counter sets (GPU
+    order: a GPU keeps its slice whatever the order of its devices), then those consuming
+    none (None)."""
+    groups: dict[str | None, list[Obj]] = {s["name"]: [] for s in publication.counter_sets}
+    groups[None] = []
     for device in publication.devices:
         uses = device.get("consumesCounters") or []
-        groups.setdefault(uses[0]["counterSet"] if uses else None, []).append(device)
-    return list(groups.items())
+        groups[uses[0]["counterSet"] if uses else None].append(device)
+    return [(name, devices) for name, devices in groups.items() if devices]
 
 
 def _split(publication: Publication, limits: Limits) -> list[Obj]:
@@ -88,25 +91,31 @@ def _split(publication: Publication, limits: Limits) -> list[Obj]:
 
 
 def _combined(publication: Publication, limits: Limits) -> list[Obj]:
-    by_set: dict[str, list[Obj]] = {s["name"]: [] for s in publication.counter_sets}
-    plain: list[Obj] = []
-    for device in publication.devices:
-        uses = device.get("consumesCounters") or []
-        (by_set[uses[0]["counterSet"]] if uses else plain).append(device)
+    # Which GPUs share a slice follows the counter sets' (GPU) order, so a change on one GPU
+    # rewrites its slice alone; within a slice the devices keep the publication's order, the
+    # GPUs the scheduler should try first ahead (`tessera.dra.order`).
+    position = {d["name"]: i for i, d in enumerate(publication.devices)}
+    groups = dict(_groups(publication))
+    plain = groups.pop(None, [])
     bodies: list[Obj] = []
     sets: list[Obj] = []
     devices: list[Obj] = []
+
+    def close() -> None:
+        bodies.append({"sharedCounters": sets,
+                       "devices": sorted(devices, key=lambda d: position[d["name"]])})
+
     for counter_set in publication.counter_sets:
-        mine = by_set[counter_set["name"]][:limits.devices_with_counters]
+        mine = groups.get(counter_set["name"], [])[:limits.devices_with_counters]
         counters = sum(len(s["counters"]) for s in sets) + len(counter_set["counters"])
         if sets and (counters > limits.counters or len(sets) >= limits.counter_sets
                      or len(devices) + len(mine) > limits.devices_with_counters):
-            bodies.append({"sharedCounters": sets, "devices": devices})
+            close()
             sets, devices = [], []
         sets.append(counter_set)
         devices += mine
     if sets:
-        bodies.append({"sharedCounters": sets, "devices": devices})
+        close()
     bodies += [{"devices": chunk} for chunk in _chunks(plain, limits.devices)]
     return bodies
 
