@@ -83,9 +83,12 @@ def kubelet_dir() -> Iterator[Path]:
         yield directory
 
 
-def _settings(tmp: Path, kubelet_dir: Path) -> DraSettings:
+def _settings(tmp: Path, kubelet_dir: Path, *, ahead: bool = False) -> DraSettings:
+    # Without prepare-ahead: these tests change the node between allocation and the
+    # kubelet's call, so they drive creation at prepare (test_dra_ahead covers ahead).
     return DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
-                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05)
+                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05,
+                       prepare_ahead=ahead)
 
 
 @pytest.fixture
@@ -401,7 +404,8 @@ async def test_mig_capability_nodes_come_from_the_drivers_mig_minors_table(
     minors.write_text("\n".join(lines) + "\n")
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors)
+                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors,
+                           prepare_ahead=False)
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
         await kubelet.wait_registered(DRIVER)
@@ -427,7 +431,8 @@ async def test_the_134_layout_serves_the_same_allocation(
 ) -> None:
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined")
+                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined",
+                           prepare_ahead=False)
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
         await kubelet.wait_registered(DRIVER)

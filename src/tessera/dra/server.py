@@ -9,6 +9,15 @@ refuses. When the kubelet's registry loses the socket (a kubelet restart that wi
 registration service is served again, so the kubelet finds the plugin anew. Slices are
 published at start, soon after every prepare and unprepare (in the background: the kubelet's
 answer does not wait for it), and every `resync_seconds`.
+
+Claims are followed by watch (`kube.dra.claim_mirror`: only those allocated from this node's
+pool are kept) and, with `prepare_ahead`, prepared as soon as they are allocated (`ahead`),
+so the kubelet's NodePrepareResources is answered from the checkpoint's records in memory,
+with no I/O. A claim not prepared yet is read from the mirror, or with a GET when the mirror
+has not seen it (a prepare never fails because a watch lags). With `binding_conditions`, MIG
+placements that need an instance made are published with Tessera's binding conditions
+(`binding`), and the outcome of the prepare ahead tells the scheduler to bind or to retry
+elsewhere. Every prepare's outcome, failures included, goes into the claim's status.
 """
 
 from __future__ import annotations
@@ -17,9 +26,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,16 +35,18 @@ from typing import Any
 import grpc
 
 from tessera.dra import cdi
+from tessera.dra.ahead import Ahead
+from tessera.dra.binding import with_binding_conditions
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.devices import Publication
 from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
 from tessera.dra.health_service import HealthServicer
 from tessera.dra.prepare import ClaimRef, Preparer
+from tessera.dra.reports import ClaimReports, Prepared, failed
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
-from tessera.dra.status import device_status
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.node import Node
-from tessera.kube.dra import DraApi
+from tessera.kube.dra import DraApi, claim_mirror
 from tessera.kubeletapi.constants import (
     DRA_HEALTH_V1ALPHA1_SERVICE,
     DRA_PLUGIN_TYPE,
@@ -73,6 +83,11 @@ class DraSettings:
     mig_minors: Path = cdi.MIG_MINORS
     # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
     device_taints: bool = True
+    # Prepare claims when they are allocated here, before the kubelet asks.
+    prepare_ahead: bool = True
+    # Publish MIG placements that need a creation with binding conditions (KEP-5007; needs
+    # DRADeviceBindingConditions: alpha, off in 1.34/1.35, beta, on in 1.36).
+    binding_conditions: bool = False
 
     def __post_init__(self) -> None:
         if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
@@ -91,6 +106,10 @@ class DraSettings:
                                          0.01, 3600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
+        if self.binding_conditions and not self.prepare_ahead:
+            raise ConfigError("binding conditions need prepare-ahead: the scheduler waits for "
+                              "the instance made at allocation; drop --no-prepare-ahead or "
+                              "--binding-conditions")
 
     @property
     def plugin_dir(self) -> Path:
@@ -132,6 +151,10 @@ class DraPlugin:
                                  cdi_dir=settings.cdi_dir,
                                  checkpoint=Checkpoint(settings.checkpoint_file),
                                  mig_minors=settings.mig_minors)
+        self.claims = claim_mirror(api, settings.driver, settings.node_name)
+        self.reports = ClaimReports(api, driver=settings.driver, pool=settings.node_name)
+        self.ahead = Ahead(self.claims, self.preparer, self.reports, changed=self.publish_soon,
+                           resync_seconds=settings.resync_seconds)
         self.registration = RegistrationState()
         self.last_writes = Writes()
         self.last_publication = Publication((), (), {})
@@ -158,6 +181,7 @@ class DraPlugin:
 
     async def start(self) -> None:
         await self._refuse_if_taken()
+        await asyncio.to_thread(self.preparer.records)  # the checkpoint, read once
         self.settings.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.settings.registration_socket.parent.mkdir(parents=True, exist_ok=True)
         self._dra = await _serve(self.settings.dra_socket, [
@@ -169,7 +193,10 @@ class DraPlugin:
         await self._serve_registration()
         self._tasks = [asyncio.create_task(self._resync()),
                        asyncio.create_task(self._watch_registry()),
-                       asyncio.create_task(self._probe())]
+                       asyncio.create_task(self._probe()),
+                       asyncio.create_task(self.claims.run())]
+        if self.settings.prepare_ahead:
+            self._tasks.append(asyncio.create_task(self.ahead.run()))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._reports]:
@@ -273,6 +300,8 @@ class DraPlugin:
                 shown = apply_health(publication, self.health.problems, driver=settings.driver,
                                      use_taints=settings.device_taints,
                                      since=self.health.since)
+                if settings.binding_conditions:
+                    shown = with_binding_conditions(shown)
                 desired = desired_slices(shown, driver=settings.driver,
                                          node=settings.node_name, layout=settings.layout)
                 stored = await self.api.node_slices(settings.driver, settings.node_name)
@@ -302,30 +331,34 @@ class DraPlugin:
     # -- claims ----------------------------------------------------------------------------
 
     async def prepare(self, namespace: str, uid: str, name: str) -> tuple[PreparedDevice, ...]:
-        done = await asyncio.to_thread(self.preparer.completed, uid)
-        if done is not None:
+        done = self.preparer.completed(uid)
+        if done is not None:  # from memory: no file, no API server
+            if self.preparer.asked(uid):
+                self._background(asyncio.to_thread(self.preparer.mark_asked, uid))
             return done
-        claim = await self.api.claim(namespace, name)
-        devices = await asyncio.to_thread(self.preparer.prepare,
-                                          ClaimRef(namespace, uid, name), claim)
+        seen = self.claims.items.get(uid)
+        claim = seen.body if seen is not None else await self.api.claim(namespace, name)
+        ref = ClaimRef(namespace, uid, name)
+        try:
+            devices = await asyncio.to_thread(self.preparer.prepare, ref, claim)
+        except TesseraError as e:
+            self._background(self.reports.write(ref, claim, failed(e)))
+            raise
         self.publish_soon()
         # In the background too: the kubelet's answer does not wait for the API server.
-        task = asyncio.create_task(self._report(namespace, name, claim, devices))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        self._background(self.reports.write(ref, claim, Prepared(devices)))
         return devices
 
-    async def _report(self, namespace: str, name: str, claim: dict[str, Any] | None,
-                      devices: tuple[PreparedDevice, ...]) -> None:
-        """Write the devices' status into the claim. Best effort: the claim is prepared
-        whether or not the API server takes it (it may not serve the field before 1.33)."""
-        existing = ((claim or {}).get("status") or {}).get("devices") or []
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            await self.api.patch_claim_status(namespace, name, {
-                "devices": device_status(existing, self.settings.driver, devices, now)})
-        except TemporaryError as e:
-            log.warning("could not write the device status of %s/%s: %s", namespace, name, e)
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except TesseraError as e:
+                log.warning("%s", e)
+
+        task = asyncio.create_task(run())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def unprepare(self, uid: str) -> None:
         await asyncio.to_thread(self.preparer.unprepare, uid)
