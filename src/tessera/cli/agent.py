@@ -157,6 +157,15 @@ def agent(
     dra_taints: bool = typer.Option(
         True, "--dra-device-taints/--no-dra-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
+    prepare_ahead: bool = typer.Option(
+        True, "--prepare-ahead/--no-prepare-ahead",
+        help="With --dra: prepare a claim as soon as it is allocated to this node, before the "
+             "kubelet asks."),
+    binding_conditions: bool = typer.Option(
+        False, "--binding-conditions/--no-binding-conditions",
+        help="With --dra: publish MIG placements that need a creation with binding "
+             "conditions, so the scheduler binds only once the instance exists (needs "
+             "DRADeviceBindingConditions: beta, on in 1.36)."),
     kubelet_dir: Path = typer.Option(
         KUBELET_DIR, "--kubelet-dir", envvar="TESSERA_KUBELET_DIR",
         help="The kubelet's root: DRA sockets go in plugins/<driver>/ and plugins_registry/."),
@@ -180,7 +189,8 @@ def agent(
             dra_settings = DraSettings(
                 node_name=node_name, driver=dra_driver, kubelet_dir=kubelet_dir,
                 cdi_dir=cdi_dir, layout=dra_layout,  # type: ignore[arg-type]  # checked there
-                device_taints=dra_taints)
+                device_taints=dra_taints, prepare_ahead=prepare_ahead,
+                binding_conditions=binding_conditions)
             if mig_manager:
                 log.info("DRA serves this node: MIG follows claims, nvidia.com/mig.config "
                          "is not applied")

@@ -50,6 +50,15 @@ def dra(
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
     resync: float = typer.Option(30.0, "--resync", metavar="SECONDS",
                                  help="How often the ResourceSlices are checked and fixed."),
+    prepare_ahead: bool = typer.Option(
+        True, "--prepare-ahead/--no-prepare-ahead",
+        help="Prepare a claim (MIG created, CDI spec written) as soon as it is allocated to "
+             "this node, before the kubelet asks."),
+    binding_conditions: bool = typer.Option(
+        False, "--binding-conditions/--no-binding-conditions",
+        help="Publish MIG placements that need a creation with binding conditions, so the "
+             "scheduler binds the pod only once the instance exists and retries elsewhere "
+             "if it cannot be made (needs DRADeviceBindingConditions: beta, on in 1.36)."),
 ) -> None:
     """Serve the kubelet's DRA API for this node's GPUs and MIG placements until stopped.
 
@@ -61,7 +70,8 @@ def dra(
         wiring = DraSettings(node_name=node_name, driver=driver, kubelet_dir=kubelet_dir,
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
-                             resync_seconds=resync, device_taints=device_taints)
+                             resync_seconds=resync, device_taints=device_taints,
+                             prepare_ahead=prepare_ahead, binding_conditions=binding_conditions)
         node = Node(open_backend(common.simulate, common.sim_state))
         asyncio.run(_serve(node, kubeconfig, wiring))
 
