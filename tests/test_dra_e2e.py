@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dra_support import Allocator, mig_node
+from helpers import until
 from plugin_support import short_dir
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice
 from tessera.dra.server import DraPlugin, DraSettings
@@ -472,12 +473,14 @@ KILLED_AT = ["after the record", "after the GPU instance", "after the compute in
 
 
 @pytest.mark.parametrize("killed_at", range(len(KILLED_AT)), ids=KILLED_AT)
-@pytest.mark.parametrize("then", ["prepare", "unprepare"])
+@pytest.mark.parametrize("then", ["prepare", "unprepare", "ahead"])
 async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     api: FakeApiServer, tmp_path: Path, kubelet_dir: Path, killed_at: int, then: str,
 ) -> None:
+    """`ahead`: the kill came while preparing the claim ahead, at allocation; the restarted
+    plugin finishes it by itself, before any call from the kubelet."""
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
-    settings = _settings(tmp_path, kubelet_dir)
+    settings = _settings(tmp_path, kubelet_dir, ahead=then == "ahead")
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     spec = {"devices": {"requests": [{"name": "mig", "exactly": {
         "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
@@ -490,7 +493,8 @@ async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     ref = ClaimRef("default", uid, "train")
     # What the killed plugin left, step by step, in the order prepare takes them.
     Checkpoint(settings.checkpoint_file).put(ClaimRecord(uid, "default", "train",
-        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),)))
+        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),),
+        kubelet=then != "ahead"))
     profile = next(p for p in node.gpu_instance_profiles(0) if p.name == "3g.40gb")
     if killed_at >= 1:
         gi = node.create_gpu_instance(0, profile.id, Placement(4, 4))
@@ -504,14 +508,22 @@ async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     restarted, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(restarted, dra, settings):
         await kubelet.wait_registered(DRIVER)
-        if then == "prepare":
-            answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
-            assert answer.error == ""
+        if then in ("prepare", "ahead"):
+            if then == "ahead":
+                await until(lambda: bool((api.claim("train")["status"].get("devices") or [{}])[
+                    0].get("conditions")), "the claim prepared ahead")
+                [entry] = api.claim("train")["status"]["devices"]
+                assert [(c["type"], c["status"]) for c in entry["conditions"]] == [
+                    ("Ready", "True")]
+            else:
+                answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
+                assert answer.error == ""
             [gi_now] = restarted.mig_state(0).gpu_instances
             assert gi_now.placement == Placement(4, 4)
             assert len(gi_now.compute_instances) == 1
             record = Checkpoint(settings.checkpoint_file).load()[uid]
             assert record.state == "PrepareCompleted"
+            assert record.kubelet == (then == "prepare")
             written = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
             assert written["devices"][0]["containerEdits"]["env"] == [
                 f"NVIDIA_VISIBLE_DEVICES={gi_now.compute_instances[0].uuid}"]

@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from tessera.dra.prepare import ClaimRef, Preparer
+from tessera.dra.prepare import ClaimRef, PlacementTakenError, Preparer
 from tessera.dra.reports import ClaimReports, Prepared, failed
 from tessera.errors import TesseraError
 from tessera.kube.cluster import Mirror
@@ -41,7 +41,8 @@ class Ahead:
         self.changed = changed  # the node's devices changed: publish the slices soon
         self.resync_seconds = resync_seconds
         self.retry = retry
-        self.passes = 0  # completed passes, for whoever waits for one
+        # The claims the last completed pass converged on (whoever waits for one).
+        self.converged_on: Mapping[str, ClaimView] = {}
         self._failed: dict[str, str] = {}  # uid -> the allocation its prepare failed on
 
     async def run(self) -> None:
@@ -53,7 +54,6 @@ class Ahead:
                 await self.converge()
             except Exception:  # never let one bad pass end the loop
                 log.exception("preparing claims ahead failed; trying again")
-            self.passes += 1
             failures = failures + 1 if self.reports.unwritten else 0
             wait = self.retry.delay(failures) if failures else self.resync_seconds
             with contextlib.suppress(TimeoutError):
@@ -64,19 +64,23 @@ class Ahead:
         records = self.preparer.records()
         for uid, view in items.items():
             record = records.get(uid)
+            ref = ClaimRef(view.namespace, uid, view.name)
             if record is not None and record.state == "PrepareCompleted":
+                # Written already unless a kill or an outage came between record and status.
+                await self.reports.write(ref, view.body, Prepared(record.devices))
                 continue
             if (view.body.get("metadata") or {}).get("deletionTimestamp"):
                 continue  # going away: the kubelet unprepares what it asked for
             allocation = _allocation(view)
             if self._failed.get(uid) == allocation:
                 continue
-            ref = ClaimRef(view.namespace, uid, view.name)
             try:
                 devices = await asyncio.to_thread(self.preparer.prepare_ahead, ref, view.body)
             except TesseraError as e:
                 log.warning("preparing %s/%s ahead failed: %s", view.namespace, view.name, e)
                 self._failed[uid] = allocation
+                if isinstance(e, PlacementTakenError):
+                    self.changed()  # the slices still offer what was taken out of band
                 await self.reports.write(ref, view.body, failed(e))
                 continue
             if devices is None:
@@ -101,6 +105,7 @@ class Ahead:
         self.preparer.forget(items)
         self._failed = {u: a for u, a in self._failed.items() if u in items}
         await self.reports.retry({uid: view.body for uid, view in items.items()})
+        self.converged_on = items
 
 
 def _allocation(view: ClaimView) -> str:
