@@ -62,6 +62,7 @@ async def test_dra_command_serves_a_claim_until_sigterm(tmp_path: Path) -> None:
     (["--driver-name", "Not A Name"], "driver name 'Not A Name' is not a DNS subdomain"),
     (["--slice-layout", "diagonal"], "slice layout 'diagonal' is not one of split, combined"),
     (["--resync", "0"], "resync interval 0s is outside 1..86400s"),
+    (["--binding-conditions", "--no-prepare-ahead"], "binding conditions need prepare-ahead"),
 ])
 async def test_dra_command_refuses_bad_flags_with_one_line_and_exit_2(
     tmp_path: Path, flags: list[str], message: str,
