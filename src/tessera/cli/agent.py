@@ -157,6 +157,10 @@ def agent(
     dra_taints: bool = typer.Option(
         True, "--dra-device-taints/--no-dra-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
+    follow_claims: bool = typer.Option(
+        True, "--follow-claims/--no-follow-claims",
+        help="With --dra: follow ResourceClaims by watch (needs list and watch on them "
+             "cluster-wide); off: read each claim at prepare."),
     prepare_ahead: bool = typer.Option(
         True, "--prepare-ahead/--no-prepare-ahead",
         help="With --dra: prepare a claim as soon as it is allocated to this node, before the "
@@ -189,7 +193,8 @@ def agent(
             dra_settings = DraSettings(
                 node_name=node_name, driver=dra_driver, kubelet_dir=kubelet_dir,
                 cdi_dir=cdi_dir, layout=dra_layout,  # type: ignore[arg-type]  # checked there
-                device_taints=dra_taints, prepare_ahead=prepare_ahead,
+                device_taints=dra_taints, follow_claims=follow_claims,
+                prepare_ahead=prepare_ahead,
                 binding_conditions=binding_conditions)
             if mig_manager:
                 log.info("DRA serves this node: MIG follows claims, nvidia.com/mig.config "

@@ -50,6 +50,10 @@ def dra(
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
     resync: float = typer.Option(30.0, "--resync", metavar="SECONDS",
                                  help="How often the ResourceSlices are checked and fixed."),
+    follow_claims: bool = typer.Option(
+        True, "--follow-claims/--no-follow-claims",
+        help="Follow ResourceClaims by watch (needs list and watch on them cluster-wide); "
+             "off: read each claim at prepare."),
     prepare_ahead: bool = typer.Option(
         True, "--prepare-ahead/--no-prepare-ahead",
         help="Prepare a claim (MIG created, CDI spec written) as soon as it is allocated to "
@@ -71,7 +75,8 @@ def dra(
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
                              resync_seconds=resync, device_taints=device_taints,
-                             prepare_ahead=prepare_ahead, binding_conditions=binding_conditions)
+                             follow_claims=follow_claims, prepare_ahead=prepare_ahead,
+                             binding_conditions=binding_conditions)
         node = Node(open_backend(common.simulate, common.sim_state))
         asyncio.run(_serve(node, kubeconfig, wiring))
 

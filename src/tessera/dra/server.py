@@ -83,6 +83,9 @@ class DraSettings:
     mig_minors: Path = cdi.MIG_MINORS
     # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
     device_taints: bool = True
+    # Follow claims by watch (needs list/watch on ResourceClaims cluster-wide); off: read
+    # each claim with a GET at prepare.
+    follow_claims: bool = True
     # Prepare claims when they are allocated here, before the kubelet asks.
     prepare_ahead: bool = True
     # Publish MIG placements that need a creation with binding conditions (KEP-5007; needs
@@ -106,6 +109,9 @@ class DraSettings:
                                          0.01, 3600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
+        if self.prepare_ahead and not self.follow_claims:
+            raise ConfigError("prepare-ahead follows claims by watch: drop --no-follow-claims "
+                              "or add --no-prepare-ahead")
         if self.binding_conditions and not self.prepare_ahead:
             raise ConfigError("binding conditions need prepare-ahead: the scheduler waits for "
                               "the instance made at allocation; drop --no-prepare-ahead or "
@@ -193,8 +199,9 @@ class DraPlugin:
         await self._serve_registration()
         self._tasks = [asyncio.create_task(self._resync()),
                        asyncio.create_task(self._watch_registry()),
-                       asyncio.create_task(self._probe()),
-                       asyncio.create_task(self.claims.run())]
+                       asyncio.create_task(self._probe())]
+        if self.settings.follow_claims:
+            self._tasks.append(asyncio.create_task(self.claims.run()))
         if self.settings.prepare_ahead:
             self._tasks.append(asyncio.create_task(self.ahead.run()))
 
