@@ -67,6 +67,7 @@ DEFAULT_DRIVER = "gpu.nvidia.com"
 _DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 KUBELET_DIR = Path("/var/lib/kubelet")
+ASKED_WRITE_DELAY = 0.05  # seconds
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ class DraPlugin:
         done = self.preparer.completed(uid)
         if done is not None:  # from memory: no file, no API server
             if self.preparer.asked(uid):
-                self._background(asyncio.to_thread(self.preparer.mark_asked, uid))
+                self._background(self._mark_asked(uid))
             return done
         seen = self.claims.items.get(uid)
         claim = seen.body if seen is not None else await self.api.claim(namespace, name)
@@ -355,6 +356,11 @@ class DraPlugin:
         # In the background too: the kubelet's answer does not wait for the API server.
         self._background(self.reports.write(ref, claim, Prepared(devices)))
         return devices
+
+    async def _mark_asked(self, uid: str) -> None:
+        # After the answer is on its way: the write (an fsync) must not compete with it.
+        await asyncio.sleep(ASKED_WRITE_DELAY)
+        await asyncio.to_thread(self.preparer.mark_asked, uid)
 
     def _background(self, work: Coroutine[Any, Any, object]) -> None:
         async def run() -> None:
