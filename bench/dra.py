@@ -16,6 +16,9 @@
    publishes (`tessera.dra.devices.publish` on a simulated node), once in Tessera's order and
    once in NVIDIA's name order, on the same arrivals (and on a uniform mix of the five
    profiles with the trace's lifetimes). A pod that fits nowhere is lost.
+4. The claim mirror's memory: 2,000 allocated claims in the cluster, a mirror following a pool
+   that holds none, 100 or 1,000 of them; bytes still allocated (tracemalloc) once it has
+   listed, per claim kept above the mirror that keeps none, and the peak while listing.
 
 The plugin and the stand-in kubelet share one asyncio loop (both sides of every measured
 call pay for it alike). Run: `python bench/dra.py [--cycles N] [--arrivals N] [--nodes N]`.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import math
@@ -34,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +49,7 @@ from tessera.dra.server import DraPlugin, DraSettings
 from tessera.hardware.backend import simulated_backend
 from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
-from tessera.kube.dra import DraApi
+from tessera.kube.dra import DraApi, claim_mirror
 from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
@@ -324,6 +329,44 @@ def placement_orders(nodes: int, n: int, seeds: Sequence[int], mix: str) -> dict
     return {name: statistics.fmean(values) for name, values in results.items()}
 
 
+# -- 4: the claim mirror's memory -------------------------------------------------------------
+
+@dataclass
+class MirrorMemory:
+    kept: int
+    held: int  # bytes allocated once listed
+    peak: int  # bytes at the peak of the list
+
+
+async def mirror_memory(total: int = 2000) -> list[MirrorMemory]:
+    pools = {"node-idle": 0, "node-b": 100, "node-a": 1000}
+    rows = []
+    with FakeApiServer() as api, tempfile.TemporaryDirectory() as scratch:
+        kinds = [pool for pool, n in pools.items() for _ in range(n)]
+        kinds += [f"node-{i % 50}" for i in range(total - len(kinds))]
+        for i, pool in enumerate(kinds):
+            api.add_claim(f"c{i}", {"devices": {"requests": [{"name": "mig", "exactly": {
+                "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+                    f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}})
+            api.set_claim_status(f"c{i}", {"allocation": {"devices": {"results": [
+                {"request": "mig", "driver": DRIVER, "pool": pool,
+                 "device": "gpu-0-mig-3g40gb-9-4"}]}}})
+        for pool in pools:
+            dra = DraApi.connect(api.kubeconfig(Path(scratch) / "kubeconfig"))
+            mirror = claim_mirror(dra, DRIVER, pool)
+            tracemalloc.start()
+            task = asyncio.create_task(mirror.run())
+            await mirror.synced.wait()
+            held, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            rows.append(MirrorMemory(len(mirror.items), held, peak))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await dra.close()
+    return rows
+
+
 # -- main ------------------------------------------------------------------------------------
 
 async def _plugin_cases(cycles: int) -> tuple[list[Latency], list[SliceWrites]]:
@@ -358,6 +401,16 @@ def main() -> int:
     print("|---|---|---|")
     for w in writes:
         print(f"| {w.event} | {w.writes} | {w.bytes} |")
+    print()
+    memory = asyncio.run(mirror_memory())
+    print("| claim mirror (2000 allocated claims listed) | claims kept | KiB held | "
+          "KiB per claim kept | peak KiB while listing |")
+    print("|---|---|---|---|---|")
+    base = memory[0].held
+    for m in memory:
+        per = f"{(m.held - base) / m.kept / 1024:.1f}" if m.kept else "–"
+        print(f"| following a pool with {m.kept} of them | {m.kept} | {m.held / 1024:.0f} | "
+              f"{per} | {m.peak / 1024:.0f} |")
     print()
     print(f"| order ({args.nodes} x DGX A100, load 1.0, {args.seeds} seeds) "
           "| pods admitted, openb mix | pods admitted, uniform mix |")
