@@ -414,3 +414,16 @@ async def test_binding_conditions_need_prepare_ahead() -> None:
     with pytest.raises(ConfigError, match="binding conditions need prepare-ahead"):
         DraSettings(node_name=NODE, binding_conditions=True, prepare_ahead=False)
     assert replace(DraSettings(node_name=NODE), binding_conditions=True).prepare_ahead
+
+
+async def test_a_plugin_stopped_right_after_the_answer_still_records_who_asked(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    async with rig(api, tmp_path, kubelet_dir) as r:
+        ref = r.claim("train")
+        assert await r.scheduler.bind("train")
+        assert (await r.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""
+        await r.plugin.stop()  # before the delayed mark would have been written
+        record = r.record(ref.uid)
+        assert record is not None
+        assert record.kubelet

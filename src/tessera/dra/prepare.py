@@ -111,9 +111,18 @@ class Preparer:
     def mark_asked(self, uid: str) -> None:
         """Write into the claim's record that the kubelet asked for it."""
         with self._lock:
-            record = self.checkpoint.get(uid)
-            if record is not None and not record.kubelet:
-                self.checkpoint.put(replace(record, kubelet=True))
+            self._mark(uid)
+
+    def flush_asked(self) -> None:
+        """Write every mark not written yet (at stop: a restarted plugin must know)."""
+        with self._lock:
+            for uid in sorted(self._asked):
+                self._mark(uid)
+
+    def _mark(self, uid: str) -> None:
+        record = self.checkpoint.get(uid)
+        if record is not None and not record.kubelet:
+            self.checkpoint.put(replace(record, kubelet=True))
 
     # -- prepare ---------------------------------------------------------------------------
 
@@ -145,8 +154,11 @@ class Preparer:
             return True
 
     def forget(self, allocated: Iterable[str]) -> None:
-        """Claims no longer allocated here may be prepared ahead again should they return."""
-        self._released &= set(allocated)
+        """Claims no longer allocated here may be prepared ahead again should they return;
+        one the kubelet asked for that has neither an allocation nor a record is done with."""
+        allocated = set(allocated)
+        self._released &= allocated
+        self._asked &= allocated | set(self.checkpoint.load())
 
     def _guarded(self, ref: ClaimRef, claim: Obj | None, *, kubelet: bool) -> (
         tuple[PreparedDevice, ...]

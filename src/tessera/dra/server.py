@@ -207,6 +207,8 @@ class DraPlugin:
             self._tasks.append(asyncio.create_task(self.ahead.run()))
 
     async def stop(self) -> None:
+        with contextlib.suppress(TesseraError):  # the marks a pending write would make
+            await asyncio.to_thread(self.preparer.flush_asked)
         for task in [*self._tasks, *self._reports]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
