@@ -427,3 +427,19 @@ async def test_a_plugin_stopped_right_after_the_answer_still_records_who_asked(
         record = r.record(ref.uid)
         assert record is not None
         assert record.kubelet
+
+
+async def test_a_status_write_the_api_server_refuses_is_not_retried(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path,
+) -> None:
+    async with rig(api, tmp_path, kubelet_dir, binding=False) as r:
+        api.fail_next(1, status=403, method="PATCH")  # say, an admission policy
+        ref = r.claim("train")
+        await until(lambda: (rec := r.record(ref.uid)) is not None
+                    and rec.state == "PrepareCompleted", "the claim prepared ahead")
+        await r.passed("train")
+        patches = [q for q in api.requests if q.method == "PATCH"]
+        assert [q.status for q in patches] == [403]
+        assert r.plugin.reports.unwritten == {}
+        # The claim is prepared all the same.
+        assert (await r.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""

@@ -1,10 +1,11 @@
 """What a prepare did, written into the claim's `status.devices[]`: success with the device's
 data, or failure with a reason, one entry per device of ours (see `status`).
 
-A write the API server does not take (an outage, a throttled request) is kept and tried again
-by `retry`, since with binding conditions the scheduler holds the pod until the status says
-ready or failed. A write that would change nothing (the same failure again at the kubelet's
-next retry) is not sent.
+A write the API server could not take (an outage, a throttled request, a conflict) is kept
+and tried again by `retry`, since with binding conditions the scheduler holds the pod until
+the status says ready or failed; one it refused (RBAC, an admission policy) is logged and
+dropped, the prepare standing either way. A write that would change nothing (the same
+failure again at the kubelet's next retry) is not sent.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from tessera.dra.binding import waits
 from tessera.dra.checkpoint import PreparedDevice
 from tessera.dra.prepare import ClaimRef, PlacementTakenError, PrepareError
 from tessera.dra.status import device_status, failed_status, same_status
-from tessera.errors import ClaimError, HardwareError, TemporaryError
-from tessera.kube.dra import DraApi
+from tessera.errors import ClaimError, HardwareError
+from tessera.kube.dra import DraApi, DraApiError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ClaimReports:
         self.unwritten: dict[str, tuple[ClaimRef, Outcome]] = {}
 
     async def write(self, ref: ClaimRef, claim: Obj | None, outcome: Outcome) -> bool:
-        """Write `outcome` into `claim` (as last read); False when the API server did not
+        """Write `outcome` into `claim` (as last read); False when the API server could not
         take it (kept for `retry`)."""
         body = self._status(ref, claim, outcome)
         if body is None:
@@ -73,7 +74,12 @@ class ClaimReports:
             return True
         try:
             await self.api.patch_claim_status(ref.namespace, ref.name, {"devices": body})
-        except TemporaryError as e:
+        except DraApiError as e:
+            if not e.retryable:  # RBAC, an admission policy, a server without the field
+                log.warning("the API server refused the device status of %s/%s (not tried "
+                            "again): %s", ref.namespace, ref.name, e)
+                self.unwritten.pop(ref.uid, None)
+                return True
             log.warning("could not write the device status of %s/%s (tried again later): %s",
                         ref.namespace, ref.name, e)
             self.unwritten[ref.uid] = (ref, outcome)

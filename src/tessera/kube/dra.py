@@ -25,7 +25,7 @@ from lightkube.types import PatchType
 from tessera.errors import ClaimError, TemporaryError
 from tessera.kube.cluster import Mirror
 from tessera.kube.config import load_config, make_client
-from tessera.kube.retry import DEFAULT_RETRY, RetryPolicy
+from tessera.kube.retry import DEFAULT_RETRY, Failure, RetryPolicy
 
 Obj = dict[str, Any]
 API_VERSION = "resource.k8s.io/v1"
@@ -37,6 +37,12 @@ class DraApiError(TemporaryError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Whether asking again may help: no answer, a conflict, throttling, a server error
+        (a refusal such as 403 or 422 stays one)."""
+        return Failure(self.status, str(self)).retryable
 
 
 class DraApi:
