@@ -56,8 +56,11 @@ class Ahead:
                 log.exception("preparing claims ahead failed; trying again")
             failures = failures + 1 if self.reports.unwritten else 0
             wait = self.retry.delay(failures) if failures else self.resync_seconds
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as its wait ends, and stop() would wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.claims.changed.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.claims.changed.wait()
 
     async def converge(self) -> None:
         items = self.claims.items

@@ -258,8 +258,9 @@ class DraPlugin:
         while True:
             if not self._kick.is_set():
                 self._idle.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.settings.resync_seconds)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see ahead.Ahead.run
+                async with asyncio.timeout(self.settings.resync_seconds):
+                    await self._kick.wait()
             self._kick.clear()
             await self.publish()
 
