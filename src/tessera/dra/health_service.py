@@ -56,9 +56,12 @@ class HealthServicer(rpc.DRAResourceHealthServicer):
                 version = self.board.version
                 yield health_message(self.publication(), self.board, self.pool, timeout,
                                      int(time.time()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that lands as its wait ends, and the server's stop would
+                # then wait for this stream forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.board.changed_since(version),
-                                           self.resend_seconds)
+                    async with asyncio.timeout(self.resend_seconds):
+                        await self.board.changed_since(version)
         except asyncio.CancelledError:
             return  # the plugin stops (or the kubelet hung up): the stream simply ends
         finally:
