@@ -443,3 +443,27 @@ async def test_a_status_write_the_api_server_refuses_is_not_retried(
         assert r.plugin.reports.unwritten == {}
         # The claim is prepared all the same.
         assert (await r.kubelet.prepare(DRIVER, [ref]))[ref.uid].error == ""
+
+
+@pytest.mark.parametrize("follow", [True, False])
+async def test_a_claim_not_prepared_yet_is_read_from_the_mirror_or_else_with_a_get(
+    api: FakeApiServer, tmp_path: Path, kubelet_dir: Path, follow: bool,
+) -> None:
+    node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    settings = replace(_settings(tmp_path, kubelet_dir, binding=False), prepare_ahead=False,
+                       follow_claims=follow)
+    dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
+    async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings) as plugin:
+        await kubelet.wait_registered(DRIVER)
+        api.add_claim("c", _spec("1g.10gb"))
+        Allocator(api).allocate("c")
+        uid = api.claim("c")["metadata"]["uid"]
+        if follow:
+            await until(lambda: uid in plugin.claims.items, "the mirror to see the claim")
+        start = len(api.requests)
+        answer = (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "c")]))[uid]
+        assert answer.error == ""
+        gets = [r for r in _requests_during(api, start)
+                if r == "GET /apis/resource.k8s.io/v1/namespaces/default/resourceclaims/c"]
+        assert len(gets) == (0 if follow else 1)
+    await dra.close()
