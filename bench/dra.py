@@ -3,8 +3,10 @@
 1. Prepare latency, claim reference to CDI ID, as the stand-in kubelet sees it over the unix
    socket: on whole GPUs (no MIG creation) and on 3g.40gb placements (a GPU instance and its
    compute instance created on the simulator, then destroyed by unprepare), beside an empty
-   NodePrepareResources (no claims) on the same socket: p50/p99 and the p99 ratio. The claim
-   is read from the fake API server over HTTP on every prepare, as on a real node.
+   NodePrepareResources (no claims) on the same socket: p50/p99 and the p99 ratio. Two
+   plugins in turn: one that does not follow claims (the cold path: each claim read from the
+   fake API server over HTTP, then prepared in the call), and one that follows them by watch
+   and prepares them ahead, at allocation, so the timed call finds the claim prepared.
 2. ResourceSlice writes and bytes: the first publication of a DGX A100 node, a prepare (its
    GPU's order follows the new instance), an allocation the plugin is told of before the
    prepare (`DraPlugin.set_allocated`), and a layout change on one GPU (an instance made out
@@ -21,6 +23,9 @@
    changes late, and in the combined layout, where two GPUs share a slice and the fuller goes
    first); every policy on the same arrivals, per seed (and on a uniform mix of the five
    profiles with the trace's lifetimes). A pod that fits nowhere is lost.
+4. The claim mirror's memory: 2,000 allocated claims in the cluster, a mirror following a pool
+   that holds none, 100 or 1,000 of them; bytes still allocated (tracemalloc) once it has
+   listed, per claim kept above the mirror that keeps none, and the peak while listing.
 
 The plugin and the stand-in kubelet share one asyncio loop (both sides of every measured
 call pay for it alike). Run: `python bench/dra.py [--cycles N] [--arrivals N] [--nodes N]
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import math
@@ -41,8 +47,9 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +61,7 @@ from tessera.dra.slices import Layout, desired_slices
 from tessera.hardware.backend import simulated_backend
 from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
-from tessera.kube.dra import DraApi
+from tessera.kube.dra import DraApi, claim_mirror
 from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.dra.v1 import api_pb2 as v1
 from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
@@ -106,89 +113,146 @@ def _slice_writes(api: FakeApiServer, since: int) -> tuple[int, int]:
     return len(writes), sum(len(json.dumps(r.body)) for r in writes if r.body is not None)
 
 
+async def _until(check: Callable[[], bool]) -> None:
+    """Wait (untimed) until `check` holds: the plugin's background work done."""
+    deadline = time.monotonic() + 60
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("the plugin did not prepare the claim ahead in 60 s")
+        await asyncio.sleep(0.001)
+
+
+def _seen(plugin: DraPlugin, uid: str, version: str) -> bool:
+    """Whether prepare-ahead has gone over the claim as it is now (the kubelet's call comes
+    after the scheduler binds the pod: by then the plugin is quiet)."""
+    view = plugin.ahead.converged_on.get(uid)
+    return view is not None and view.resource_version == version
+
+
 async def _plugin_case(mig: bool, cycles: int, tmp: Path) -> tuple[list[Latency],
                                                                  list[SliceWrites]]:
+    """Two plugins in turn on the same node and API server: one reading each claim at
+    prepare (the cold path), one following claims and preparing them ahead."""
     node = _node(mig)
-    kubelet_dir = Path(tempfile.mkdtemp(prefix="ts-bench-", dir="/tmp"))
-    settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
-                           checkpoint=tmp / f"checkpoint-{mig}.json", resync_seconds=3600)
+    rows: list[Latency] = []
     writes: list[SliceWrites] = []
+    case = "3g.40gb" if mig else "whole GPU"
     with FakeApiServer() as api:
         api.add_device_class("mig.nvidia.com", [f"device.attributes['{DRIVER}'].type == 'mig'"])
         api.add_device_class("gpu.nvidia.com", [f"device.attributes['{DRIVER}'].type == 'gpu'"])
         dra = DraApi.connect(api.kubeconfig(tmp / f"kubeconfig-{mig}"))
-        async with TestDraKubelet(kubelet_dir) as kubelet:
-            mark = len(api.requests)
-            plugin = DraPlugin(node, dra, settings)
-            await plugin.start()
-            registration = await kubelet.wait_registered(DRIVER)
-            writes.append(SliceWrites("first publication" + (", MIG on" if mig else ""),
-                                      *_slice_writes(api, mark)))
-            stub = registration.stub
-            floor = []
-            for _ in range(cycles):
-                started = time.perf_counter()
-                await stub.NodePrepareResources(v1.NodePrepareResourcesRequest(),  # type: ignore[attr-defined]
-                                                timeout=10)
-                floor.append(time.perf_counter() - started)
-            device = "gpu-0-mig-3g40gb-9-4" if mig else "gpu-0"
-            klass = "mig.nvidia.com" if mig else "gpu.nvidia.com"
-            timed: list[float] = []
-            retried: list[float] = []
-            fetch: list[float] = []
-            for i in range(cycles):
-                name = f"claim-{i}"
-                api.add_claim(name, {"devices": {"requests": [{"name": "r", "exactly": {
-                    "deviceClassName": klass}}]}})
-                api.set_claim_status(name, {"allocation": {"devices": {"results": [
-                    {"request": "r", "driver": DRIVER, "pool": NODE, "device": device}]}}})
-                ref = ClaimRef("default", api.claim(name)["metadata"]["uid"], name)
-                started = time.perf_counter()
-                await dra.claim("default", name)  # the GET every prepare makes, alone
-                fetch.append(time.perf_counter() - started)
+        for ahead in (False, True):
+            kubelet_dir = Path(tempfile.mkdtemp(prefix="ts-bench-", dir="/tmp"))
+            settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
+                                   checkpoint=tmp / f"checkpoint-{mig}-{ahead}.json",
+                                   resync_seconds=3600, follow_claims=ahead,
+                                   prepare_ahead=ahead)
+            async with TestDraKubelet(kubelet_dir) as kubelet:
                 mark = len(api.requests)
-                started = time.perf_counter()
-                answer = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
-                timed.append(time.perf_counter() - started)
-                assert not answer.error, answer.error
-                if i == 0:
-                    await plugin.settle()
-                    writes.append(SliceWrites("a prepare" + (
-                        " (MIG created; the allocation was not seen before)" if mig else ""),
-                        *_slice_writes(api, mark)))
-                    for _ in range(cycles):  # the kubelet asking again (after its restart)
+                plugin = DraPlugin(node, dra, settings)
+                await plugin.start()
+                registration = await kubelet.wait_registered(DRIVER)
+                if ahead:
+                    await _until(plugin.claims.synced.is_set)
+                else:
+                    writes.append(SliceWrites("first publication" + (", MIG on" if mig else ""),
+                                              *_slice_writes(api, mark)))
+                stub = registration.stub
+                floor = []
+                for _ in range(cycles):
+                    started = time.perf_counter()
+                    await stub.NodePrepareResources(v1.NodePrepareResourcesRequest(),  # type: ignore[attr-defined]
+                                                    timeout=10)
+                    floor.append(time.perf_counter() - started)
+                device = "gpu-0-mig-3g40gb-9-4" if mig else "gpu-0"
+                klass = "mig.nvidia.com" if mig else "gpu.nvidia.com"
+                timed: list[float] = []
+                retried: list[float] = []
+                fetch: list[float] = []
+                beside: list[float] = []
+                for i in range(cycles):
+                    name = f"claim-{ahead}-{i}"
+                    api.add_claim(name, {"devices": {"requests": [{"name": "r", "exactly": {
+                        "deviceClassName": klass}}]}})
+                    api.set_claim_status(name, {"allocation": {"devices": {"results": [
+                        {"request": "r", "driver": DRIVER, "pool": NODE, "device": device}]}}})
+                    uid = api.claim(name)["metadata"]["uid"]
+                    ref = ClaimRef("default", uid, name)
+                    if ahead:  # made at allocation and reported, off the timed path
+                        await _until(lambda name=name: bool(  # type: ignore[misc]
+                            (api.claim(name).get("status") or {}).get("devices")))
+                        await _until(lambda name=name, uid=uid, plugin=plugin: _seen(  # type: ignore[misc]
+                            plugin, uid, api.claim(name)["metadata"]["resourceVersion"]))
+                        await plugin.settle()
+                    else:
                         started = time.perf_counter()
-                        again = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
-                        retried.append(time.perf_counter() - started)
-                        assert again == answer
-                assert (await kubelet.unprepare(DRIVER, [ref]))[ref.uid] == ""
-                api.delete_claim(name)
-                await plugin.settle()  # the background publication, off the timed path
-            if mig:
-                # The claim watch tells the plugin of an allocation on GPU 1: its order is
-                # republished then, and the prepare that follows has nothing left to rewrite.
-                mark = len(api.requests)
-                plugin.set_allocated({1: [Placement(4, 4)]})
-                await plugin.settle()
-                writes.append(SliceWrites("an allocation seen on GPU 1 (order republished)",
-                                          *_slice_writes(api, mark)))
-                plugin.set_allocated({})
-                await plugin.settle()
-                profile = next(p for p in node.gpu_instance_profiles(5) if p.name == "4g.40gb")
-                node.create_gpu_instance(5, profile.id, Placement(0, 4))
-                mark = len(api.requests)
-                await plugin.publish()
-                writes.append(SliceWrites("an instance made out of band on GPU 5",
-                                          *_slice_writes(api, mark)))
-            await plugin.stop()
+                        await dra.claim("default", name)  # the GET of the cold path, alone
+                        fetch.append(time.perf_counter() - started)
+                    if ahead:
+                        # The floor at the same moment: an empty call just before, after an
+                        # untimed one (the first call after a quiet spell pays for waking
+                        # the socket, whichever call it is).
+                        for warm in (True, False):
+                            started = time.perf_counter()
+                            await stub.NodePrepareResources(  # type: ignore[attr-defined]
+                                v1.NodePrepareResourcesRequest(), timeout=10)
+                            if not warm:
+                                beside.append(time.perf_counter() - started)
+                    mark = len(api.requests)
+                    started = time.perf_counter()
+                    answer = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
+                    timed.append(time.perf_counter() - started)
+                    assert not answer.error, answer.error
+                    if ahead:
+                        assert len(api.requests) == mark, api.requests[mark:]
+                    if i == 0 and not ahead:
+                        writes.append(SliceWrites(
+                            "a prepare" + (" (MIG created)" if mig else ""),
+                            *_slice_writes(api, mark)))
+                        await plugin.settle()
+                        for _ in range(cycles):  # the kubelet asking again (after its restart)
+                            started = time.perf_counter()
+                            again = (await kubelet.prepare(DRIVER, [ref]))[ref.uid]
+                            retried.append(time.perf_counter() - started)
+                            assert again == answer
+                    assert (await kubelet.unprepare(DRIVER, [ref]))[ref.uid] == ""
+                    api.delete_claim(name)
+                    await plugin.settle()  # the background publication, off the timed path
+                if mig and ahead:
+                    # An allocation on GPU 1 seen before its prepare: the order is
+                    # republished then, and the prepare that follows rewrites nothing.
+                    mark = len(api.requests)
+                    plugin.set_allocated({1: [Placement(4, 4)]})
+                    await plugin.settle()
+                    writes.append(SliceWrites("an allocation seen on GPU 1 (order republished)",
+                                              *_slice_writes(api, mark)))
+                    plugin.set_allocated({})
+                    await plugin.settle()
+                    profile = next(p for p in node.gpu_instance_profiles(5)
+                                   if p.name == "4g.40gb")
+                    node.create_gpu_instance(5, profile.id, Placement(0, 4))
+                    mark = len(api.requests)
+                    await plugin.publish()
+                    writes.append(SliceWrites("an instance made out of band on GPU 5",
+                                              *_slice_writes(api, mark)))
+                await plugin.stop()
+            floor_p99 = 1000 * _pct(floor, 0.99)
+
+            def row(label: str, values: list[float], floor_p99: float = floor_p99) -> Latency:
+                return Latency(label, 1000 * _pct(values, 0.5), 1000 * _pct(values, 0.99),
+                               floor_p99)
+
+            if ahead:
+                rows.append(row(f"{case}: allocated and prepared ahead, then the call", timed,
+                                1000 * _pct(beside, 0.99)))
+            else:
+                made = "GI/CI created in the call" if mig else "no creation"
+                rows += [row(f"{case}: cold, claim not seen yet (GET + prepare, {made})", timed),
+                         row(f"{case}: the same claim again", retried),
+                         row("(the cold path's claim GET alone, fake API server over HTTP)",
+                             fetch)]
         await dra.close()
-    case = "3g.40gb, GI/CI created" if mig else "whole GPU, no creation"
-    floor_p99 = 1000 * _pct(floor, 0.99)
-    return [Latency(case, 1000 * _pct(timed, 0.5), 1000 * _pct(timed, 0.99), floor_p99),
-            Latency(f"{case}: the same claim again", 1000 * _pct(retried, 0.5),
-                    1000 * _pct(retried, 0.99), floor_p99),
-            Latency("(the claim GET alone, fake API server over HTTP)", 1000 * _pct(fetch, 0.5),
-                    1000 * _pct(fetch, 0.99), floor_p99)], writes
+    return rows, writes
 
 
 # -- 3: first fit over the published order ----------------------------------------------------
@@ -406,6 +470,44 @@ def placement_orders(nodes: int, n: int, seeds: Sequence[int], mix: str,
     return results, lost
 
 
+# -- 4: the claim mirror's memory -------------------------------------------------------------
+
+@dataclass
+class MirrorMemory:
+    kept: int
+    held: int  # bytes allocated once listed
+    peak: int  # bytes at the peak of the list
+
+
+async def mirror_memory(total: int = 2000) -> list[MirrorMemory]:
+    pools = {"node-idle": 0, "node-b": 100, "node-a": 1000}
+    rows = []
+    with FakeApiServer() as api, tempfile.TemporaryDirectory() as scratch:
+        kinds = [pool for pool, n in pools.items() for _ in range(n)]
+        kinds += [f"node-{i % 50}" for i in range(total - len(kinds))]
+        for i, pool in enumerate(kinds):
+            api.add_claim(f"c{i}", {"devices": {"requests": [{"name": "mig", "exactly": {
+                "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
+                    f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}})
+            api.set_claim_status(f"c{i}", {"allocation": {"devices": {"results": [
+                {"request": "mig", "driver": DRIVER, "pool": pool,
+                 "device": "gpu-0-mig-3g40gb-9-4"}]}}})
+        for pool in pools:
+            dra = DraApi.connect(api.kubeconfig(Path(scratch) / "kubeconfig"))
+            mirror = claim_mirror(dra, DRIVER, pool)
+            tracemalloc.start()
+            task = asyncio.create_task(mirror.run())
+            await mirror.synced.wait()
+            held, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            rows.append(MirrorMemory(len(mirror.items), held, peak))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await dra.close()
+    return rows
+
+
 # -- main ------------------------------------------------------------------------------------
 
 async def _plugin_cases(cycles: int) -> tuple[list[Latency], list[SliceWrites]]:
@@ -471,6 +573,17 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(str(lost[name][p]) for _, lost in runs.values()
                                          for p in SLICES_PER_PROFILE) + " |")
     print()
+    if not args.order_only:
+        memory = asyncio.run(mirror_memory())
+        print("| claim mirror (2000 allocated claims listed) | claims kept | KiB held | "
+              "KiB per claim kept | peak KiB while listing |")
+        print("|---|---|---|---|---|")
+        base = memory[0].held
+        for m in memory:
+            per = f"{(m.held - base) / m.kept / 1024:.1f}" if m.kept else "–"
+            print(f"| following a pool with {m.kept} of them | {m.kept} | {m.held / 1024:.0f} | "
+                  f"{per} | {m.peak / 1024:.0f} |")
+        print()
     ours, theirs = "Tessera, follows occupancy", "NVIDIA name order"
     behind = [(mix, s) for mix, results in admitted.items() for s in seeds
               if results[ours][s] < results[theirs][s]]

@@ -10,7 +10,7 @@ from typing import Any
 import celpy
 from celpy import celtypes
 
-from helpers import make_node
+from helpers import make_node, until
 from tessera.hardware.node import Node
 from tessera.hardware.sim.catalog import presets
 from tessera.hardware.sim.control import SimulatorControl
@@ -66,6 +66,12 @@ class Allocator:
     and the request's CEL selectors (evaluated with cel-python), is not allocated to another
     claim and whose counters still fit what the other allocations left of its counter set.
 
+    With binding conditions (KEP-5007) it copies a device's `bindingConditions` and
+    `bindingFailureConditions` into the allocation result, and `bind` waits as the
+    scheduler's PreBind does. A binding failure clears the allocation, as the scheduler's
+    unreserve does, and "retry elsewhere" is modelled simply: the failed device is never
+    allocated to that claim again.
+
     The scheduler's order of pools and of slices within a pool is not defined (it comes from
     Go maps: `tessera.dra.order`). By default this stand-in takes them by name, one of the
     orders the scheduler may take; with `rng` it shuffles them on every allocation, as the
@@ -75,6 +81,7 @@ class Allocator:
         self.api = api
         self.env = celpy.Environment()
         self.rng = rng
+        self.excluded: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
 
     def _matches(self, expressions: list[str], device: Obj, driver: str) -> bool:
         attributes: dict[str, dict[str, object]] = {}
@@ -116,7 +123,7 @@ class Allocator:
 
     def allocate(self, name: str, namespace: str = "default") -> Obj:
         claim = self.api.claim(name, namespace)
-        taken = self._in_use()
+        taken = self._in_use() | self.excluded.get((namespace, name), set())
         pools = self._pools()
         left: dict[tuple[str, str, str], Counter[str]] = {}
         devices: dict[tuple[str, str, str], Obj] = {}
@@ -143,12 +150,46 @@ class Allocator:
             taken.add(chosen)
             _consume(left, chosen, devices[chosen])
             results.append({"request": request["name"], "driver": chosen[0],
-                            "pool": chosen[1], "device": chosen[2]})
+                            "pool": chosen[1], "device": chosen[2], **{
+                                k: devices[chosen][k] for k in _BINDING
+                                if devices[chosen].get(k)}})
         config = [{"source": "FromClaim", **c}
                   for c in claim["spec"]["devices"].get("config", [])]
         status = {"allocation": {"devices": {"results": results, "config": config}}}
         self.api.set_claim_status(name, status, namespace)
         return status
+
+
+    async def bind(self, name: str, namespace: str = "default") -> bool:
+        """Wait until every binding condition of the claim's allocation is True in its
+        `status.devices` (True: the pod binds) or any failure condition is (False: the
+        allocation and device status are cleared and the failed device excluded)."""
+        failed: list[tuple[str, str, str]] = []
+
+        def decided() -> bool:
+            status = self.api.claim(name, namespace)["status"]
+            seen = {(d["driver"], d["pool"], d["device"]):
+                    {c["type"]: c["status"] for c in d.get("conditions", [])}
+                    for d in status.get("devices", [])}
+            results = status["allocation"]["devices"]["results"]
+            for r in results:
+                key = (r["driver"], r["pool"], r["device"])
+                if any(seen.get(key, {}).get(c) == "True"
+                       for c in r.get("bindingFailureConditions", [])):
+                    failed.append(key)
+                    return True
+            return all(seen.get((r["driver"], r["pool"], r["device"]), {}).get(c) == "True"
+                       for r in results for c in r.get("bindingConditions", []))
+
+        await until(decided, f"ResourceClaim {namespace}/{name} to be ready or failed")
+        if not failed:
+            return True
+        self.excluded.setdefault((namespace, name), set()).update(failed)
+        self.api.set_claim_status(name, {}, namespace)
+        return False
+
+
+_BINDING = ("bindingConditions", "bindingFailureConditions")
 
 
 def _fits(left: dict[tuple[str, str, str], Counter[str]], key: tuple[str, str, str],

@@ -111,16 +111,15 @@ async def test_dra_and_the_device_plugin_never_offer_the_same_device(tmp_path: P
         assert all(reason == f"served by DRA ({DRIVER})"
                    for reason in r.rig.agent.plugin.status().excluded.values())
         # A MIG device made for a claim is DRA's too: the device plugin sees it, offers it not.
+        def mig_devices() -> set[str]:
+            return {m.uuid for v in r.rig.agent.plugin.inventory.gpus for m in v.mig_devices}
+
+        before = mig_devices()  # before the allocation: DRA may prepare the claim ahead
         r.api.add_claim("train", {"devices": {"requests": [{"name": "mig", "exactly": {
             "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
                 f'device.attributes["{DRIVER}"].profile == "3g.40gb"'}}]}}]}})
         Allocator(r.api).allocate("train")
         uid = r.api.claim("train")["metadata"]["uid"]
-
-        def mig_devices() -> set[str]:
-            return {m.uuid for v in r.rig.agent.plugin.inventory.gpus for m in v.mig_devices}
-
-        before = mig_devices()
         (result,) = (await r.kubelet.prepare(DRIVER, [ClaimRef("default", uid, "train")])
                      ).values()
         assert not result.error

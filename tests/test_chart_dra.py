@@ -91,12 +91,19 @@ def test_dra_everywhere_gives_the_one_agent_its_sockets_and_cdi_at_host_paths() 
         assert not r.mounts[path].get("readOnly")
     moved = render({**ON, "kubeletRoot": "/var/lib/k0s/kubelet/",
                     "dra": {"enabled": True, "driverName": "gpu.example.com",
-                            "deviceTaints": False, "sliceLayout": "combined"}})
+                            "deviceTaints": False, "sliceLayout": "combined",
+                            "bindingConditions": True}})
     assert moved.host_paths()["/var/lib/k0s/kubelet/plugins/gpu.example.com"] == (
         "/var/lib/k0s/kubelet/plugins/gpu.example.com")
     assert {"--kubelet-dir=/var/lib/k0s/kubelet", "--no-dra-device-taints",
-            "--dra-slice-layout=combined", "--dra-driver-name=gpu.example.com"} <= set(
-        moved.args)
+            "--dra-slice-layout=combined", "--dra-driver-name=gpu.example.com",
+            "--binding-conditions"} <= set(moved.args)
+    # auto by default: the plugin decides from what the API server keeps.
+    assert not {"--binding-conditions", "--no-binding-conditions",
+                "--no-prepare-ahead"} & set(r.args)
+    behind = render({**ON, "dra": {"enabled": True, "prepareAhead": False,
+                                   "bindingConditions": False}})
+    assert {"--no-prepare-ahead", "--no-binding-conditions"} <= set(behind.args)
 
 
 def test_a_node_group_gets_dra_and_every_other_node_the_device_plugin() -> None:

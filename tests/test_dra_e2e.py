@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dra_support import Allocator, mig_node
+from helpers import until
 from plugin_support import short_dir
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice
 from tessera.dra.server import DraPlugin, DraSettings
@@ -83,9 +84,12 @@ def kubelet_dir() -> Iterator[Path]:
         yield directory
 
 
-def _settings(tmp: Path, kubelet_dir: Path) -> DraSettings:
+def _settings(tmp: Path, kubelet_dir: Path, *, ahead: bool = False) -> DraSettings:
+    # Without prepare-ahead: these tests change the node between allocation and the
+    # kubelet's call, so they drive creation at prepare (test_dra_ahead covers ahead).
     return DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp / "cdi",
-                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05)
+                       registry_check_seconds=0.05, resync_seconds=3600, health_seconds=0.05,
+                       prepare_ahead=ahead)
 
 
 @pytest.fixture
@@ -405,7 +409,8 @@ async def test_mig_capability_nodes_come_from_the_drivers_mig_minors_table(
     minors.write_text("\n".join(lines) + "\n")
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors)
+                           registry_check_seconds=0.05, resync_seconds=3600, mig_minors=minors,
+                           prepare_ahead=False)
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
         await kubelet.wait_registered(DRIVER)
@@ -431,7 +436,8 @@ async def test_the_134_layout_serves_the_same_allocation(
 ) -> None:
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined")
+                           registry_check_seconds=0.05, resync_seconds=3600, layout="combined",
+                           prepare_ahead=False)
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(node, dra, settings):
         await kubelet.wait_registered(DRIVER)
@@ -471,12 +477,14 @@ KILLED_AT = ["after the record", "after the GPU instance", "after the compute in
 
 
 @pytest.mark.parametrize("killed_at", range(len(KILLED_AT)), ids=KILLED_AT)
-@pytest.mark.parametrize("then", ["prepare", "unprepare"])
+@pytest.mark.parametrize("then", ["prepare", "unprepare", "ahead"])
 async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     api: FakeApiServer, tmp_path: Path, kubelet_dir: Path, killed_at: int, then: str,
 ) -> None:
+    """`ahead`: the kill came while preparing the claim ahead, at allocation; the restarted
+    plugin finishes it by itself, before any call from the kubelet."""
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
-    settings = _settings(tmp_path, kubelet_dir)
+    settings = _settings(tmp_path, kubelet_dir, ahead=then == "ahead")
     dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
     spec = {"devices": {"requests": [{"name": "mig", "exactly": {
         "deviceClassName": "mig.nvidia.com", "selectors": [{"cel": {"expression":
@@ -489,7 +497,8 @@ async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     ref = ClaimRef("default", uid, "train")
     # What the killed plugin left, step by step, in the order prepare takes them.
     Checkpoint(settings.checkpoint_file).put(ClaimRecord(uid, "default", "train",
-        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),)))
+        "PrepareStarted", (PreparedDevice(device, NODE, ("mig",), 0, ("3g.40gb", 4)),),
+        kubelet=then != "ahead"))
     profile = next(p for p in node.gpu_instance_profiles(0) if p.name == "3g.40gb")
     if killed_at >= 1:
         gi = node.create_gpu_instance(0, profile.id, Placement(4, 4))
@@ -503,14 +512,22 @@ async def test_a_plugin_killed_at_any_step_converges_when_started_again(
     restarted, _ = mig_node("dgx-a100", tmp_path / "sim.json")
     async with TestDraKubelet(kubelet_dir) as kubelet, DraPlugin(restarted, dra, settings):
         await kubelet.wait_registered(DRIVER)
-        if then == "prepare":
-            answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
-            assert answer.error == ""
+        if then in ("prepare", "ahead"):
+            if then == "ahead":
+                await until(lambda: bool((api.claim("train")["status"].get("devices") or [{}])[
+                    0].get("conditions")), "the claim prepared ahead")
+                [entry] = api.claim("train")["status"]["devices"]
+                assert [(c["type"], c["status"]) for c in entry["conditions"]] == [
+                    ("Ready", "True")]
+            else:
+                answer = (await kubelet.prepare(DRIVER, [ref]))[uid]
+                assert answer.error == ""
             [gi_now] = restarted.mig_state(0).gpu_instances
             assert gi_now.placement == Placement(4, 4)
             assert len(gi_now.compute_instances) == 1
             record = Checkpoint(settings.checkpoint_file).load()[uid]
             assert record.state == "PrepareCompleted"
+            assert record.kubelet == (then == "prepare")
             written = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
             assert written["devices"][0]["containerEdits"]["env"] == [
                 f"NVIDIA_VISIBLE_DEVICES={gi_now.compute_instances[0].uuid}"]

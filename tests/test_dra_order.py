@@ -215,8 +215,11 @@ def kubelet_dir() -> Iterator[Path]:
 async def plugin(tmp_path: Path, kubelet_dir: Path) -> AsyncIterator[
         tuple[DraPlugin, FakeApiServer, Node]]:
     node, _ = mig_node("dgx-a100", tmp_path / "sim.json")
+    # Claims not followed: these tests tell the plugin of allocations by hand, as the claim
+    # watch does (prepare-ahead would then also make the instance).
     settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
-                           resync_seconds=3600, health_seconds=3600)
+                           resync_seconds=3600, health_seconds=3600, follow_claims=False,
+                           prepare_ahead=False)
     with FakeApiServer() as api:
         api.add_device_class("mig.nvidia.com", [MIG_CLASS])
         dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))

@@ -3,13 +3,16 @@ lightkube: one node's ResourceSlices, claims and the claim status subresource.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tessera.kube.dra import DraApi, DraApiError
+from helpers import until
+from tessera.kube.dra import DraApi, DraApiError, claim_mirror
 from tessera.kube.testing import FakeApiServer
 
 
@@ -129,3 +132,53 @@ async def test_a_disabled_gate_drops_its_fields_unless_already_stored(
     api.disabled_gates.add("DRADeviceTaints")
     again = await dra.replace_slice(body, kept["metadata"]["resourceVersion"])
     assert again["spec"]["devices"][0]["taints"][0]["value"] == "48"
+
+
+def _allocated(api: FakeApiServer, name: str, pool: str, *, namespace: str = "default") -> None:
+    api.add_claim(name, {"devices": {"requests": []}}, namespace=namespace)
+    api.set_claim_status(name, {"allocation": {"devices": {"results": [
+        {"request": "r", "driver": "gpu.nvidia.com", "pool": pool, "device": "gpu-0"}]}}},
+        namespace)
+
+
+async def test_the_claim_mirror_keeps_only_claims_allocated_from_its_pool(
+    api: FakeApiServer, dra: DraApi,
+) -> None:
+    _allocated(api, "mine", "node-a", namespace="ml")
+    _allocated(api, "theirs", "node-b")
+    api.add_claim("pending", {"devices": {"requests": []}})
+    mirror = claim_mirror(dra, "gpu.nvidia.com", "node-a")
+    task = asyncio.create_task(mirror.run())
+    try:
+        await until(mirror.synced.is_set, "the first list")
+        assert {(v.namespace, v.name) for v in mirror.items.values()} == {("ml", "mine")}
+        # Allocated later, in another namespace: the watch brings it in.
+        api.set_claim_status("pending", {"allocation": {"devices": {"results": [
+            {"request": "r", "driver": "gpu.nvidia.com", "pool": "node-a", "device": "gpu-1"}
+        ]}}})
+        await until(lambda: {v.name for v in mirror.items.values()} == {"mine", "pending"},
+                    "the newly allocated claim")
+        # Deallocated (the scheduler's unreserve): it leaves; deleted: it leaves too.
+        api.set_claim_status("pending", {})
+        api.delete_claim("mine", "ml")
+        await until(lambda: not mirror.items, "both claims gone")
+        # A 410 re-lists and finds what changed meanwhile.
+        api.expire_watches()
+        _allocated(api, "after", "node-a")
+        await until(lambda: {v.name for v in mirror.items.values()} == {"after"},
+                    "the claim allocated across the expiry")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_an_unreachable_api_server_is_a_dra_api_error_naming_the_claim(
+    api: FakeApiServer, dra: DraApi,
+) -> None:
+    api.down()
+    with pytest.raises(DraApiError, match="reading ResourceClaim ml/train: the API server "
+                                          "cannot be reached"):
+        await dra.claim("ml", "train")
+    with pytest.raises(DraApiError, match="writing the status of ResourceClaim ml/train"):
+        await dra.patch_claim_status("ml", "train", {"devices": []})

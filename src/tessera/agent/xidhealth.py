@@ -86,8 +86,14 @@ class XidHealth:
     async def _run(self) -> None:
         tick = max(0.05, min(1.0, self.book.health.recovery_seconds / 4))
         while True:
-            with contextlib.suppress(TimeoutError):
-                event = await asyncio.wait_for(self._events.get(), tick)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+            # stop() sends, and stop would wait for this task forever.
+            try:
+                async with asyncio.timeout(tick):
+                    event = await self._events.get()
+            except TimeoutError:
+                pass
+            else:
                 await self._on_xid(event)
             await self._recover()
 

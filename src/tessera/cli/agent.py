@@ -158,6 +158,20 @@ def agent(
     dra_taints: bool = typer.Option(
         True, "--dra-device-taints/--no-dra-device-taints",
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
+    follow_claims: bool = typer.Option(
+        True, "--follow-claims/--no-follow-claims",
+        help="With --dra: follow ResourceClaims by watch (needs list and watch on them "
+             "cluster-wide); off: read each claim at prepare."),
+    prepare_ahead: bool = typer.Option(
+        True, "--prepare-ahead/--no-prepare-ahead",
+        help="With --dra: prepare a claim as soon as it is allocated to this node, before the "
+             "kubelet asks."),
+    binding_conditions: bool | None = typer.Option(
+        None, "--binding-conditions/--no-binding-conditions",
+        help="With --dra: publish MIG placements that need a creation with binding conditions, so "
+             "the scheduler binds only once the instance exists and retries elsewhere "
+             "if it cannot be made. Default: where the API server keeps them "
+             "(DRADeviceBindingConditions: beta, on in 1.36) and claims are prepared ahead."),
     kubelet_dir: Path = typer.Option(
         KUBELET_DIR, "--kubelet-dir", envvar="TESSERA_KUBELET_DIR",
         help="The kubelet's root: DRA sockets go in plugins/<driver>/ and plugins_registry/."),
@@ -181,7 +195,9 @@ def agent(
             dra_settings = DraSettings(
                 node_name=node_name, driver=dra_driver, kubelet_dir=kubelet_dir,
                 cdi_dir=cdi_dir, layout=dra_layout,  # type: ignore[arg-type]  # checked there
-                device_taints=dra_taints)
+                device_taints=dra_taints, follow_claims=follow_claims,
+                prepare_ahead=prepare_ahead,
+                binding_conditions=binding_conditions)
             if mig_manager:
                 log.info("DRA serves this node: MIG follows claims, nvidia.com/mig.config "
                          "is not applied")

@@ -65,6 +65,20 @@ def dra(
         help="How long a device an XID hit must stay quiet (and its GPU answer) before it is "
              "healthy again, as the device plugin's recoverAfter: 30s, 5m, or never. "
              "NVIDIA's DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS apply."),
+    follow_claims: bool = typer.Option(
+        True, "--follow-claims/--no-follow-claims",
+        help="Follow ResourceClaims by watch (needs list and watch on them cluster-wide); "
+             "off: read each claim at prepare."),
+    prepare_ahead: bool = typer.Option(
+        True, "--prepare-ahead/--no-prepare-ahead",
+        help="Prepare a claim (MIG created, CDI spec written) as soon as it is allocated to "
+             "this node, before the kubelet asks."),
+    binding_conditions: bool | None = typer.Option(
+        None, "--binding-conditions/--no-binding-conditions",
+        help="Publish MIG placements that need a creation with binding conditions, so "
+             "the scheduler binds only once the instance exists and retries elsewhere "
+             "if it cannot be made. Default: where the API server keeps them "
+             "(DRADeviceBindingConditions: beta, on in 1.36) and claims are prepared ahead."),
 ) -> None:
     """Serve the kubelet's DRA API for this node's GPUs and MIG placements until stopped.
 
@@ -76,7 +90,9 @@ def dra(
         wiring = DraSettings(node_name=node_name, driver=driver, kubelet_dir=kubelet_dir,
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
-                             resync_seconds=resync, device_taints=device_taints)
+                             resync_seconds=resync, device_taints=device_taints,
+                             follow_claims=follow_claims, prepare_ahead=prepare_ahead,
+                             binding_conditions=binding_conditions)
         health = _health(recover_after)
 
         def open_node() -> Node:

@@ -6,6 +6,13 @@ unprepare removes it only after everything it made is gone. So a plugin killed a
 and started again knows which instances are its own (to adopt on a retried prepare or destroy
 on unprepare) and never prepares a device for two claims. Written atomically: a reader sees
 the old file or the new one, never half of one.
+
+The file is read once; after that the records live in memory and every change is written
+through (with fsync) before it is acted on, so a prepare answered from a record costs no I/O.
+Each record says whether the kubelet has asked for the claim (`kubelet`): one prepared ahead,
+at allocation, that the kubelet never asked for is the plugin's to undo when the allocation
+goes; one the kubelet asked for waits for its NodeUnprepareResources. Files written before
+the field existed read as asked for, which they were.
 """
 
 from __future__ import annotations
@@ -45,15 +52,30 @@ class ClaimRecord:
     name: str
     state: State
     devices: tuple[PreparedDevice, ...] = field(default=())
+    kubelet: bool = True  # whether the kubelet has asked for it (see the module docstring)
 
 
 class Checkpoint:
-    """The checkpoint file at `path` (created on first write)."""
+    """The checkpoint file at `path` (created on first write). Not thread-safe for writers:
+    its one user, the preparer, writes under its own lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._claims: dict[str, ClaimRecord] | None = None
 
     def load(self) -> dict[str, ClaimRecord]:
+        """The records (a copy: changes go through `put` and `drop`)."""
+        if self._claims is None:
+            self._claims = self._read()
+        return dict(self._claims)
+
+    def get(self, uid: str) -> ClaimRecord | None:
+        """One record, from memory once the file has been read."""
+        if self._claims is None:
+            self._claims = self._read()
+        return self._claims.get(uid)
+
+    def _read(self) -> dict[str, ClaimRecord]:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -76,6 +98,7 @@ class Checkpoint:
             out.flush()
             os.fsync(out.fileno())
         os.replace(scratch, self.path)
+        self._claims = dict(claims)
 
     def put(self, record: ClaimRecord) -> None:
         claims = self.load()
@@ -95,4 +118,5 @@ def _record(uid: str, entry: dict[str, Any]) -> ClaimRecord:
                        create=(d["create"][0], int(d["create"][1])) if d.get("create") else None,
                        cdi_ids=tuple(d.get("cdi_ids", ())), uuid=str(d.get("uuid", "")))
         for d in entry.get("devices", ()))
-    return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices)
+    return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices,
+                       kubelet=bool(entry.get("kubelet", True)))

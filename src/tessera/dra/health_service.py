@@ -60,6 +60,17 @@ class HealthStreams:
         self.resend_seconds = resend_seconds
         self.streams = 0  # open streams, for status and tests
         self.versions: dict[str, int] = {}  # open streams by service version
+        self._closing = False
+
+    def open(self) -> None:
+        """Serve streams again (after `close`, for a plugin started again)."""
+        self._closing = False
+
+    async def close(self) -> None:
+        """End every open stream normally (before the server stops: a stream the server
+        cancels makes grpc log a traceback), and any opened later at once."""
+        self._closing = True
+        await self.board.poke()
 
     def servicers(self) -> list[tuple[Callable[[Any, grpc.aio.Server], None], Any]]:
         """(add-to-server function, servicer) of every version served."""
@@ -71,13 +82,16 @@ class HealthStreams:
         self.streams += 1
         self.versions[version] = self.versions.get(version, 0) + 1
         try:
-            while True:
+            while not self._closing:
                 seen = self.board.version
                 yield health_message(pb, self.publication(), self.board, self.pool, timeout,
                                      int(time.time()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that lands as its wait ends, and the server's stop would
+                # then wait for this stream forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.board.changed_since(seen),
-                                           self.resend_seconds)
+                    async with asyncio.timeout(self.resend_seconds):
+                        await self.board.changed_since(seen)
         except asyncio.CancelledError:
             return  # the plugin stops (or the kubelet hung up): the stream simply ends
         finally:

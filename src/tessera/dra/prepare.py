@@ -12,6 +12,12 @@ then the record.
 
 Both are idempotent and survive a kill at any step: a retried prepare adopts the instances a
 `PrepareStarted` record names, and a completed one answers from the record.
+
+A claim can be prepared twice over: ahead, as soon as it is allocated to this node
+(`prepare_ahead`), and when the kubelet asks (`prepare`). Ahead is the same prepare, recorded
+as not asked for by the kubelet; `release_ahead` undoes such a claim when its allocation goes
+away, and never one the kubelet has asked for (that waits for its unprepare). A claim the
+kubelet has unprepared is not prepared ahead again while it stays allocated.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ class PrepareError(TemporaryError):
     made has been undone, and the kubelet's retry may succeed."""
 
 
+class PlacementTakenError(PrepareError):
+    """The allocated placement is covered by an instance made outside Tessera: the claim must
+    be allocated elsewhere."""
+
+
 class Preparer:
     """Prepares claims of `driver` for the node's pool `pool`. Thread-safe: one claim at a
     time, as the kubelet plugin library serialises them."""
@@ -68,6 +79,10 @@ class Preparer:
         self.checkpoint = checkpoint
         self.mig_minors = mig_minors
         self._lock = threading.Lock()
+        # Claims the kubelet asked for whose record may not say so yet (the answer from
+        # memory does not wait for the write), and claims the kubelet has unprepared.
+        self._asked: set[str] = set()
+        self._released: set[str] = set()
 
     # -- what the publisher needs ----------------------------------------------------------
 
@@ -83,23 +98,90 @@ class Preparer:
             return publish(read_inventory(self.node), self.owned(), taken)
 
     def completed(self, uid: str) -> tuple[PreparedDevice, ...] | None:
-        record = self.checkpoint.load().get(uid)
+        """The devices of a completed claim, from memory; None if it is not completed."""
+        record = self.checkpoint.get(uid)
         return record.devices if record and record.state == "PrepareCompleted" else None
+
+    def records(self) -> dict[str, ClaimRecord]:
+        return self.checkpoint.load()
+
+    def asked(self, uid: str) -> bool:
+        """The kubelet asked for a claim answered from memory: noted at once, so it is never
+        released ahead; True when the record still has to say so (`mark_asked`)."""
+        self._asked.add(uid)
+        record = self.checkpoint.get(uid)
+        return record is not None and not record.kubelet
+
+    def mark_asked(self, uid: str) -> None:
+        """Write into the claim's record that the kubelet asked for it."""
+        with self._lock:
+            self._mark(uid)
+
+    def flush_asked(self) -> None:
+        """Write every mark not written yet (at stop: a restarted plugin must know)."""
+        with self._lock:
+            for uid in sorted(self._asked):
+                self._mark(uid)
+
+    def _mark(self, uid: str) -> None:
+        record = self.checkpoint.get(uid)
+        if record is not None and not record.kubelet:
+            self.checkpoint.put(replace(record, kubelet=True))
 
     # -- prepare ---------------------------------------------------------------------------
 
     def prepare(self, ref: ClaimRef, claim: Obj | None) -> tuple[PreparedDevice, ...]:
+        """Prepare the claim for the kubelet."""
         with self._lock:
-            try:
-                return self._prepare(ref, claim)
-            except OSError as e:
-                raise PrepareError(f"ResourceClaim {ref.namespace}/{ref.name}: {e}; check that "
-                                   "the CDI and checkpoint directories are writable") from e
+            self._asked.add(ref.uid)
+            self._released.discard(ref.uid)
+            return self._guarded(ref, claim, kubelet=True)
 
-    def _prepare(self, ref: ClaimRef, claim: Obj | None) -> tuple[PreparedDevice, ...]:
+    def prepare_ahead(self, ref: ClaimRef, claim: Obj) -> tuple[PreparedDevice, ...] | None:
+        """Prepare an allocated claim before the kubelet asks; None when there is nothing to
+        do (already completed, or unprepared by the kubelet)."""
+        with self._lock:
+            record = self.checkpoint.get(ref.uid)
+            if ref.uid in self._released or (record is not None
+                                              and record.state == "PrepareCompleted"):
+                return None
+            return self._guarded(ref, claim, kubelet=ref.uid in self._asked)
+
+    def release_ahead(self, uid: str) -> bool:
+        """Undo a claim prepared ahead whose allocation is gone, unless the kubelet asked
+        for it; whether it was undone."""
+        with self._lock:
+            record = self.checkpoint.get(uid)
+            if record is None or record.kubelet or uid in self._asked:
+                return False
+            self._unprepare_guarded(uid)
+            return True
+
+    def forget(self, allocated: Iterable[str]) -> None:
+        """Claims no longer allocated here may be prepared ahead again should they return;
+        one the kubelet asked for that has neither an allocation nor a record is done with."""
+        allocated = set(allocated)
+        self._released &= allocated
+        self._asked &= allocated | set(self.checkpoint.load())
+
+    def _guarded(self, ref: ClaimRef, claim: Obj | None, *, kubelet: bool) -> (
+        tuple[PreparedDevice, ...]
+    ):
+        try:
+            return self._prepare(ref, claim, kubelet=kubelet)
+        except OSError as e:
+            raise PrepareError(f"ResourceClaim {ref.namespace}/{ref.name}: {e}; check that "
+                               "the CDI and checkpoint directories are writable") from e
+
+    def _prepare(self, ref: ClaimRef, claim: Obj | None, *, kubelet: bool) -> (
+        tuple[PreparedDevice, ...]
+    ):
         records = self.checkpoint.load()
         record = records.get(ref.uid)
+        kubelet = kubelet or (record is not None and record.kubelet)
         if record is not None and record.state == "PrepareCompleted":
+            if kubelet and not record.kubelet:
+                self.checkpoint.put(replace(record, kubelet=True))
             return record.devices
         if claim is None:
             raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")
@@ -109,7 +191,7 @@ class Preparer:
             # Before the first change to a GPU, so a restarted plugin knows the instances
             # are ours; a claim that creates nothing has nothing to adopt.
             self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                            "PrepareStarted", planned))
+                                            "PrepareStarted", planned, kubelet))
         try:
             for device in planned:
                 if device.create is not None and _instance(self.node, device) is None:
@@ -128,7 +210,7 @@ class Preparer:
             raise PrepareError(f"{where}: {e}; what was created for it has been "
                                "destroyed again") from e
         self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                        "PrepareCompleted", done))
+                                        "PrepareCompleted", done, kubelet))
         return done
 
     def _plan(self, ref: ClaimRef, claim: Obj, records: Mapping[str, ClaimRecord],
@@ -174,7 +256,7 @@ class Preparer:
         if target is not None and target.placement is not None:
             view = next(v for v in inventory.gpus if v.gpu.index == target.gpu)
             taken = [i.placement for i in view.instances if i.placement.overlaps(target.placement)]
-            return PrepareError(
+            return PlacementTakenError(
                 f"{where}: the placement of device {device} (memory slices "
                 f"{target.placement}) is taken on GPU {target.gpu} by an instance made "
                 f"outside Tessera (at {', '.join(map(str, taken))}); the slices no longer "
@@ -229,12 +311,18 @@ class Preparer:
     # -- unprepare -------------------------------------------------------------------------
 
     def unprepare(self, uid: str) -> None:
+        """Unprepare the claim for the kubelet."""
         with self._lock:
-            try:
-                self._unprepare(uid)
-            except OSError as e:
-                raise PrepareError(f"unpreparing claim {uid}: {e}; check that the CDI and "
-                                   "checkpoint directories are writable") from e
+            self._unprepare_guarded(uid)
+            self._asked.discard(uid)
+            self._released.add(uid)
+
+    def _unprepare_guarded(self, uid: str) -> None:
+        try:
+            self._unprepare(uid)
+        except OSError as e:
+            raise PrepareError(f"unpreparing claim {uid}: {e}; check that the CDI and "
+                               "checkpoint directories are writable") from e
 
     def _unprepare(self, uid: str) -> None:
         record = self.checkpoint.load().get(uid)

@@ -11,6 +11,15 @@ refuses. When the kubelet's registry loses the socket (a kubelet restart that wi
 registration service is served again, so the kubelet finds the plugin anew. Slices are
 published at start, soon after every prepare and unprepare (in the background: the kubelet's
 answer does not wait for it), and every `resync_seconds`.
+
+Claims are followed by watch (`kube.dra.claim_mirror`: only those allocated from this node's
+pool are kept) and, with `prepare_ahead`, prepared as soon as they are allocated (`ahead`),
+so the kubelet's NodePrepareResources is answered from the checkpoint's records in memory,
+with no I/O. A claim not prepared yet is read from the mirror, or with a GET when the mirror
+has not seen it (a prepare never fails because a watch lags). With `binding_conditions`, MIG
+placements that need an instance made are published with Tessera's binding conditions
+(`binding`), and the outcome of the prepare ahead tells the scheduler to bind or to retry
+elsewhere. Every prepare's outcome, failures included, goes into the claim's status.
 """
 
 from __future__ import annotations
@@ -19,16 +28,17 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any, Literal
 
 import grpc
 
 from tessera.dra import cdi
+from tessera.dra.ahead import Ahead
+from tessera.dra.binding import with_binding_conditions
 from tessera.dra.checkpoint import Checkpoint, PreparedDevice
 from tessera.dra.detect import AUTO, detect_version, probe_gates, report_change
 from tessera.dra.devices import Publication
@@ -36,12 +46,12 @@ from tessera.dra.features import Features, dropped, without_counters
 from tessera.dra.health import DeviceProblem, HealthBoard, apply_health, probe_problems
 from tessera.dra.health_service import HealthStreams
 from tessera.dra.prepare import ClaimRef, Preparer
+from tessera.dra.reports import ClaimReports, Prepared, failed
 from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcile
-from tessera.dra.status import device_status
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
-from tessera.kube.dra import DraApi
+from tessera.kube.dra import ClaimView, DraApi, claim_mirror
 from tessera.kubeletapi.constants import (
     DRA_HEALTH_V1_SERVICE,
     DRA_HEALTH_V1ALPHA1_SERVICE,
@@ -62,6 +72,7 @@ DEFAULT_DRIVER = "gpu.nvidia.com"
 _DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 KUBELET_DIR = Path("/var/lib/kubelet")
+ASKED_WRITE_DELAY = 0.05  # seconds
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,15 @@ class DraSettings:
     mig_minors: Path = cdi.MIG_MINORS
     # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
     device_taints: bool = True
+    # Follow claims by watch (needs list/watch on ResourceClaims cluster-wide); off: read
+    # each claim with a GET at prepare.
+    follow_claims: bool = True
+    # Prepare claims when they are allocated here, before the kubelet asks.
+    prepare_ahead: bool = True
+    # Publish MIG placements that need a creation with binding conditions (KEP-5007; needs
+    # DRADeviceBindingConditions: alpha, off in 1.34/1.35, beta, on in 1.36). None: where the
+    # API server keeps them (found at start and at resyncs) and claims are prepared ahead.
+    binding_conditions: bool | None = None
 
     def __post_init__(self) -> None:
         if not _DRIVER_NAME.match(self.driver) or len(self.driver) > 63:
@@ -97,6 +117,13 @@ class DraSettings:
                                          0.01, 3600)):
             if not low <= value <= high:
                 raise ConfigError(f"{label} {value:g}s is outside {low:g}..{high:g}s")
+        if self.prepare_ahead and not self.follow_claims:
+            raise ConfigError("prepare-ahead follows claims by watch: drop --no-follow-claims "
+                              "or add --no-prepare-ahead")
+        if self.binding_conditions is True and not self.prepare_ahead:
+            raise ConfigError("binding conditions need prepare-ahead: the scheduler waits for "
+                              "the instance made at allocation; drop --no-prepare-ahead or "
+                              "--binding-conditions")
 
     @property
     def plugin_dir(self) -> Path:
@@ -138,6 +165,11 @@ class DraPlugin:
                                  cdi_dir=settings.cdi_dir,
                                  checkpoint=Checkpoint(settings.checkpoint_file),
                                  mig_minors=settings.mig_minors)
+        self.claims = claim_mirror(api, settings.driver, settings.node_name)
+        self.reports = ClaimReports(api, driver=settings.driver, pool=settings.node_name)
+        self.ahead = Ahead(self.claims, self.preparer, self.reports, changed=self.publish_soon,
+                           resync_seconds=settings.resync_seconds,
+                           allocated=self._claims_allocated)
         self.registration = RegistrationState()
         self.last_writes = Writes()
         self.last_publication = Publication((), (), {})
@@ -175,8 +207,10 @@ class DraPlugin:
         await self._refuse_if_taken()
         self.features = await detect_version(self.api, self.settings.layout)
         await self.detect_features()
+        await asyncio.to_thread(self.preparer.records)  # the checkpoint, read once
         self.settings.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.settings.registration_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.health_service.open()
         self._dra = await _serve(self.settings.dra_socket, [
             (v1rpc.add_DRAPluginServicer_to_server, _servicer(v1, v1rpc, self)),
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
@@ -187,16 +221,24 @@ class DraPlugin:
         self._tasks = [asyncio.create_task(self._resync()),
                        asyncio.create_task(self._watch_registry()),
                        asyncio.create_task(self._probe())]
+        if self.settings.follow_claims:
+            self._tasks.append(asyncio.create_task(self.claims.run()))
+        if self.settings.prepare_ahead:
+            self._tasks.append(asyncio.create_task(self.ahead.run()))
 
     async def stop(self) -> None:
+        with contextlib.suppress(TesseraError):  # the marks a pending write would make
+            await asyncio.to_thread(self.preparer.flush_asked)
         for task in [*self._tasks, *self._reports]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.health_service.close()
         for server in (self._registrar, self._dra):
             if server is not None:
-                await server.stop(0)
+                # A moment's grace for the health streams to end as close() told them.
+                await server.stop(_STOP_GRACE_SECONDS)
         self._registrar = self._dra = None
         for path in (self.settings.registration_socket, self.settings.dra_socket):
             path.unlink(missing_ok=True)
@@ -239,8 +281,9 @@ class DraPlugin:
             if not self._kick.is_set():
                 self._idle.set()
             try:
-                await asyncio.wait_for(self._kick.wait(), self.settings.resync_seconds)
-            except TimeoutError:
+                async with asyncio.timeout(self.settings.resync_seconds):
+                    await self._kick.wait()
+            except TimeoutError:  # not wait_for: see ahead.Ahead.run
                 if self.features.disabled():
                     # Turned on since? (A gate turned off shows in the next write's answer,
                     # so a cluster with every gate on is not asked at each resync.)
@@ -295,9 +338,19 @@ class DraPlugin:
     def shown(self) -> Publication:
         """The devices as published: the cluster's features and the devices' health
         applied."""
-        return apply_health(self.last_publication, self.health.problems,
-                            driver=self.settings.driver, use_taints=self.use_taints,
-                            since=self.health.since)
+        shown = apply_health(self.last_publication, self.health.problems,
+                             driver=self.settings.driver, use_taints=self.use_taints,
+                             since=self.health.since)
+        return with_binding_conditions(shown) if self.use_binding_conditions else shown
+
+    @property
+    def use_binding_conditions(self) -> bool:
+        """MIG made before binding: asked for (or left to detection, with prepare-ahead on)
+        and kept by the server; otherwise MIG is made at prepare."""
+        wanted = self.settings.binding_conditions
+        if wanted is None:
+            wanted = self.settings.prepare_ahead
+        return wanted and self.features.binding_conditions
 
     @property
     def use_taints(self) -> bool:
@@ -351,6 +404,11 @@ class DraPlugin:
             self.last_writes = writes
             return writes
 
+    @property
+    def allocated(self) -> Mapping[int, frozenset[Placement]]:
+        """The placements the order counts as allocated, per GPU index."""
+        return MappingProxyType(self._allocated)
+
     def set_allocated(self, placements: Mapping[int, Collection[Placement]]) -> None:
         """The placements allocated to claims per GPU index, as the claims say (made or
         not). When they differ from the last ones, the order is published again in the
@@ -359,6 +417,22 @@ class DraPlugin:
         if allocated != self._allocated:
             self._allocated = allocated
             self.publish_soon()
+
+    def _claims_allocated(self, claims: Mapping[str, ClaimView]) -> None:
+        """The claims allocated here, as the mirror holds them: their MIG placements count as
+        taken in the order (`set_allocated`)."""
+        targets = self.last_publication.targets
+        taken: dict[int, set[Placement]] = {}
+        for view in claims.values():
+            allocation = (view.body.get("status") or {}).get("allocation") or {}
+            for result in (allocation.get("devices") or {}).get("results") or ():
+                if (result.get("driver"), result.get("pool")) != (self.settings.driver,
+                                                                   self.settings.node_name):
+                    continue
+                target = targets.get(str(result.get("device")))
+                if target is not None and target.placement is not None:
+                    taken.setdefault(target.gpu, set()).add(target.placement)
+        self.set_allocated(taken)
 
     async def set_health(self, problems: Mapping[str, DeviceProblem],
                          source: str = "told") -> None:
@@ -372,30 +446,39 @@ class DraPlugin:
     # -- claims ----------------------------------------------------------------------------
 
     async def prepare(self, namespace: str, uid: str, name: str) -> tuple[PreparedDevice, ...]:
-        done = await asyncio.to_thread(self.preparer.completed, uid)
-        if done is not None:
+        done = self.preparer.completed(uid)
+        if done is not None:  # from memory: no file, no API server
+            if self.preparer.asked(uid):
+                self._background(self._mark_asked(uid))
             return done
-        claim = await self.api.claim(namespace, name)
-        devices = await asyncio.to_thread(self.preparer.prepare,
-                                          ClaimRef(namespace, uid, name), claim)
+        seen = self.claims.items.get(uid)
+        claim = seen.body if seen is not None else await self.api.claim(namespace, name)
+        ref = ClaimRef(namespace, uid, name)
+        try:
+            devices = await asyncio.to_thread(self.preparer.prepare, ref, claim)
+        except TesseraError as e:
+            self._background(self.reports.write(ref, claim, failed(e)))
+            raise
         self.publish_soon()
         # In the background too: the kubelet's answer does not wait for the API server.
-        task = asyncio.create_task(self._report(namespace, name, claim, devices))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        self._background(self.reports.write(ref, claim, Prepared(devices)))
         return devices
 
-    async def _report(self, namespace: str, name: str, claim: dict[str, Any] | None,
-                      devices: tuple[PreparedDevice, ...]) -> None:
-        """Write the devices' status into the claim. Best effort: the claim is prepared
-        whether or not the API server takes it (it may not serve the field before 1.33)."""
-        existing = ((claim or {}).get("status") or {}).get("devices") or []
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        try:
-            await self.api.patch_claim_status(namespace, name, {
-                "devices": device_status(existing, self.settings.driver, devices, now)})
-        except TemporaryError as e:
-            log.warning("could not write the device status of %s/%s: %s", namespace, name, e)
+    async def _mark_asked(self, uid: str) -> None:
+        # After the answer is on its way: the write (an fsync) must not compete with it.
+        await asyncio.sleep(ASKED_WRITE_DELAY)
+        await asyncio.to_thread(self.preparer.mark_asked, uid)
+
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except TesseraError as e:
+                log.warning("%s", e)
+
+        task = asyncio.create_task(run())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def unprepare(self, uid: str) -> None:
         await asyncio.to_thread(self.preparer.unprepare, uid)
@@ -484,6 +567,7 @@ def _names(publication: Publication) -> set[str]:
     return {str(d["name"]) for d in publication.devices}
 
 
+_STOP_GRACE_SECONDS = 1.0
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 

@@ -21,7 +21,9 @@ from typing import Any, Generic, TypeVar
 import httpx2
 import lightkube
 from lightkube import ApiError
+from lightkube.core.resource import NamespacedResource
 from lightkube.resources.core_v1 import Event, Node, Pod
+from lightkube.resources.resource_v1 import ResourceClaim
 from lightkube.types import PatchType
 
 from tessera.errors import TesseraError
@@ -54,15 +56,21 @@ T = TypeVar("T")
 class Mirror(Generic[V]):
     """An always-current map of one kind of object (see the module docstring)."""
 
-    def __init__(self, client: lightkube.AsyncClient, kind: type[Node] | type[Pod],
+    def __init__(self, client: lightkube.AsyncClient,
+                 kind: type[Node] | type[Pod] | type[ResourceClaim],
                  view: Callable[[object], V], key: Callable[[V], str], *,
                  labels: Mapping[str, str] | None = None, retry: RetryPolicy = DEFAULT_RETRY,
-                 what: str = "objects") -> None:
+                 what: str = "objects", keep: Callable[[V], bool] = lambda _: True) -> None:
         self.client = client
-        # lightkube's overloads type list/watch per resource; one mirror serves either.
+        # lightkube's overloads type list/watch per resource; one mirror serves any.
         self.kind: Any = kind
+        # Namespaced kinds are mirrored across all namespaces.
+        self.namespace = lightkube.ALL_NS if issubclass(kind, NamespacedResource) else None
         self.view = view
         self.key = key
+        # Objects `keep` refuses are not held (one that stops passing leaves the map), so a
+        # mirror of a cluster-wide kind costs memory only for what its reader needs.
+        self.keep = keep
         self.labels: dict[str, Any] = dict(labels or {})
         self.retry = retry
         self.what = what
@@ -84,8 +92,8 @@ class Mirror(Generic[V]):
                     version = await self._list()
                     failures = self._recovered(failures)
                 stream = self.client.watch(
-                    self.kind, namespace=lightkube.ALL_NS if self.kind is Pod else None,
-                    labels=self.labels or None, resource_version=version,
+                    self.kind, namespace=self.namespace, labels=self.labels or None,
+                    resource_version=version,
                     server_timeout=random.randint(*WATCH_SECONDS))
                 try:
                     async for kind, obj in stream:
@@ -135,9 +143,9 @@ class Mirror(Generic[V]):
                                  f"LIST {self.what}", f))
 
     async def _list(self) -> str:
-        listed = self.client.list(self.kind, namespace=lightkube.ALL_NS
-                                  if self.kind is Pod else None, labels=self.labels or None)
-        views = [self.view(obj) async for obj in listed]
+        listed = self.client.list(self.kind, namespace=self.namespace,
+                                  labels=self.labels or None)
+        views = [view async for obj in listed if self.keep(view := self.view(obj))]
         self.items = MappingProxyType({self.key(v): v for v in views})
         self.synced.set()
         self.changed.set()
@@ -147,7 +155,9 @@ class Mirror(Generic[V]):
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             return  # a BOOKMARK moved the resourceVersion only
         view = self.view(obj)
-        if kind == "DELETED":
+        if kind == "DELETED" or not self.keep(view):
+            if self.key(view) not in self.items:
+                return
             items = dict(self.items)
             items.pop(self.key(view), None)
             self.items = MappingProxyType(items)

@@ -1,12 +1,17 @@
 """The Kubernetes seam for DRA: one node's ResourceSlices and the ResourceClaims it prepares
 (`resource.k8s.io/v1`), through lightkube.
 
+Claims are followed with a `Mirror` (list, then watch, re-list on 410, backoff on failure):
+the API server cannot select claims by allocation, so every claim of the cluster is listed
+and watched, and the mirror keeps only those allocated a device of one driver and pool.
+
 Objects go in and out as plain JSON dicts, so the DRA plugin's cores stay pure functions over
 data the API server would return; only this module knows the client library.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,9 @@ from lightkube.resources.resource_v1 import ResourceClaim, ResourceClaimStatus, 
 from lightkube.types import PatchType
 
 from tessera.errors import ClaimError, TemporaryError
+from tessera.kube.cluster import Mirror
 from tessera.kube.config import load_config, make_client
+from tessera.kube.retry import DEFAULT_RETRY, Failure, RetryPolicy
 
 Obj = dict[str, Any]
 API_VERSION = "resource.k8s.io/v1"
@@ -31,6 +38,12 @@ class DraApiError(TemporaryError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Whether asking again may help: no answer, a conflict, throttling, a server error
+        (a refusal such as 403 or 422 stays one)."""
+        return Failure(self.status, str(self)).retryable
 
 
 class DraApi:
@@ -54,6 +67,8 @@ class DraApi:
                 ResourceSlice, fields={"spec.nodeName": node, "spec.driver": driver})]
         except ApiError as e:
             raise _failed(f"listing ResourceSlices of {driver} on {node}", e) from e
+        except httpx2.TransportError as e:
+            raise _unreachable(f"listing ResourceSlices of {driver} on {node}", e) from e
 
     async def create_slice(self, body: Obj, *, dry_run: bool = False) -> Obj:
         """Create a slice; the stored object as the API server answers it (with `dry_run`,
@@ -64,8 +79,8 @@ class DraApi:
             return _plain(await self.client.create(_slice(body), dry_run=dry_run))
         except ApiError as e:
             raise _failed(what, e) from e
-        except httpx2.HTTPError as e:
-            raise DraApiError(f"{what}: {e or type(e).__name__}") from e
+        except httpx2.TransportError as e:
+            raise _unreachable(what, e) from e
 
     # -- what the server serves ----------------------------------------------------------
 
@@ -108,6 +123,8 @@ class DraApi:
             return _plain(await self.client.replace(_slice(body)))
         except ApiError as e:
             raise _failed(f"replacing ResourceSlice {body['metadata']['name']}", e) from e
+        except httpx2.TransportError as e:
+            raise _unreachable(f"replacing ResourceSlice {body['metadata']['name']}", e) from e
 
     async def delete_slice(self, name: str) -> None:
         try:
@@ -115,6 +132,8 @@ class DraApi:
         except ApiError as e:
             if e.status.code != 404:
                 raise _failed(f"deleting ResourceSlice {name}", e) from e
+        except httpx2.TransportError as e:
+            raise _unreachable(f"deleting ResourceSlice {name}", e) from e
 
     async def claim(self, namespace: str, name: str) -> Obj | None:
         """The ResourceClaim, or None when it does not exist."""
@@ -124,6 +143,8 @@ class DraApi:
             if e.status.code == 404:
                 return None
             raise _failed(f"reading ResourceClaim {namespace}/{name}", e) from e
+        except httpx2.TransportError as e:
+            raise _unreachable(f"reading ResourceClaim {namespace}/{name}", e) from e
         except ValueError as e:  # the client library could not decode it into the model
             raise ClaimError(f"ResourceClaim {namespace}/{name} is not a valid "
                              f"resource.k8s.io/v1 ResourceClaim: {e}") from e
@@ -136,6 +157,42 @@ class DraApi:
                 patch_type=PatchType.MERGE))
         except ApiError as e:
             raise _failed(f"writing the status of ResourceClaim {namespace}/{name}", e) from e
+        except httpx2.TransportError as e:
+            raise _unreachable(f"writing the status of ResourceClaim {namespace}/{name}", e) from e
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """A ResourceClaim as the mirror holds it: its identity and the whole object as JSON."""
+
+    uid: str
+    namespace: str
+    name: str
+    resource_version: str
+    body: Obj  # never mutated
+
+
+def claim_view(obj: object) -> ClaimView:
+    assert isinstance(obj, ResourceClaim)
+    body = _plain(obj)
+    meta = body.get("metadata") or {}
+    return ClaimView(str(meta.get("uid", "")), str(meta.get("namespace", "")),
+                     str(meta.get("name", "")), str(meta.get("resourceVersion", "")), body)
+
+
+def allocated_to(claim: ClaimView, driver: str, pool: str) -> bool:
+    """Whether any device of `driver` in `pool` is allocated to the claim."""
+    allocation = (claim.body.get("status") or {}).get("allocation") or {}
+    return any(r.get("driver") == driver and r.get("pool") == pool
+               for r in (allocation.get("devices") or {}).get("results") or ())
+
+
+def claim_mirror(api: DraApi, driver: str, pool: str, *,
+                 retry: RetryPolicy = DEFAULT_RETRY) -> Mirror[ClaimView]:
+    """The claims allocated a device of `driver` in `pool`, by UID, kept current."""
+    return Mirror(api.client, ResourceClaim, claim_view, lambda v: v.uid, retry=retry,
+                  what=f"ResourceClaims allocated from pool {pool}",
+                  keep=lambda v: allocated_to(v, driver, pool))
 
 
 def _slice(body: Obj) -> ResourceSlice:
@@ -147,6 +204,11 @@ def _slice(body: Obj) -> ResourceSlice:
 def _plain(obj: Any) -> Obj:
     data: Obj = obj.to_dict()
     return data
+
+
+def _unreachable(what: str, error: httpx2.TransportError) -> DraApiError:
+    return DraApiError(f"{what}: the API server cannot be reached "
+                       f"({type(error).__name__}: {error})")
 
 
 def _failed(what: str, error: ApiError) -> DraApiError:

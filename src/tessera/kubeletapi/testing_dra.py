@@ -122,6 +122,7 @@ class TestDraKubelet:
         self._known: dict[Path, tuple[int, int]] = {}  # socket -> (inode, mtime_ns) seen
         self._changed = asyncio.Condition()
         self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def __aenter__(self) -> TestDraKubelet:
         await self.start()
@@ -137,10 +138,16 @@ class TestDraKubelet:
 
     async def stop(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
+            self._stopping = True
+            # A cancellation that lands while grpc closes a channel can be swallowed there
+            # (the watcher would then poll on and this wait never end): cancel until done.
+            while not self._watcher.done():
+                self._watcher.cancel()
+                await asyncio.wait({self._watcher}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+            self._stopping = False
         for registration in list(self.registrations.values()):
             await _close(registration)
         self.registrations.clear()
@@ -160,7 +167,7 @@ class TestDraKubelet:
     # -- the plugin watcher ----------------------------------------------------------------
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             seen: dict[Path, tuple[int, int]] = {}
             for path in sorted(self.registry.iterdir()):
                 if path.name.startswith(".") or not path.is_socket():
