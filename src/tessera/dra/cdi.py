@@ -35,6 +35,9 @@ class CdiDevice:
     minor: int
     uuid: str
     mig: tuple[int, int] | None = None  # (GPU instance ID, compute instance ID)
+    # Further edits for this device (an MPS client's env and mounts).
+    env: tuple[str, ...] = ()
+    mounts: tuple[Mapping[str, object], ...] = ()
 
 
 def vendor(driver: str) -> str:
@@ -77,13 +80,13 @@ def spec(driver: str, claim_uid: str, devices: Sequence[CdiDevice],
             for cap in (f"{base}/access", f"{base}/ci{ci}/access"):
                 if cap in mig_minors:
                     nodes.append(f"/dev/nvidia-caps/nvidia-cap{mig_minors[cap]}")
-        entries.append({
-            "name": f"{claim_uid}-{device.name}",
-            "containerEdits": {
-                "env": [f"NVIDIA_VISIBLE_DEVICES={device.uuid}"],
-                "deviceNodes": [{"path": p} for p in nodes],
-            },
-        })
+        edits: dict[str, Any] = {
+            "env": [f"NVIDIA_VISIBLE_DEVICES={device.uuid}", *device.env],
+            "deviceNodes": [{"path": p} for p in nodes],
+        }
+        if device.mounts:
+            edits["mounts"] = [dict(m) for m in device.mounts]
+        entries.append({"name": f"{claim_uid}-{device.name}", "containerEdits": edits})
     return {
         "cdiVersion": CDI_VERSION,
         "kind": f"{vendor(driver)}/{CLASS}",

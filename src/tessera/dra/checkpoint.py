@@ -6,6 +6,11 @@ unprepare removes it only after everything it made is gone. So a plugin killed a
 and started again knows which instances are its own (to adopt on a retried prepare or destroy
 on unprepare) and never prepares a device for two claims. Written atomically: a reader sees
 the old file or the new one, never half of one.
+
+A claim that shares its GPUs also records what its sharing set on the node (time-slice
+intervals, its MPS daemon), so unprepare undoes exactly that and a restarted plugin starts the
+daemons of its prepared claims again. Records written before sharing existed read as claims
+without it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tessera.dra.sharing import MpsDeviceLimit
 from tessera.errors import ConfigError
 
 State = Literal["PrepareStarted", "PrepareCompleted"]
@@ -39,12 +45,32 @@ class PreparedDevice:
 
 
 @dataclass(frozen=True)
+class MpsRecord:
+    """The claim's MPS control daemon: its directories' root, the per-client thread
+    percentage, and each device it serves (in the order clients see them)."""
+
+    root: str
+    thread_percentage: int | None
+    devices: tuple[MpsDeviceLimit, ...]
+
+
+@dataclass(frozen=True)
+class SharingRecord:
+    """What a claim's sharing set on the node: (GPU, time-slice value) per whole GPU it
+    time-slices, and its MPS daemon."""
+
+    time_slices: tuple[tuple[int, int], ...] = ()
+    mps: MpsRecord | None = None
+
+
+@dataclass(frozen=True)
 class ClaimRecord:
     uid: str
     namespace: str
     name: str
     state: State
     devices: tuple[PreparedDevice, ...] = field(default=())
+    sharing: SharingRecord | None = None
 
 
 class Checkpoint:
@@ -95,4 +121,17 @@ def _record(uid: str, entry: dict[str, Any]) -> ClaimRecord:
                        create=(d["create"][0], int(d["create"][1])) if d.get("create") else None,
                        cdi_ids=tuple(d.get("cdi_ids", ())), uuid=str(d.get("uuid", "")))
         for d in entry.get("devices", ()))
-    return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices)
+    return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices,
+                       _sharing(entry.get("sharing")))
+
+
+def _sharing(entry: dict[str, Any] | None) -> SharingRecord | None:
+    if not entry:
+        return None
+    mps = entry.get("mps")
+    return SharingRecord(
+        time_slices=tuple((int(g), int(v)) for g, v in entry.get("time_slices", ())),
+        mps=None if not mps else MpsRecord(
+            root=str(mps["root"]), thread_percentage=mps.get("thread_percentage"),
+            devices=tuple(MpsDeviceLimit(str(d["device"]), int(d["gpu"]), d.get("pinned_mib"))
+                          for d in mps.get("devices", ()))))

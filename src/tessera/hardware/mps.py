@@ -197,7 +197,9 @@ class MpsDaemon:
                     raise  # not serving until it holds: see the module docstring
                 log.warning("GPU %d: compute mode not restored after MPS: %s", gpu, e)
 
-    async def stop(self) -> None:
+    async def stop(self, *, restore_mode: bool = True) -> None:
+        """Stop the daemon; its GPUs go back to default compute mode unless `restore_mode`
+        is False (a plugin going down with its claims still prepared)."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -205,7 +207,8 @@ class MpsDaemon:
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(self._control("quit\n"), 2)
         await self._kill()
-        await self._compute_mode(exclusive=False)
+        if restore_mode:
+            await self._compute_mode(exclusive=False)
 
     @property
     def pid(self) -> int | None:
