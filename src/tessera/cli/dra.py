@@ -50,6 +50,10 @@ def dra(
         help="Taint unhealthy devices NoSchedule (needs DRADeviceTaints) or withdraw them."),
     resync: float = typer.Option(30.0, "--resync", metavar="SECONDS",
                                  help="How often the ResourceSlices are checked and fixed."),
+    mps_root: Path | None = typer.Option(
+        None, "--mps-root", envvar="TESSERA_DRA_MPS_ROOT",
+        help="Where MPS claims' daemons keep pipes and logs (<root>/<claim uid>/) and clients "
+             "find /dev/shm (<root>/shm); default: mps/ beside the DRA socket."),
 ) -> None:
     """Serve the kubelet's DRA API for this node's GPUs and MIG placements until stopped.
 
@@ -61,7 +65,8 @@ def dra(
         wiring = DraSettings(node_name=node_name, driver=driver, kubelet_dir=kubelet_dir,
                              cdi_dir=cdi_dir, checkpoint=checkpoint,
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
-                             resync_seconds=resync, device_taints=device_taints)
+                             resync_seconds=resync, device_taints=device_taints,
+                             mps_root=mps_root)
         node = Node(open_backend(common.simulate, common.sim_state))
         asyncio.run(_serve(node, kubeconfig, wiring))
 

@@ -80,7 +80,7 @@ class MpsDaemon:
         self._on_change = on_change
         self._set_exclusive = set_exclusive
         self.down_reason: str | None = "MPS control daemon starting"
-        self._serving = asyncio.Event()
+        self._tried = asyncio.Event()  # set once the first start has served or failed
         self._process: asyncio.subprocess.Process | None = None
         self._task = asyncio.create_task(self._supervise(), name=f"mps {spec.name}")
 
@@ -93,19 +93,16 @@ class MpsDaemon:
         }
 
     def _set_down(self, reason: str | None) -> None:
-        if reason is None:
-            self._serving.set()
-        else:
-            self._serving.clear()
+        self._tried.set()
         if reason != self.down_reason:
             self.down_reason = reason
             self._on_change()
 
     async def serving(self, timeout: float) -> str | None:
-        """Wait up to `timeout` seconds for the daemon to serve; None once it does, else why
-        it does not."""
+        """Wait up to `timeout` seconds for the first start to serve or fail; None when the
+        daemon serves, else why it does not."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._serving.wait(), timeout)
+            await asyncio.wait_for(self._tried.wait(), timeout)
         return self.down_reason
 
     async def _control(self, commands: str) -> str:
