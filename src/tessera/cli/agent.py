@@ -161,7 +161,8 @@ def agent(
         KUBELET_DIR, "--kubelet-dir", envvar="TESSERA_KUBELET_DIR",
         help="The kubelet's root: DRA sockets go in plugins/<driver>/ and plugins_registry/."),
     cdi_dir: Path = typer.Option(DEFAULT_CDI_DIR, "--cdi-dir", envvar="TESSERA_CDI_DIR",
-                                 help="Where DRA writes the per-claim CDI specs."),
+                                 help="Where DRA writes the per-claim CDI specs (and the device "
+                                      "plugin its node-wide one, for cdi-* strategies)."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -202,7 +203,7 @@ def agent(
             plugin=PluginSettings(
                 socket_dir=socket_dir, kubelet_socket=socket_dir / KUBELET_SOCKET_NAME,
                 config_path=plugin_config, default_config=default_plugin_config,
-                env=dict(os.environ),
+                env=dict(os.environ), cdi_dir=cdi_dir,  # used by cdi-* strategies only
             ),
             mig=MigSettings(config_path=mig_config, force=force_mig,
                             reboot=_reboot(reboot_command),
