@@ -69,7 +69,9 @@ class Sharer:
              inventory: Inventory) -> SharingRecord | None:
         """What the claim's sharing will set, checked; None when it asks for none."""
         sharing = {a.device: a.sharing for a in allocated(claim, uid=uid, driver=driver,
-                                                          pool=pool)}
+                                                          pool=pool) if a.sharing is not None}
+        if not sharing:
+            return None  # the common claim: nothing more to read
         targets = publish(inventory, frozenset(d.device for d in planned if d.create)).targets
         views = {v.gpu.index: v for v in inventory.gpus}
         slices: dict[int, int] = {}
