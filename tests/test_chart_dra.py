@@ -63,7 +63,12 @@ def _schedules_on(daemonset: dict[str, Any], labels: dict[str, str]) -> bool:
 def test_dra_is_off_by_default_and_leaves_no_trace() -> None:
     r = render()
     assert list(_agents(r)) == ["tessera"]
-    assert not any(a.startswith(("--dra", "--kubelet-dir", "--cdi-dir")) for a in r.args)
+    assert not any(a.startswith(("--dra", "--kubelet-dir")) for a in r.args)
+    # The CDI directory is the host's on every node: the device plugin's cdi-* strategies
+    # name devices in the spec it writes there.
+    assert "--cdi-dir=/var/run/cdi" in r.args
+    assert r.host_paths()["/var/run/cdi"] == "/var/run/cdi"
+    assert not r.one("DaemonSet")["spec"]["template"]["spec"].get("hostPID")
     assert "DeviceClass" not in r.kinds
     assert all("resource.k8s.io" not in rule["apiGroups"]
                for rule in r.one("ClusterRole")["rules"])
@@ -471,3 +476,15 @@ def test_both_daemonsets_keep_valid_distinct_names_with_a_long_release_name() ->
             {**GROUPS, "fullnameOverride": name}).all("DaemonSet")]
         assert len(set(names)) == 2
         assert all(len(n) <= 63 and not n.endswith("-") and "--" not in n for n in names)
+
+
+def test_dra_nodes_run_claims_mps_daemons_under_the_mps_root_with_its_shm() -> None:
+    r = render({**ON, "mps": {"root": "/run/nvidia/mps"}})
+    assert "--dra-mps-root=/run/nvidia/mps" in r.args
+    hosts = r.host_paths()
+    assert hosts["/run/nvidia/mps"] == "/run/nvidia/mps"
+    assert hosts["/dev/shm"] == "/run/nvidia/mps/shm"  # the daemon's shm is the clients'
+    assert r.one("DaemonSet")["spec"]["template"]["spec"]["hostPID"] is True
+    off = render({**ON, "dra": {"enabled": True, "mps": False}})
+    assert not any(a.startswith("--dra-mps-root") for a in off.args)
+    assert "/dev/shm" not in off.host_paths()

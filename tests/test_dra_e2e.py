@@ -590,7 +590,10 @@ async def test_a_whole_gpu_claim_with_nvidias_gpuconfig_gets_the_gpu(
         answer = (await kubelet.prepare(DRIVER, [ClaimRef("default", uid, "render")]))[uid]
         assert answer.error == ""
         assert answer.devices[0].device_name == "gpu-2"
-        assert control.mutations() == mutations  # a whole GPU: nothing to create
+        # A whole GPU: nothing to create; TimeSlicing sets its interval (Default), as
+        # NVIDIA's driver does.
+        assert control.mutations() == mutations + 1
+        assert control.time_slices()[2] == 0
         spec = json.loads(next(settings.cdi_dir.glob("*.json")).read_text())
         assert spec["devices"][0]["containerEdits"]["env"] == [
             f"NVIDIA_VISIBLE_DEVICES={node.gpu(2).uuid}"]

@@ -39,7 +39,7 @@ from tessera.plugin.config import (
     with_overrides,
 )
 from tessera.plugin.config import overrides as pc
-from tessera.plugin.config.units import parse_duration, parse_memory
+from tessera.units import parse_duration, parse_memory
 
 SOURCE = "configs/plugin.yaml"
 GPU_UUID = "GPU-b1028956-cfa2-0990-bf4a-5da9abb51763"

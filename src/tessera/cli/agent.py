@@ -175,8 +175,13 @@ def agent(
     kubelet_dir: Path = typer.Option(
         KUBELET_DIR, "--kubelet-dir", envvar="TESSERA_KUBELET_DIR",
         help="The kubelet's root: DRA sockets go in plugins/<driver>/ and plugins_registry/."),
+    dra_mps_root: Path | None = typer.Option(
+        None, "--dra-mps-root", envvar="TESSERA_DRA_MPS_ROOT",
+        help="With --dra: where MPS claims' daemons keep pipes and logs (<root>/<claim uid>/) "
+             "and clients find /dev/shm (<root>/shm); default: mps/ beside the DRA socket."),
     cdi_dir: Path = typer.Option(DEFAULT_CDI_DIR, "--cdi-dir", envvar="TESSERA_CDI_DIR",
-                                 help="Where DRA writes the per-claim CDI specs."),
+                                 help="Where DRA writes the per-claim CDI specs (and the device "
+                                      "plugin its node-wide one, for cdi-* strategies)."),
     once: bool = typer.Option(False, "--once",
                               help="Converge once (MIG, labels), print the status, exit."),
 ) -> None:
@@ -197,7 +202,7 @@ def agent(
                 cdi_dir=cdi_dir, layout=dra_layout,  # type: ignore[arg-type]  # checked there
                 device_taints=dra_taints, follow_claims=follow_claims,
                 prepare_ahead=prepare_ahead,
-                binding_conditions=binding_conditions)
+                binding_conditions=binding_conditions, mps_root=dra_mps_root)
             if mig_manager:
                 log.info("DRA serves this node: MIG follows claims, nvidia.com/mig.config "
                          "is not applied")
@@ -219,7 +224,7 @@ def agent(
             plugin=PluginSettings(
                 socket_dir=socket_dir, kubelet_socket=socket_dir / KUBELET_SOCKET_NAME,
                 config_path=plugin_config, default_config=default_plugin_config,
-                env=dict(os.environ),
+                env=dict(os.environ), cdi_dir=cdi_dir,  # used by cdi-* strategies only
             ),
             mig=MigSettings(config_path=mig_config, force=force_mig,
                             reboot=_reboot(reboot_command),

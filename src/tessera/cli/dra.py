@@ -23,8 +23,8 @@ from tessera.hardware.backend import open_backend
 from tessera.hardware.node import Node
 from tessera.kube.dra import DraApi
 from tessera.plugin.config import default_config, with_overrides
-from tessera.plugin.config.units import parse_duration
 from tessera.plugin.config.values import DEFAULT_RECOVERY_SECONDS, Health
+from tessera.units import parse_duration
 
 log = logging.getLogger("tessera.dra")
 MAX_RECOVER_AFTER = 86400.0
@@ -79,6 +79,10 @@ def dra(
              "the scheduler binds only once the instance exists and retries elsewhere "
              "if it cannot be made. Default: where the API server keeps them "
              "(DRADeviceBindingConditions: beta, on in 1.36) and claims are prepared ahead."),
+    mps_root: Path | None = typer.Option(
+        None, "--mps-root", envvar="TESSERA_DRA_MPS_ROOT",
+        help="Where MPS claims' daemons keep pipes and logs (<root>/<claim uid>/) and clients "
+             "find /dev/shm (<root>/shm); default: mps/ beside the DRA socket."),
 ) -> None:
     """Serve the kubelet's DRA API for this node's GPUs and MIG placements until stopped.
 
@@ -92,7 +96,8 @@ def dra(
                              layout=layout,  # type: ignore[arg-type]  # checked by DraSettings
                              resync_seconds=resync, device_taints=device_taints,
                              follow_claims=follow_claims, prepare_ahead=prepare_ahead,
-                             binding_conditions=binding_conditions)
+                             binding_conditions=binding_conditions,
+                             mps_root=mps_root)
         health = _health(recover_after)
 
         def open_node() -> Node:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from tessera.cdi import DEFAULT_CDI_DIR
 from tessera.cli.bounds import Seconds, writable_dir
 from tessera.cli.common import reported, settings
 from tessera.errors import TesseraError
@@ -105,6 +106,14 @@ def plugin(
         help="Fail allocations when the IMEX channels are missing (IMEX_REQUIRED)."),
     refresh: float = typer.Option(2.0, "--refresh", metavar="SECONDS", parser=Seconds(),
                                   help="How often to re-read the MIG layout."),
+    cdi_dir: Path = typer.Option(
+        DEFAULT_CDI_DIR, "--cdi-dir", envvar="TESSERA_CDI_DIR",
+        help="Where the CDI spec for the cdi-annotations / cdi-cri strategies is written "
+             "(k8s.device-plugin.nvidia.com-gpu.json)."),
+    cdi_spec: bool = typer.Option(
+        True, "--cdi-spec/--no-cdi-spec",
+        help="Write that spec; --no-cdi-spec leaves it to another writer of kind "
+             "k8s.device-plugin.nvidia.com/gpu."),
 ) -> None:
     """Serve every GPU, MIG device and shared replica to the kubelet until stopped.
 
@@ -145,6 +154,7 @@ def plugin(
         overrides=overrides,
         env=dict(os.environ),
         refresh_seconds=refresh,
+        cdi_dir=cdi_dir if cdi_spec else None,
     )
 
     def open_node() -> Node:

@@ -1,40 +1,32 @@
 """CDI specs for prepared claims: one transient spec per claim, CDI v1.1.0, as NVIDIA's DRA
 driver writes them (vendor `k8s.<driver>`, class `claim`, device `<claim uid>-<device>`), so
-a container runtime with CDI enabled injects exactly the claim's devices.
-
-Each device gets the GPU's device node, the control nodes every CUDA process needs, for a
-MIG device its capability nodes (from the driver's `mig-minors` table when the host has one),
-and `NVIDIA_VISIBLE_DEVICES` set to the GPU's or MIG device's UUID. Files are written
-atomically (a runtime never reads half a spec) and removed on unprepare.
+a container runtime with CDI enabled injects exactly the claim's devices (the writer is
+`tessera.cdi`, shared with the device plugin). Removed on unprepare.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CDI_VERSION = "1.1.0"
-DEFAULT_CDI_DIR = Path("/var/run/cdi")
-MIG_MINORS = Path("/proc/driver/nvidia-caps/mig-minors")
+from tessera.cdi import (
+    CDI_VERSION,
+    CONTROL_NODES,
+    DEFAULT_CDI_DIR,
+    MIG_MINORS,
+    CdiDevice,
+    container_edits,
+    read_mig_minors,
+    write_atomically,
+)
+from tessera.cdi import spec as cdi_spec
+
+__all__ = ["CDI_VERSION", "CONTROL_NODES", "DEFAULT_CDI_DIR", "MIG_MINORS", "CdiDevice",
+           "device_id", "read_mig_minors", "remove_spec", "spec", "spec_path", "vendor",
+           "write_spec"]
 CLASS = "claim"
-CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
-
-
-@dataclass(frozen=True, slots=True)
-class CdiDevice:
-    """One device of a claim: its published name, the GPU's minor, and the UUID the
-    container sees; for MIG, the GPU-instance and compute-instance IDs (for the capability
-    nodes)."""
-
-    name: str
-    minor: int
-    uuid: str
-    mig: tuple[int, int] | None = None  # (GPU instance ID, compute instance ID)
 
 
 def vendor(driver: str) -> str:
@@ -52,56 +44,15 @@ def spec_path(cdi_dir: Path, driver: str, claim_uid: str) -> Path:
     return cdi_dir / f"{safe}.json"
 
 
-def read_mig_minors(path: Path = MIG_MINORS) -> dict[str, int]:
-    """`gpu0/gi1/access` -> its /dev/nvidia-caps minor; empty where the host has no table."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return {}
-    minors: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            minors[parts[0]] = int(parts[1])
-    return minors
-
-
 def spec(driver: str, claim_uid: str, devices: Sequence[CdiDevice],
          mig_minors: Mapping[str, int]) -> dict[str, Any]:
-    entries = []
-    for device in devices:
-        nodes = [f"/dev/nvidia{device.minor}"]
-        if device.mig is not None:
-            gi, ci = device.mig
-            base = f"gpu{device.minor}/gi{gi}"
-            for cap in (f"{base}/access", f"{base}/ci{ci}/access"):
-                if cap in mig_minors:
-                    nodes.append(f"/dev/nvidia-caps/nvidia-cap{mig_minors[cap]}")
-        entries.append({
-            "name": f"{claim_uid}-{device.name}",
-            "containerEdits": {
-                "env": [f"NVIDIA_VISIBLE_DEVICES={device.uuid}"],
-                "deviceNodes": [{"path": p} for p in nodes],
-            },
-        })
-    return {
-        "cdiVersion": CDI_VERSION,
-        "kind": f"{vendor(driver)}/{CLASS}",
-        "devices": entries,
-        "containerEdits": {"deviceNodes": [{"path": p} for p in CONTROL_NODES]},
-    }
+    return cdi_spec(f"{vendor(driver)}/{CLASS}",
+                    [(f"{claim_uid}-{d.name}", container_edits(d, mig_minors))
+                     for d in devices])
 
 
 def write_spec(cdi_dir: Path, driver: str, claim_uid: str, body: Mapping[str, Any]) -> Path:
-    path = spec_path(cdi_dir, driver, claim_uid)
-    cdi_dir.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    # The rename alone makes the write atomic for readers; no fsync, since the spec is
-    # transient (runtimes read /var/run/cdi, cleared at boot) and the checkpoint, not the
-    # spec, is what survives a crash.
-    scratch.write_text(json.dumps(body, indent=2))
-    os.replace(scratch, path)
-    return path
+    return write_atomically(spec_path(cdi_dir, driver, claim_uid), body)
 
 
 def remove_spec(cdi_dir: Path, driver: str, claim_uid: str) -> None:

@@ -13,6 +13,11 @@ Each record says whether the kubelet has asked for the claim (`kubelet`): one pr
 at allocation, that the kubelet never asked for is the plugin's to undo when the allocation
 goes; one the kubelet asked for waits for its NodeUnprepareResources. Files written before
 the field existed read as asked for, which they were.
+
+A claim that shares its GPUs also records what its sharing set on the node (time-slice
+intervals, its MPS daemon), so unprepare undoes exactly that and a restarted plugin starts the
+daemons of its prepared claims again. Records written before sharing existed read as claims
+without it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tessera.dra.sharing import MpsDeviceLimit
 from tessera.errors import ConfigError
 
 State = Literal["PrepareStarted", "PrepareCompleted"]
@@ -46,6 +52,25 @@ class PreparedDevice:
 
 
 @dataclass(frozen=True)
+class MpsRecord:
+    """The claim's MPS control daemon: its directories' root, the per-client thread
+    percentage, and each device it serves (in the order clients see them)."""
+
+    root: str
+    thread_percentage: int | None
+    devices: tuple[MpsDeviceLimit, ...]
+
+
+@dataclass(frozen=True)
+class SharingRecord:
+    """What a claim's sharing set on the node: (GPU, time-slice value) per whole GPU it
+    time-slices, and its MPS daemon."""
+
+    time_slices: tuple[tuple[int, int], ...] = ()
+    mps: MpsRecord | None = None
+
+
+@dataclass(frozen=True)
 class ClaimRecord:
     uid: str
     namespace: str
@@ -53,6 +78,7 @@ class ClaimRecord:
     state: State
     devices: tuple[PreparedDevice, ...] = field(default=())
     kubelet: bool = True  # whether the kubelet has asked for it (see the module docstring)
+    sharing: SharingRecord | None = None
 
 
 class Checkpoint:
@@ -119,4 +145,17 @@ def _record(uid: str, entry: dict[str, Any]) -> ClaimRecord:
                        cdi_ids=tuple(d.get("cdi_ids", ())), uuid=str(d.get("uuid", "")))
         for d in entry.get("devices", ()))
     return ClaimRecord(uid, entry["namespace"], entry["name"], entry["state"], devices,
-                       kubelet=bool(entry.get("kubelet", True)))
+                       kubelet=bool(entry.get("kubelet", True)),
+                       sharing=_sharing(entry.get("sharing")))
+
+
+def _sharing(entry: dict[str, Any] | None) -> SharingRecord | None:
+    if not entry:
+        return None
+    mps = entry.get("mps")
+    return SharingRecord(
+        time_slices=tuple((int(g), int(v)) for g, v in entry.get("time_slices", ())),
+        mps=None if not mps else MpsRecord(
+            root=str(mps["root"]), thread_percentage=mps.get("thread_percentage"),
+            devices=tuple(MpsDeviceLimit(str(d["device"]), int(d["gpu"]), d.get("pinned_mib"))
+                          for d in mps.get("devices", ()))))

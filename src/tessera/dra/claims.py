@@ -14,24 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tessera.dra.sharing import Sharing, parse_sharing
 from tessera.errors import ClaimError
 
 Obj = dict[str, Any]
 CONFIG_API_VERSION = "resource.nvidia.com/v1beta1"
 CONFIG_KINDS = {"GpuConfig": "gpu", "MigDeviceConfig": "mig"}
 MAX_PARAMETERS_BYTES = 10 * 1024  # the API server's own limit on opaque parameters
-STRATEGIES = ("TimeSlicing", "MPS")
 
 
 @dataclass(frozen=True, slots=True)
 class Allocated:
     """One device allocated to the claim by this driver: its name in this node's pool and the
-    requests it serves; `config` is the kind of the opaque config applied to it, if any."""
+    requests it serves; `config` is the kind of the opaque config applied to it, if any, and
+    `sharing` the sharing that config asks for."""
 
     device: str
     pool: str
     requests: tuple[str, ...]
     config: str | None = None
+    sharing: Sharing | None = None
 
 
 def _where(claim: Obj) -> str:
@@ -64,26 +66,32 @@ def allocated(claim: Obj, *, uid: str, driver: str, pool: str) -> tuple[Allocate
     configs = _configs(where, devices.get("config") or [], driver)
     out = []
     for device, requests in by_device.items():
-        kinds = {configs[r] for r in requests if r in configs} | (
+        chosen = {configs[r] for r in requests if r in configs} or (
             {configs["*"]} if "*" in configs else set())
+        kinds = {kind for kind, _ in chosen} | ({configs["*"][0]} if "*" in configs else set())
         if len(kinds) > 1:
             raise ClaimError(f"{where}: device {device} gets configs of kinds "
                              f"{sorted(kinds)}; give each request one kind")
-        out.append(Allocated(device, pool, tuple(requests), next(iter(kinds), None)))
+        sharings = {sharing for _, sharing in chosen}
+        if len(sharings) > 1:
+            raise ClaimError(f"{where}: device {device} serves requests whose configs ask "
+                             "for different sharing; give its requests one config")
+        kind, sharing = next(iter(chosen), (None, None))
+        out.append(Allocated(device, pool, tuple(requests), kind, sharing))
     return tuple(out)
 
 
-def _configs(where: str, entries: list[Obj], driver: str) -> dict[str, str]:
-    """Request name ("*" for all) -> the kind of the opaque config applied to it (the last
-    one wins, as the API documents for configs listed later)."""
-    applied: dict[str, str] = {}
+def _configs(where: str, entries: list[Obj], driver: str) -> dict[str, tuple[str, Sharing | None]]:
+    """Request name ("*" for all) -> the kind of the opaque config applied to it and the
+    sharing it asks for (the last one wins, as the API documents for configs listed later)."""
+    applied: dict[str, tuple[str, Sharing | None]] = {}
     for number, entry in enumerate(entries):
         opaque = entry.get("opaque") or {}
         if opaque.get("driver") != driver:
             continue
-        kind = check_parameters(f"{where}, config {number}", opaque.get("parameters"))
+        parsed = read_parameters(f"{where}, config {number}", opaque.get("parameters"))
         for request in entry.get("requests") or ["*"]:
-            applied[_base(request)] = kind
+            applied[_base(request)] = parsed
     return applied
 
 
@@ -94,6 +102,12 @@ def _base(request: str) -> str:
 
 def check_parameters(where: str, parameters: object) -> str:
     """The kind of a valid opaque config; ClaimError naming what is wrong otherwise."""
+    return read_parameters(where, parameters)[0]
+
+
+def read_parameters(where: str, parameters: object) -> tuple[str, Sharing | None]:
+    """The kind of a valid opaque config and the sharing it asks for; ClaimError naming what
+    is wrong otherwise."""
     if not isinstance(parameters, Mapping):
         raise ClaimError(f"{where}: opaque parameters must be an object with apiVersion "
                          f"{CONFIG_API_VERSION} and kind GpuConfig or MigDeviceConfig")
@@ -110,21 +124,10 @@ def check_parameters(where: str, parameters: object) -> str:
         raise ClaimError(f"{where}: {kind} has no field {unknown[0]!r}; it has `sharing`")
     sharing = parameters.get("sharing")
     if sharing is None:
-        return str(kind)
+        return str(kind), None
     if not isinstance(sharing, Mapping):
         raise ClaimError(f"{where}: {kind}.sharing must be an object with a `strategy`")
-    strategy = sharing.get("strategy")
-    if strategy not in STRATEGIES:
-        raise ClaimError(f"{where}: unknown GPU sharing strategy {strategy!r}; use one of "
-                         f"{', '.join(STRATEGIES)}")
-    if strategy == "MPS":
-        raise ClaimError(f"{where}: sharing strategy MPS is not supported by Tessera's DRA "
-                         "plugin yet; use TimeSlicing, or Tessera's device plugin for MPS")
-    interval = (sharing.get("timeSlicingConfig") or {}).get("interval", "Default")
-    if interval != "Default":
-        raise ClaimError(f"{where}: time-slice interval {interval!r} is not supported by "
-                         "Tessera's DRA plugin yet; leave it at Default")
-    return str(kind)
+    return str(kind), parse_sharing(where, str(kind), sharing)
 
 
 def device_type_matches(kind: str | None, device_type: str) -> bool:

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from tessera.dra import cdi
-from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice
+from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice, SharingRecord
 from tessera.dra.claims import allocated, device_type_matches
 from tessera.dra.devices import Publication, Target, publish
 from tessera.dra.inventory import GpuView, Inventory, read_inventory
+from tessera.dra.sharer import Sharer
 from tessera.errors import ApplyError, ClaimError, MigConfigError, TemporaryError, TesseraError
 from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
@@ -71,13 +72,17 @@ class Preparer:
     time, as the kubelet plugin library serialises them."""
 
     def __init__(self, node: Node, *, driver: str, pool: str, cdi_dir: Path,
-                 checkpoint: Checkpoint, mig_minors: Path = cdi.MIG_MINORS) -> None:
+                 checkpoint: Checkpoint, mig_minors: Path = cdi.MIG_MINORS,
+                 mps_root: Path | None = None) -> None:
         self.node = node
         self.driver = driver
         self.pool = pool
         self.cdi_dir = cdi_dir
         self.checkpoint = checkpoint
         self.mig_minors = mig_minors
+        # Time-slicing and MPS (`tessera.dra.sharer`); MPS daemons' directories by default
+        # beside the checkpoint, as NVIDIA's driver keeps them under its plugin directory.
+        self.sharer = Sharer(node, mps_root or checkpoint.path.parent / "mps")
         self._lock = threading.Lock()
         # Claims the kubelet asked for whose record may not say so yet (the answer from
         # memory does not wait for the write), and claims the kubelet has unprepared.
@@ -187,19 +192,24 @@ class Preparer:
             raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")
         inventory = read_inventory(self.node)
         planned = self._plan(ref, claim, records, inventory)
-        if any(d.create for d in planned):
+        shared = self.sharer.plan(f"ResourceClaim {ref.namespace}/{ref.name}", ref.uid, claim,
+                                  driver=self.driver, pool=self.pool, planned=planned,
+                                  records=records, inventory=inventory)
+        if any(d.create for d in planned) or shared is not None:
             # Before the first change to a GPU, so a restarted plugin knows the instances
-            # are ours; a claim that creates nothing has nothing to adopt.
+            # (and the sharing) are ours; a claim that changes nothing has nothing to adopt.
             self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                            "PrepareStarted", planned, kubelet))
+                                            "PrepareStarted", planned, kubelet,
+                                            sharing=shared))
         try:
             for device in planned:
                 if device.create is not None and _instance(self.node, device) is None:
                     self._create(ref, device)
-            done = self._write_cdi(ref, planned)
+            done = self._write_cdi(ref, planned, shared)
         except (TesseraError, OSError) as e:
             where = f"ResourceClaim {ref.namespace}/{ref.name}"
             try:
+                self.sharer.release(ref.uid, shared, self.checkpoint.load())
                 # Every instance the record names is ours, adopted ones included.
                 self._roll_back([d for d in planned if d.create is not None])
             except TesseraError as undo:
@@ -210,7 +220,8 @@ class Preparer:
             raise PrepareError(f"{where}: {e}; what was created for it has been "
                                "destroyed again") from e
         self.checkpoint.put(ClaimRecord(ref.uid, ref.namespace, ref.name,
-                                        "PrepareCompleted", done, kubelet))
+                                        "PrepareCompleted", done, kubelet,
+                                        sharing=shared))
         return done
 
     def _plan(self, ref: ClaimRef, claim: Obj, records: Mapping[str, ClaimRecord],
@@ -293,15 +304,16 @@ class Preparer:
         for device in reversed(list(made)):
             self._destroy(device)
 
-    def _write_cdi(self, ref: ClaimRef, planned: tuple[PreparedDevice, ...]) -> (
-        tuple[PreparedDevice, ...]
-    ):
+    def _write_cdi(self, ref: ClaimRef, planned: tuple[PreparedDevice, ...],
+                   shared: SharingRecord | None = None) -> tuple[PreparedDevice, ...]:
         inventory = read_inventory(self.node)
         views = {v.gpu.index: v for v in inventory.gpus}
         owned = {d.device for d in planned if d.create}
         targets = publish(inventory, owned | _owned(self.checkpoint.load().values())).targets
         entries = [_cdi_device(views[d.gpu], targets.get(d.device), d, self.node)
                    for d in planned]
+        if shared is not None:
+            entries = self.sharer.apply(ref.uid, shared, entries)
         body = cdi.spec(self.driver, ref.uid, entries, cdi.read_mig_minors(self.mig_minors))
         cdi.write_spec(self.cdi_dir, self.driver, ref.uid, body)
         return tuple(replace(d, cdi_ids=(cdi.device_id(self.driver, ref.uid, d.device),),
@@ -330,6 +342,8 @@ class Preparer:
             cdi.remove_spec(self.cdi_dir, self.driver, uid)
             return
         try:
+            # The MPS server holds the claim's devices: it goes before their instances do.
+            self.sharer.release(uid, record.sharing, self.checkpoint.load())
             for device in reversed(record.devices):
                 if device.create is not None and _exists(self.node, device):
                     self._destroy(device)

@@ -88,6 +88,7 @@ class DraSettings:
     registry_check_seconds: float = 1.0
     health_seconds: float = 5.0
     mig_minors: Path = cdi.MIG_MINORS
+    mps_root: Path | None = None  # default: mps/ beside dra.sock (MPS claims' daemons)
     # Unhealthy devices: NoSchedule taints (True) or left out of the slices (False).
     device_taints: bool = True
     # Follow claims by watch (needs list/watch on ResourceClaims cluster-wide); off: read
@@ -141,6 +142,10 @@ class DraSettings:
     def checkpoint_file(self) -> Path:
         return self.checkpoint or self.plugin_dir / "checkpoint.json"
 
+    @property
+    def mps_dir(self) -> Path:
+        return self.mps_root or self.plugin_dir / "mps"
+
 
 @dataclass
 class RegistrationState:
@@ -164,7 +169,8 @@ class DraPlugin:
         self.preparer = Preparer(node, driver=settings.driver, pool=settings.node_name,
                                  cdi_dir=settings.cdi_dir,
                                  checkpoint=Checkpoint(settings.checkpoint_file),
-                                 mig_minors=settings.mig_minors)
+                                 mig_minors=settings.mig_minors,
+                                 mps_root=settings.mps_dir)
         self.claims = claim_mirror(api, settings.driver, settings.node_name)
         self.reports = ClaimReports(api, driver=settings.driver, pool=settings.node_name)
         self.ahead = Ahead(self.claims, self.preparer, self.reports, changed=self.publish_soon,
@@ -216,6 +222,9 @@ class DraPlugin:
             (v1beta1rpc.add_DRAPluginServicer_to_server, _servicer(v1beta1, v1beta1rpc, self)),
             *self.health_service.servicers(),  # health v1 and v1alpha1
         ])
+        self.preparer.sharer.attach(asyncio.get_running_loop())
+        await self.preparer.sharer.restore(
+            await asyncio.to_thread(self.preparer.checkpoint.load))
         await self.publish()
         await self._serve_registration()
         self._tasks = [asyncio.create_task(self._resync()),
@@ -240,6 +249,7 @@ class DraPlugin:
                 # A moment's grace for the health streams to end as close() told them.
                 await server.stop(_STOP_GRACE_SECONDS)
         self._registrar = self._dra = None
+        await self.preparer.sharer.stop()
         for path in (self.settings.registration_socket, self.settings.dra_socket):
             path.unlink(missing_ok=True)
 

@@ -309,6 +309,18 @@ class Node:
         with self._call("set the compute mode", index):
             self.nvml.nvmlDeviceSetComputeMode(self._handle(index), mode)
 
+    def set_time_slice(self, index: int, value: int) -> None:
+        """The GPU's time-slice interval (0 Default, 1 Short, 2 Medium, 3 Long): how long each
+        process runs before the GPU switches to the next, for whole GPUs shared by time."""
+        uuid = self.gpu(index).uuid
+        try:
+            self.backend.set_time_slice(index, uuid, value)
+        except self.nvml.NVMLError as e:  # the simulator answers like NVML
+            raise HardwareError(
+                f"GPU {index}: setting the time-slice interval failed: NVML error {e.value} "
+                f"({_nvml_reason(e.value)})", code=e.value, gpu=index,
+            ) from e
+
     def _pci_info(self, index: int) -> Any:
         # The drain calls take a PCI address, not a handle: a drained GPU has none.
         with self._call("read PCI information", index):

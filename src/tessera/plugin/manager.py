@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tessera.cdi import MIG_MINORS, read_mig_minors
 from tessera.errors import HardwareError, PluginConfigError, TemporaryError
 from tessera.files import content_digest
 from tessera.hardware.events import XidEvent
 from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
+from tessera.plugin.cdi_spec import node_spec, write_node_spec
 from tessera.plugin.config import ConfigSet, PluginConfig, default_config, load_set, with_overrides
 from tessera.plugin.health import HealthBook, XidListener
 from tessera.plugin.inventory import GpuView, Inventory, read_inventory, read_topology
@@ -60,6 +62,10 @@ class PluginSettings:
     """How the plugin is wired to the node: paths, config and timings."""
 
     socket_dir: Path = DEVICE_PLUGIN_PATH
+    # Where the node-wide CDI spec for the cdi-* strategies goes; None: written by someone
+    # else (NVIDIA's toolkit or plugin), or no CDI strategy in use.
+    cdi_dir: Path | None = None
+    mig_minors: Path = MIG_MINORS
     kubelet_socket: Path | None = None  # default: <socket_dir>/kubelet.sock
     config_path: Path | None = None  # a file or a directory of named configs
     config_name: str | None = None
@@ -123,6 +129,7 @@ class DevicePlugin:
         self._instance = InstanceLock(settings.socket_dir / LOCK_NAME,
                                       f"the device plugin sockets in {settings.socket_dir}")
         self._waiting_logged: float | None = None
+        self._cdi_written: dict[str, Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -496,7 +503,26 @@ class DevicePlugin:
             await self._register(name)
         if self._mps is not None:
             await self._mps.sync(self.plan, self.config)
+        await self._write_cdi_spec()
         self._publish_now()
+
+    async def _write_cdi_spec(self) -> None:
+        """Keep the node-wide CDI spec current while a cdi-* strategy hands out its names."""
+        cdi_dir = self.settings.cdi_dir
+        strategies = self.config.flags.plugin.device_list_strategy
+        if cdi_dir is None or not any(s.startswith("cdi-") for s in strategies):
+            return
+        body = node_spec(self.inventory, read_mig_minors(self.settings.mig_minors))
+        if body == self._cdi_written:
+            return
+        try:
+            path = await self._blocking(write_node_spec, cdi_dir, body)
+        except OSError as e:
+            log.error("cannot write the CDI spec in %s (%s): containers given CDI names will "
+                      "not start; check that the directory is mounted and writable", cdi_dir, e)
+            return
+        self._cdi_written = body
+        log.info("CDI spec %s lists %d devices", path, len(body["devices"]))
 
     async def _register(self, name: str) -> None:
         if not self.settings.register:

@@ -138,6 +138,15 @@ class SimulatorControl:
                 gpu.lost = False
                 gpu.drained = False
                 gpu.compute_mode = 0
+                gpu.time_slice = 0
+
+    def time_slices(self) -> dict[int, int]:
+        """GPU index -> its time-slice interval (0 Default .. 3 Long), as last set."""
+        return {g.index: g.time_slice for g in self.store.read().gpus}
+
+    def compute_modes(self) -> dict[int, int]:
+        """GPU index -> its NVML compute mode (3: exclusive process, while MPS owns it)."""
+        return {g.index: g.compute_mode for g in self.store.read().gpus}
 
     def reset(self) -> None:
         self.store.reset()

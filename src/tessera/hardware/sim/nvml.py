@@ -900,6 +900,17 @@ class SimulatedNvml(TelemetryMixin):
             gpu.gpu_instances.clear()
             gpu.lost = False
 
+    def set_time_slice(self, index: int, value: int) -> None:
+        """What `nvidia-smi compute-policy -i <gpu> --set-timeslice <value>` does: the GPU's
+        time-slice interval (0 Default, 1 Short, 2 Medium, 3 Long), refused on a lost GPU."""
+        with self._mutate("set_time_slice") as state:
+            gpu = state.gpus[index] if 0 <= index < len(state.gpus) else None
+            if gpu is None or not 0 <= value <= 3:
+                raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            if gpu.lost:
+                raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+            gpu.time_slice = value
+
     def processes(self) -> list[SimProcess]:
         """Every simulated process (for `tessera sim process list`)."""
         return list(self._state().processes)

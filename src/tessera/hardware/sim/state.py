@@ -56,6 +56,7 @@ class SimGpu(_Model):
     lost: bool = False
     drained: bool = False  # NVML's drain state: the driver keeps new work off the GPU
     compute_mode: int = 0  # NVML_COMPUTEMODE_*; 3 (exclusive process) while MPS serves it
+    time_slice: int = 0  # `nvidia-smi compute-policy --set-timeslice` value: 0 Default .. 3 Long
     gpu_instances: list[SimGpuInstance] = Field(default_factory=list)
     # Energy drawn up to `energy_at` (unix time; None: since the node booted). Power changes only
     # when loads do, so banking at each load change keeps the energy counter exact and monotonic.

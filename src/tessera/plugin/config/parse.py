@@ -28,7 +28,6 @@ from tessera.plugin.config.messages import (
 from tessera.plugin.config.names import _extended_name_problem, _full_name
 from tessera.plugin.config.rules import _strategy_warnings
 from tessera.plugin.config.sharing import _sharing
-from tessera.plugin.config.units import go_duration_problem, parse_duration
 from tessera.plugin.config.values import (
     DEFAULT_IGNORED_XIDS,
     DEFAULT_RECOVERY_SECONDS,
@@ -55,6 +54,7 @@ from tessera.plugin.config.wire import (
     _TesseraWire,
 )
 from tessera.textinput import load_yaml, read_text
+from tessera.units import go_duration_problem, parse_duration
 
 _T = TypeVar("_T", bound=str)
 

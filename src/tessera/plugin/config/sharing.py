@@ -23,7 +23,6 @@ from tessera.plugin.config.names import (
     _full_name,
     _is_mig_name,
 )
-from tessera.plugin.config.units import MIB, parse_memory
 from tessera.plugin.config.values import (
     _KIND_KEYS,
     DeviceSelector,
@@ -40,6 +39,7 @@ from tessera.plugin.config.wire import (
     _SharingKindWire,
     _SharingWire,
 )
+from tessera.units import MIB, parse_memory
 
 
 def _sharing(

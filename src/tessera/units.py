@@ -1,10 +1,11 @@
-"""The two units a device plugin config value can carry: memory sizes and durations.
+"""The two units config values carry (the device plugin config, DRA opaque configs): memory
+sizes and durations.
 
 Memory is written as a Kubernetes quantity (`10Gi`, `512Mi`, `10G`, `1.5Gi`, `1e9`, or a plain
 number of bytes), as in pod resource limits, so the same spelling works in both places.
 Durations are written as Go durations (`90s`, `5m`, `1h30m`, `500ms`), as NVIDIA's GFD
 `sleepInterval` is, or as a plain number of seconds. Both parsers raise `ValueError` with a
-message meant for the user; `tessera.plugin.config` adds where the value sits.
+message meant for the user; the caller adds where the value sits.
 """
 
 from __future__ import annotations
