@@ -336,3 +336,16 @@ def test_reconcile_converges_with_a_consistent_pool_from_any_history(
                 sorted(stored.values(), key=lambda s: s["metadata"]["name"])] == [
             {**d["spec"], "pool": None} for d in desired]
         assert len(reconcile(desired, list(stored.values()))) == 0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_many_devices_without_counters_fit_the_limit_a_taint_sets(layout: str) -> None:
+    # 1.35: at most 64 devices in a slice once any carries a taint, and health may taint any
+    # device later, so plain devices never share a slice past 64 either.
+    devices = tuple({"name": f"gpu-{i}", "attributes": {}, "taints": [
+        {"key": f"{DRIVER}/xid", "value": "48", "effect": "NoSchedule"}]} for i in range(150))
+    publication = Publication((), devices, {d["name"]: Target(d["name"], i)
+                                            for i, d in enumerate(devices)})
+    slices = desired_slices(publication, driver=DRIVER, node="node-a", layout=layout)
+    assert [len(s["spec"]["devices"]) for s in slices] == [64, 64, 22]
+    assert [d for s in slices for d in s["spec"]["devices"]] == list(devices)

@@ -5,12 +5,12 @@ Two layouts (`resource.k8s.io/v1`, KEP-4815):
 
 - `split` (Kubernetes 1.35 and later): counter sets in slices of their own (at most 8 sets
   each), then one device slice per GPU (split further past 64 devices; the GPUs without
-  counters share slices of at most 128).
+  counters share slices of at most 64, the limit once any device carries a taint).
 - `combined` (1.34): each slice holds whole GPUs' counter sets together with the devices that
-  consume them, at most 32 counters and 64 devices per slice; GPUs without counters go in
-  device-only slices of at most 128. A device must sit in its counter set's slice, so a GPU
-  with more placements than one slice holds publishes the first ones in order (no product
-  comes near: an H100 has 25).
+  consume them, at most 32 counters and 64 devices per slice. A device must sit in its
+  counter set's slice, so a GPU with more placements than one slice holds publishes the
+  first ones in order (no product comes near: an H100 has 25). GPUs without counters go in
+  device-only slices of at most 64.
 
 All slices of the node form one pool named after the node. `pool.generation` and
 `pool.resourceSliceCount` stay consistent: while the slice names stay the same, a changed
@@ -39,7 +39,11 @@ LAYOUTS: tuple[Layout, ...] = ("split", "combined")
 class Limits:
     """Per-slice limits of `resource.k8s.io/v1` (1.35 `types.go`; 1.34 for `counters`)."""
 
-    devices: int = 128
+    # 128 devices, but 64 "if any device uses taints or consumes counters": health may taint
+    # any device at any moment, and a slice's shape must not change with health (that would
+    # bump the pool generation and rewrite every slice), so devices without counters go 64
+    # to a slice too.
+    devices: int = 64
     devices_with_counters: int = 64
     counter_sets: int = 8
     counters: int = 32  # 1.34: counters over all sets of one slice
