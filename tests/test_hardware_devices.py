@@ -21,7 +21,7 @@ from tessera.errors import HardwareError
 from tessera.hardware import node as node_module
 from tessera.hardware.backend import real_backend
 from tessera.hardware.events import XidEvent, XidWatcher
-from tessera.hardware.model import MigDevice
+from tessera.hardware.model import MigDevice, Placement
 from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
 from tessera.hardware.sim.state import SimStore
@@ -458,3 +458,39 @@ def test_mps_daemon_needs_its_pipe_directory(
                           capture_output=True, timeout=30, check=False)
     assert done.returncode == 2
     assert "CUDA_MPS_PIPE_DIRECTORY" in done.stderr
+
+
+@pytest.mark.parametrize("between", ["nvmlDeviceGetMigDeviceHandleByIndex",
+                                     "nvmlDeviceGetGpuInstances"])
+def test_an_instance_destroyed_while_the_gpu_is_read_is_simply_gone(
+    tmp_path: Path, between: str
+) -> None:
+    # Another thread (an unprepare, the MIG manager) may destroy an instance between the
+    # listing and the reads that follow: the read says it is gone, not an NVML error.
+    node, _ = make_node("dgx-a100", tmp_path / "sim.json")
+    if not node.mig_state(0).mode.current:
+        node.set_mig_mode(0, True)
+        node.reset(0)
+    profile = next(p for p in node.gpu_instance_profiles(0) if p.name == "3g.40gb")
+    gi = node.create_gpu_instance(0, profile.id, Placement(4, 4))
+    ci_profile = node.compute_instance_profiles(profile)[-1]
+    node.create_compute_instance(0, gi, ci_profile.id, Placement(0, ci_profile.slices))
+    listed = getattr(node.nvml, between)
+    armed = [True]
+
+    def list_then_destroy(*args: Any) -> Any:
+        result = listed(*args)
+        # Armed for the listing that finds it: the 3g's GPU instances, or any MIG handle.
+        if armed[0] and (between != "nvmlDeviceGetGpuInstances" or args[1] == profile.id):
+            armed[0] = False
+            for c in node.mig_state(0).gpu_instances[0].compute_instances:
+                node.destroy_compute_instance(0, gi, c.id)
+            node.destroy_gpu_instance(0, gi)
+        return result
+
+    setattr(node.nvml, between, list_then_destroy)
+    try:
+        assert node.mig_state(0).gpu_instances == ()
+        assert node.mig_devices(0) == ()
+    finally:
+        setattr(node.nvml, between, listed)

@@ -415,17 +415,21 @@ class Node:
         instances: list[GpuInstance] = []
         for profile in self.gpu_instance_profiles(index):
             for gi in self._gpu_instances(h, profile.id, index):
-                with self._call("read a GPU instance", index):
-                    info = self.nvml.nvmlGpuInstanceGetInfo(gi)
-                gi_id = int(info.id)
+                try:
+                    with self._call("read a GPU instance", index):
+                        info = self.nvml.nvmlGpuInstanceGetInfo(gi)
+                    gi_id = int(info.id)
+                    cis = self._compute_instances(gi, profile, gi_id, uuids, index)
+                except HardwareError as e:
+                    if not self._is(e, "NVML_ERROR_NOT_FOUND"):
+                        raise
+                    continue  # destroyed since it was listed
                 instances.append(
                     GpuInstance(
                         id=gi_id,
                         profile_id=int(info.profileId),
                         placement=Placement(int(info.placement.start), int(info.placement.size)),
-                        compute_instances=self._compute_instances(
-                            gi, profile, gi_id, uuids, index
-                        ),
+                        compute_instances=cis,
                     )
                 )
         return GpuMigState(
@@ -489,10 +493,16 @@ class Node:
     def _mig_uuids(self, h: Any, index: int) -> dict[tuple[int, int], str]:
         uuids: dict[tuple[int, int], str] = {}
         for _, mig in self._mig_handles(h, index):
-            with self._call("read a MIG device", index):
-                key = (int(self.nvml.nvmlDeviceGetGpuInstanceId(mig)),
-                       int(self.nvml.nvmlDeviceGetComputeInstanceId(mig)))
-                uuids[key] = _text(self.nvml.nvmlDeviceGetUUID(mig))
+            try:
+                with self._call("read a MIG device", index):
+                    key = (int(self.nvml.nvmlDeviceGetGpuInstanceId(mig)),
+                           int(self.nvml.nvmlDeviceGetComputeInstanceId(mig)))
+                    uuids[key] = _text(self.nvml.nvmlDeviceGetUUID(mig))
+            except HardwareError as e:
+                if not self._is(e, "NVML_ERROR_NOT_FOUND"):
+                    raise
+                # Destroyed between the listing and this read (another thread's unprepare,
+                # say): it is gone, as the instances read next will say.
         return uuids
 
     def mig_devices(self, index: int) -> tuple[MigDevice, ...]:
@@ -509,11 +519,16 @@ class Node:
         gi_profile_ids: dict[int, int] = {}
         found: list[MigDevice] = []
         for slot, mig in self._mig_handles(h, index):
-            with self._call(f"read MIG device {index}:{slot}", index):
-                gi_id = int(self.nvml.nvmlDeviceGetGpuInstanceId(mig))
-                ci_id = int(self.nvml.nvmlDeviceGetComputeInstanceId(mig))
-                uuid = _text(self.nvml.nvmlDeviceGetUUID(mig))
-                attrs = self.nvml.nvmlDeviceGetAttributes(mig)
+            try:
+                with self._call(f"read MIG device {index}:{slot}", index):
+                    gi_id = int(self.nvml.nvmlDeviceGetGpuInstanceId(mig))
+                    ci_id = int(self.nvml.nvmlDeviceGetComputeInstanceId(mig))
+                    uuid = _text(self.nvml.nvmlDeviceGetUUID(mig))
+                    attrs = self.nvml.nvmlDeviceGetAttributes(mig)
+            except HardwareError as e:
+                if not self._is(e, "NVML_ERROR_NOT_FOUND"):
+                    raise
+                continue  # destroyed since it was listed: not a device any more
             if gi_id not in gi_profile_ids:
                 # A MIG handle does not tell its GI profile; its GPU instance does.
                 with self._call(f"read GPU instance {gi_id}", index):
