@@ -94,9 +94,11 @@ async def env(tmp_path: Path, kubelet_dir: Path) -> AsyncIterator[Node2]:
         api.add_device_class("mig.nvidia.com", [MIG_CLASS])
         api.add_device_class("gpu.nvidia.com", [GPU_CLASS])
         node, control = mig_node("mixed", tmp_path / "sim.json")
+        # The kubelet's path: claims are prepared when it asks (prepare-ahead runs the same
+        # preparer, tested in test_dra_ahead.py), so each test drives every prepare itself.
         settings = DraSettings(node_name=NODE, kubelet_dir=kubelet_dir, cdi_dir=tmp_path / "cdi",
                                registry_check_seconds=0.05, resync_seconds=3600,
-                               health_seconds=0.05)
+                               health_seconds=0.05, follow_claims=False, prepare_ahead=False)
         dra = DraApi.connect(api.kubeconfig(tmp_path / "kubeconfig"))
         async with TestDraKubelet(kubelet_dir) as kubelet:
             plugin = DraPlugin(node, dra, settings)
@@ -148,7 +150,7 @@ async def test_a_second_interval_for_a_time_sliced_gpu_is_refused_naming_the_hol
 ) -> None:
     # A claim already holds GPU 2 at Short (as a shared allocation would); another asking
     # Medium for it is refused, and GPU 2 keeps its interval.
-    Checkpoint(env.settings.checkpoint_file).put(ClaimRecord(
+    env.plugin.preparer.checkpoint.put(ClaimRecord(
         "uid-holder", "team-a", "holder", "PrepareCompleted",
         sharing=SharingRecord(time_slices=((2, 1),))))
     env.node.set_time_slice(2, 1)
@@ -164,7 +166,7 @@ async def test_unprepare_keeps_an_interval_another_claim_still_asks_for(env: Nod
     ref = env.claim("short", config=_opaque("GpuConfig", {
         "strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Short"}}))
     assert (await env.prepare(ref)).error == ""
-    Checkpoint(env.settings.checkpoint_file).put(ClaimRecord(
+    env.plugin.preparer.checkpoint.put(ClaimRecord(
         "uid-other", "team-a", "other", "PrepareCompleted",
         sharing=SharingRecord(time_slices=((2, 1),))))
     assert await env.unprepare(ref) == ""
