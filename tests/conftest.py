@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import make_node
+from plugin_support import short_dir
 from tessera.hardware.node import Node
 from tessera.hardware.sim.control import SimulatorControl
 
@@ -25,3 +26,10 @@ def dgx_a100(tmp_path: Path) -> Iterator[tuple[Node, SimulatorControl]]:
     node, control = make_node("dgx-a100", tmp_path / "dgx-a100.json")
     yield node, control
     node.close()
+
+
+@pytest.fixture
+def kubelet_dir() -> Iterator[Path]:
+    """A kubelet root short enough for its sockets (unix socket paths stay under 108 bytes)."""
+    with short_dir() as directory:
+        yield directory

@@ -17,6 +17,11 @@ from tessera.hardware.sim.control import SimulatorControl
 from tessera.kube.testing import FakeApiServer
 
 MIG_PRESETS = tuple(sorted(presets()))
+DRIVER = "gpu.nvidia.com"
+# NVIDIA's DeviceClasses' selectors (the chart's DeviceClasses), as the stand-in scheduler
+# evaluates them.
+MIG_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'mig'"
+GPU_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'gpu'"
 
 
 def mig_node(preset: str, state_file: object = None) -> tuple[Node, SimulatorControl]:

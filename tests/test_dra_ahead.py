@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dra_support import Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
 from helpers import until
-from plugin_support import short_dir
 from tessera.dra.binding import MIG_FAILED, MIG_READY
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord
 from tessera.dra.server import DraPlugin, DraSettings
@@ -34,8 +33,6 @@ from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
-MIG_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'mig'"
-GPU_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'gpu'"
 PLACED = "gpu-0-mig-3g40gb-9-4"  # where first fit in Tessera's order puts the first 3g
 
 
@@ -107,11 +104,6 @@ def api() -> Iterator[FakeApiServer]:
         server.add_device_class("gpu.nvidia.com", [GPU_CLASS])
         yield server
 
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:  # unix socket paths must stay under 108 bytes
-        yield directory
 
 
 def _settings(tmp: Path, kubelet_dir: Path, *, binding: bool | None = True) -> DraSettings:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dra_support import Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
 from helpers import until
-from plugin_support import short_dir
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.errors import ConfigError
@@ -31,8 +30,6 @@ from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
 
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
-MIG_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'mig'"
-GPU_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'gpu'"
 NVML_ERROR_UNKNOWN = 999
 
 
@@ -77,11 +74,6 @@ def api() -> Iterator[FakeApiServer]:
         server.add_device_class("gpu.nvidia.com", [GPU_CLASS])
         yield server
 
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:  # unix socket paths must stay under 108 bytes
-        yield directory
 
 
 def _settings(tmp: Path, kubelet_dir: Path, *, ahead: bool = False) -> DraSettings:

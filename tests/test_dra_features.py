@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dra_support import mig_node
-from plugin_support import apply_devices, short_dir
+from plugin_support import apply_devices
 from tessera.dra.features import (
     BINDING_CONDITIONS,
     PARTITIONABLE,
@@ -97,11 +97,6 @@ def node(tmp_path: Path) -> Node:
     apply_devices(node, {"2g.12gb": 1}, gpus="[1]")
     return node
 
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:
-        yield directory
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ gRPC) lists every device, healthy or not, in each message."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dra_support import mig_node
-from plugin_support import apply_devices, short_dir
+from plugin_support import apply_devices
 from tessera.dra.devices import Publication, publish
 from tessera.dra.health import DeviceProblem, apply_health, device_states
 from tessera.dra.inventory import read_inventory
@@ -90,11 +90,6 @@ def test_without_taints_unhealthy_devices_leave_the_slices(node: Node) -> None:
 
 # -- through the plugin, the fake API server and the stand-in kubelet ---------------------------
 
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:
-        yield directory
 
 
 async def _plugin(node: Node, tmp_path: Path, kubelet_dir: Path, api: FakeApiServer,

@@ -5,7 +5,7 @@ rewritten per change, and the plugin republishing when told of an allocation."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dra_support import MIG_PRESETS, Allocator, mig_node
-from plugin_support import short_dir
 from tessera.dra.devices import publish
 from tessera.dra.inventory import read_inventory
 from tessera.dra.order import Choice, policy_order
@@ -204,11 +203,6 @@ def test_whatever_slice_order_the_scheduler_takes_each_gpus_first_3g_gets_slice_
 
 
 # -- the plugin, told of allocations -------------------------------------------------------------
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:  # unix socket paths must stay under 108 bytes
-        yield directory
 
 
 @pytest.fixture

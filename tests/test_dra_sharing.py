@@ -11,16 +11,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dra_support import Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
 from helpers import until
-from plugin_support import short_dir
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, SharingRecord
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.dra.sharing import MpsConfig, Sharing, mps_edits, parse_sharing, pinned_limits
@@ -34,8 +33,6 @@ from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
 DRIVER = "gpu.nvidia.com"
 NODE = "node-a"
 API = "resource.nvidia.com/v1beta1"
-MIG_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'mig'"
-GPU_CLASS = f"device.driver == '{DRIVER}' && device.attributes['{DRIVER}'].type == 'gpu'"
 EXCLUSIVE_PROCESS = 3
 
 
@@ -81,11 +78,6 @@ class Node2:
         assert len(found) == 1
         return dict(json.loads(found[0].read_text()))
 
-
-@pytest.fixture
-def kubelet_dir() -> Iterator[Path]:
-    with short_dir() as directory:  # unix socket paths must stay under 108 bytes
-        yield directory
 
 
 @pytest.fixture
