@@ -25,7 +25,7 @@ from tessera.errors import HardwareError
 from tessera.hardware.events import XidEvent
 from tessera.hardware.node import Node
 from tessera.plugin.config.values import Health
-from tessera.plugin.health import HealthBook, XidListener
+from tessera.plugin.health import HealthBook, XidListener, probe_due
 from tessera.plugin.inventory import Inventory, read_inventory
 
 log = logging.getLogger(__name__)
@@ -122,25 +122,11 @@ class XidHealth:
             self.book.forget_missing(present)  # a MIG device destroyed while unhealthy
             due = [d for d in due if d in present]
             await self._tell()
-        recovered = []
-        for device in due:
-            gpu = self._gpu_of(device)
-            reason = (await asyncio.to_thread(self.plugin.node.probe, gpu) if gpu is not None
-                      else "device is gone")
-            if reason is None:
-                recovered.append(device)
-            else:
-                self.book.mark([device], reason, self._clock())
-        if self.book.clear(recovered):
-            log.info("recovered after a quiet period and a good probe: %s",
-                     ", ".join(recovered))
+        if await probe_due(self.book, due, self.inventory, self._probe, self._clock()):
             await self._tell()
 
-    def _gpu_of(self, device: str) -> int | None:
-        for view in self.inventory.gpus:
-            if device == view.gpu.uuid or any(m.uuid == device for m in view.mig_devices):
-                return view.gpu.index
-        return None
+    async def _probe(self, gpu: int) -> str | None:
+        return await asyncio.to_thread(self.plugin.node.probe, gpu)
 
     async def _tell(self) -> None:
         await self.plugin.set_health(problems(self.book.sickness()))

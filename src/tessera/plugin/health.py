@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from tessera.errors import HardwareError
@@ -171,3 +171,29 @@ class XidListener:
                 self._on_error(f"XID event wait failed: {e}")
                 self.armed.set()  # reported; the devices are served rather than held back
                 self._stop.wait(1.0)
+
+
+def gpu_of(inventory: Inventory, device: str) -> int | None:
+    """The index of the GPU a device UUID (the GPU's own or one of its MIG devices') is on."""
+    for view in inventory.gpus:
+        if device == view.gpu.uuid or any(m.uuid == device for m in view.mig_devices):
+            return view.gpu.index
+    return None
+
+
+async def probe_due(book: HealthBook, due: Sequence[str], inventory: Inventory,
+                    probe: Callable[[int], Awaitable[str | None]], now: float) -> bool:
+    """Probe the GPU of each device due for it: a good answer clears the device, a bad one
+    marks it again with the new reason. Whether any device recovered (logged)."""
+    recovered = []
+    for device in due:
+        gpu = gpu_of(inventory, device)
+        reason = await probe(gpu) if gpu is not None else "device is gone"
+        if reason is None:
+            recovered.append(device)
+        else:
+            book.mark([device], reason, now)
+    if not book.clear(recovered):
+        return False
+    log.info("recovered after a quiet period and a good probe: %s", ", ".join(recovered))
+    return True

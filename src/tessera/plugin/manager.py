@@ -39,7 +39,7 @@ from tessera.hardware.node import Node
 from tessera.kubeletapi.constants import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from tessera.plugin.cdi_spec import node_spec, write_node_spec
 from tessera.plugin.config import ConfigSet, PluginConfig, default_config, load_set, with_overrides
-from tessera.plugin.health import HealthBook, XidListener
+from tessera.plugin.health import HealthBook, XidListener, probe_due
 from tessera.plugin.inventory import GpuView, Inventory, read_inventory, read_topology
 from tessera.plugin.lock import LOCK_NAME, AlreadyRunning, InstanceLock
 from tessera.plugin.mps import MpsSupervisor
@@ -438,25 +438,12 @@ class DevicePlugin:
             due = self.health.due_for_probe(self._clock())
             if not due:
                 continue
-            recovered = []
-            for device in due:
-                gpu = self._gpu_of(device)
-                reason = (await self._blocking(self._node.probe, gpu) if gpu is not None
-                          else "device is gone")
-                if reason is None:
-                    recovered.append(device)
-                else:
-                    self.health.mark([device], reason, self._clock())
-            if self.health.clear(recovered):
-                log.info("recovered after a quiet period and a good probe: %s",
-                         ", ".join(recovered))
+            if await probe_due(self.health, due, self.inventory, self._probe, self._clock()):
                 self._publish_now()
 
-    def _gpu_of(self, device: str) -> int | None:
-        for view in self.inventory.gpus:
-            if device == view.gpu.uuid or any(m.uuid == device for m in view.mig_devices):
-                return view.gpu.index
-        return None
+    async def _probe(self, gpu: int) -> str | None:
+        assert self._node is not None
+        return await self._blocking(self._node.probe, gpu)
 
     # -- servers -------------------------------------------------------------------------
 
