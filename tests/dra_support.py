@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import celpy
 from celpy import celtypes
 
 from helpers import make_node, until
+from tessera.dra.server import DraPlugin, DraSettings
 from tessera.hardware.node import Node
 from tessera.hardware.sim.catalog import presets
 from tessera.hardware.sim.control import SimulatorControl
+from tessera.kube.dra import DraApi
 from tessera.kube.testing import FakeApiServer
+from tessera.kubeletapi.testing_dra import TestDraKubelet
 
 MIG_PRESETS = tuple(sorted(presets()))
 DRIVER = "gpu.nvidia.com"
@@ -32,6 +36,20 @@ def mig_node(preset: str, state_file: object = None) -> tuple[Node, SimulatorCon
             node.set_mig_mode(gpu.index, True)
             node.reset(gpu.index)
     return node, control
+
+
+@dataclass
+class PluginRig:
+    """A DRA plugin under test and what it runs against: the fake API server and the plugin's
+    client of it, the stand-in kubelet, the simulated node and its control, the settings."""
+
+    api: FakeApiServer
+    dra: DraApi
+    kubelet: TestDraKubelet
+    plugin: DraPlugin
+    node: Node
+    control: SimulatorControl
+    settings: DraSettings
 
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, PluginRig, mig_node
 from helpers import until
 from tessera.dra.binding import MIG_FAILED, MIG_READY
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.errors import ConfigError
 from tessera.hardware.model import Placement
-from tessera.hardware.node import Node
-from tessera.hardware.sim.control import SimulatorControl
 from tessera.kube.dra import DraApi
 from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
@@ -44,14 +42,7 @@ def _spec(profile: str, config: list[dict[str, object]] | None = None) -> dict[s
 
 
 @dataclass
-class Rig:
-    api: FakeApiServer
-    dra: DraApi
-    kubelet: TestDraKubelet
-    plugin: DraPlugin
-    node: Node
-    control: SimulatorControl
-    settings: DraSettings
+class Rig(PluginRig):
     scheduler: Allocator
 
     def claim(self, name: str, profile: str = "3g.40gb") -> ClaimRef:

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, PluginRig, mig_node
 from helpers import until
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDevice
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.errors import ConfigError
 from tessera.hardware.model import Placement
-from tessera.hardware.node import Node
-from tessera.hardware.sim.control import SimulatorControl
 from tessera.kube.dra import DraApi
 from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
@@ -34,14 +32,7 @@ NVML_ERROR_UNKNOWN = 999
 
 
 @dataclass
-class Cluster:
-    api: FakeApiServer
-    dra: DraApi
-    kubelet: TestDraKubelet
-    plugin: DraPlugin
-    node: Node
-    control: SimulatorControl
-    settings: DraSettings
+class Cluster(PluginRig):
     allocator: Allocator
     tmp: Path
 

@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from dra_support import GPU_CLASS, MIG_CLASS, Allocator, mig_node
+from dra_support import GPU_CLASS, MIG_CLASS, Allocator, PluginRig, mig_node
 from helpers import until
 from tessera.dra.checkpoint import Checkpoint, ClaimRecord, SharingRecord
 from tessera.dra.server import DraPlugin, DraSettings
 from tessera.dra.sharing import MpsConfig, Sharing, mps_edits, parse_sharing, pinned_limits
 from tessera.errors import ClaimError
 from tessera.hardware.node import Node
-from tessera.hardware.sim.control import SimulatorControl
 from tessera.kube.dra import DraApi
 from tessera.kube.testing import FakeApiServer
 from tessera.kubeletapi.testing_dra import ClaimRef, TestDraKubelet
@@ -42,16 +41,8 @@ def _opaque(kind: str, sharing: dict[str, Any]) -> list[dict[str, object]]:
 
 
 @dataclass
-class Node2:
+class Node2(PluginRig):
     """The mixed preset: A100s 0 and 1 with MIG on, L40S 2 and 3 whole."""
-
-    api: FakeApiServer
-    dra: DraApi
-    kubelet: TestDraKubelet
-    plugin: DraPlugin
-    node: Node
-    control: SimulatorControl
-    settings: DraSettings
 
     def claim(self, name: str, *, mig: str | None = None,
               config: list[dict[str, object]] | None = None) -> ClaimRef:
