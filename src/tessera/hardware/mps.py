@@ -110,7 +110,15 @@ class MpsDaemon:
             *self._backend.mps_client, env=self._env(), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await client.communicate(commands.encode())
+        try:
+            out, err = await client.communicate(commands.encode())
+        except BaseException:
+            # Cancelled or timed out mid-answer (a stop, a wait_for): the client must not
+            # outlive the call, nor its transport the event loop.
+            with contextlib.suppress(ProcessLookupError):
+                client.kill()
+            await client.wait()
+            raise
         if client.returncode != 0:
             raise OSError(err.decode().strip() or f"control client exit {client.returncode}")
         return out.decode()
