@@ -185,8 +185,8 @@ class Preparer:
         record = records.get(ref.uid)
         kubelet = kubelet or (record is not None and record.kubelet)
         if record is not None and record.state == "PrepareCompleted":
-            if kubelet and not record.kubelet:
-                self.checkpoint.put(replace(record, kubelet=True))
+            if kubelet:
+                self._mark(ref.uid)
             return record.devices
         if claim is None:
             raise ClaimError(f"ResourceClaim {ref.namespace}/{ref.name} does not exist")

@@ -51,7 +51,7 @@ from tessera.dra.slices import LAYOUTS, Layout, Writes, desired_slices, reconcil
 from tessera.errors import ConfigError, HardwareError, TemporaryError, TesseraError
 from tessera.hardware.model import Placement
 from tessera.hardware.node import Node
-from tessera.kube.dra import ClaimView, DraApi, claim_mirror
+from tessera.kube.dra import ClaimView, DraApi, allocated_devices, claim_mirror
 from tessera.kubeletapi.constants import (
     DRA_HEALTH_V1_SERVICE,
     DRA_HEALTH_V1ALPHA1_SERVICE,
@@ -434,12 +434,8 @@ class DraPlugin:
         targets = self.last_publication.targets
         taken: dict[int, set[Placement]] = {}
         for view in claims.values():
-            allocation = (view.body.get("status") or {}).get("allocation") or {}
-            for result in (allocation.get("devices") or {}).get("results") or ():
-                if (result.get("driver"), result.get("pool")) != (self.settings.driver,
-                                                                   self.settings.node_name):
-                    continue
-                target = targets.get(str(result.get("device")))
+            for device in allocated_devices(view, self.settings.driver, self.settings.node_name):
+                target = targets.get(device)
                 if target is not None and target.placement is not None:
                     taken.setdefault(target.gpu, set()).add(target.placement)
         self.set_allocated(taken)

@@ -180,11 +180,16 @@ def claim_view(obj: object) -> ClaimView:
                      str(meta.get("name", "")), str(meta.get("resourceVersion", "")), body)
 
 
+def allocated_devices(claim: ClaimView, driver: str, pool: str) -> list[str]:
+    """The names of the devices of `driver` in `pool` allocated to the claim."""
+    allocation = (claim.body.get("status") or {}).get("allocation") or {}
+    return [str(r.get("device")) for r in (allocation.get("devices") or {}).get("results") or ()
+            if r.get("driver") == driver and r.get("pool") == pool]
+
+
 def allocated_to(claim: ClaimView, driver: str, pool: str) -> bool:
     """Whether any device of `driver` in `pool` is allocated to the claim."""
-    allocation = (claim.body.get("status") or {}).get("allocation") or {}
-    return any(r.get("driver") == driver and r.get("pool") == pool
-               for r in (allocation.get("devices") or {}).get("results") or ())
+    return bool(allocated_devices(claim, driver, pool))
 
 
 def claim_mirror(api: DraApi, driver: str, pool: str, *,
