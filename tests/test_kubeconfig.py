@@ -197,3 +197,18 @@ def test_a_broken_file_in_the_list_is_named(tmp_path: Path, content: str) -> Non
     bad.write_text(content)
     with pytest.raises(ConfigError, match=f"kubeconfig {bad}"):
         load_config(environ={"KUBECONFIG": f"{good}{os.pathsep}{bad}"}, home=tmp_path)
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"\x7fELF\x02\x01\x01\x00\xd0\xff", "not UTF-8 text"),  # a binary passed by mistake
+    (b"a: &a [" + b"*a, " * 10 + b"]\nb: &b [" + b"*a, " * 10 + b"]\n"
+     + b"".join(b"c%d: &c%d [" % (i, i) + (b"*%s, " % (b"b" if i == 0 else b"c%d" % (i - 1))) * 10
+                + b"]\n" for i in range(8)), "alias"),
+])
+def test_a_binary_or_bomb_kubeconfig_is_one_line(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    bad = tmp_path / "config"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"kubeconfig {bad}: .*{reason}"):
+        load_config(bad, home=tmp_path)

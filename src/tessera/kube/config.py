@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 import httpx2
 import lightkube
-import yaml
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 
 from tessera.errors import ConfigError
+from tessera.textinput import default_error, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,8 @@ def _from_files(paths: Sequence[Path]) -> SingleConfig:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"kubeconfig {path}: cannot be read ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"kubeconfig {path}: not YAML ({e})") from e
+    # The strict reader: a binary, huge or alias-bomb file is one line, as any other input.
+    document = read_yaml(path, error=default_error(f"kubeconfig {path}"), what="kubeconfig")
     if document is None:
         return {}
     if not isinstance(document, dict):
